@@ -1,0 +1,56 @@
+"""Events produced by the engine and sent to clients."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exclusive speaker turn, in seconds from stream start.
+
+    ``final=False`` is an interim view of the open turn (it may still grow, shrink or be
+    dropped); the next interim or final event supersedes it. ``final=True`` closes the turn
+    for good: its label and times never change afterwards. ``id`` numbers turns in order;
+    an interim turn carries the id its final version will have.
+    """
+
+    id: int
+    speaker: str
+    start: float
+    end: float
+    final: bool
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "turn",
+            "id": self.id,
+            "speaker": self.speaker,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "final": self.final,
+        }
+
+
+@dataclass
+class SpeakerSummary:
+    """A global speaker of a stream: its label, total speech in final turns, and centroid."""
+
+    label: str
+    speech: float
+    embedding: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "speech": round(self.speech, 3),
+            "embedding": [round(float(x), 6) for x in self.embedding],
+        }
+
+
+def speaker_label(index: int) -> str:
+    return f"SPEAKER_{index:02d}"

@@ -1,0 +1,104 @@
+"""The two small model interfaces the engine is built on, and the per-buffer front end.
+
+Models take and return numpy ``float32`` arrays so that torch, ONNX and fake models are
+interchangeable:
+
+* :class:`SegmentationModel`: ``(batch, samples) -> (batch, frames, local_speakers)``
+  activations in [0, 1], with known frame timing and chunk duration.
+* :class:`EmbeddingModel`: ``(batch, samples), weights (batch, frames) -> (batch, dim)``.
+  ``weights`` may have any number of frames: they are spread uniformly over the chunk.
+
+A :class:`Frontend` turns one rolling buffer into local-speaker activations and one
+embedding per local speaker (:class:`BufferAnalysis`). The engine does the rest (speaker
+matching, aggregation, turns), whatever the models are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """Where the frames of a model output lie, in seconds from the chunk start.
+
+    Frame ``i`` covers ``[start + i * step, start + i * step + duration]``.
+    """
+
+    start: float
+    duration: float
+    step: float
+
+    def center(self, index: np.ndarray | int) -> np.ndarray | float:
+        return self.start + self.duration / 2 + np.asarray(index) * self.step
+
+
+@runtime_checkable
+class SegmentationModel(Protocol):
+    """``(batch, samples) -> (batch, frames, local_speakers)`` activations in [0, 1]."""
+
+    sample_rate: int
+    chunk_duration: float
+    num_speakers: int
+    frames: FrameTiming
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """``(batch, samples), weights (batch, frames) | None -> (batch, dimension)``."""
+
+    sample_rate: int
+    dimension: int
+
+    def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class BufferAnalysis:
+    """What a front end found in one buffer.
+
+    Attributes:
+        activations: ``(frames, local_speakers)`` in [0, 1].
+        embeddings: ``(local_speakers, dim)``; rows of speakers with no usable embedding
+            are NaN.
+        frames: Frame timing relative to the first sample of the buffer.
+        speech: ``(frames,)`` speech activity in [0, 1] regardless of speaker (used to
+            gate exclusive turns); ``None`` means the maximum over local speakers.
+    """
+
+    activations: np.ndarray
+    embeddings: np.ndarray
+    frames: FrameTiming
+    speech: np.ndarray | None = None
+
+
+class FrontendStream(Protocol):
+    """Per-stream state of a front end (caches, recurrent states)."""
+
+    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
+        """Analyse ``buffer`` (16 kHz mono float32) whose first sample is at ``start``
+        seconds from stream start (negative while the buffer is left-padded).
+
+        Buffers arrive in time order; consecutive buffers overlap."""
+        ...
+
+
+class Frontend(Protocol):
+    """Shared, read-only models plus the recipe to analyse a buffer."""
+
+    name: str
+    sample_rate: int
+    chunk_duration: float
+    #: Resolution of the engine's output frames, in seconds.
+    frame_step: float
+    #: Tuned defaults for :class:`streamer.config.StreamConfig` fields left as ``None``.
+    default_delta_new: float
+    default_speech_threshold: float
+
+    def stream(self, config: "object") -> FrontendStream: ...
+
+    def describe(self) -> dict: ...
