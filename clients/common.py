@@ -1,0 +1,243 @@
+"""Shared pieces of the command-line clients: connecting, printing turns, writing RTTM.
+
+Only ``websockets`` is needed here; the clients do not import the ``streamer`` package, so
+they run on any machine that can reach a server.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TextIO
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
+
+# One colour per speaker (ANSI SGR codes), cycled when a stream has more speakers.
+SPEAKER_COLOURS = (31, 32, 34, 33, 35, 36, 91, 92, 94, 93, 95, 96)
+RESET = "\x1b[0m"
+CLEAR_LINE = "\r\x1b[K"
+
+
+class StreamError(RuntimeError):
+    """The server answered with an ``error`` event or closed the stream abnormally."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def default_token() -> str | None:
+    """The bearer token from ``STREAMER_TOKEN``, or None when unset or empty."""
+    return os.environ.get("STREAMER_TOKEN") or None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """HTTP headers for the websocket handshake (``Authorization: Bearer ...`` when set)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def start_message(
+    sample_rate: int,
+    encoding: str = "pcm_s16le",
+    channels: int = 1,
+    config: Mapping[str, Any] | None = None,
+) -> str:
+    """The JSON ``start`` message that opens a stream."""
+    message: dict[str, Any] = {
+        "type": "start",
+        "sample_rate": int(sample_rate),
+        "encoding": encoding,
+        "channels": int(channels),
+    }
+    if config:
+        message["config"] = dict(config)
+    return json.dumps(message)
+
+
+def raise_for_error(event: Mapping[str, Any]) -> None:
+    """Raise :class:`StreamError` when ``event`` is an ``error`` event."""
+    if event.get("type") == "error":
+        raise StreamError(str(event.get("code", "error")), str(event.get("message", "")))
+
+
+def final_turns(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The final turns among ``events``, one per turn id, sorted by start time."""
+    by_id: dict[Any, dict[str, Any]] = {}
+    for index, event in enumerate(events):
+        if event.get("type") == "turn" and event.get("final"):
+            by_id[event.get("id", f"#{index}")] = dict(event)
+    return sorted(by_id.values(), key=lambda turn: (turn["start"], turn["end"]))
+
+
+def rttm_lines(turns: Iterable[Mapping[str, Any]], file_id: str) -> list[str]:
+    """RTTM ``SPEAKER`` lines (one per turn) for a file called ``file_id``."""
+    file_id = "_".join(file_id.split()) or "stream"
+    lines = []
+    for turn in turns:
+        start = float(turn["start"])
+        duration = float(turn["end"]) - start
+        if duration <= 0:
+            continue
+        lines.append(
+            f"SPEAKER {file_id} 1 {start:.3f} {duration:.3f} <NA> <NA> {turn['speaker']} <NA> <NA>"
+        )
+    return lines
+
+
+def write_rttm(path: str | os.PathLike[str], turns: Iterable[Mapping[str, Any]], file_id: str) -> None:
+    """Write the turns as an RTTM file."""
+    lines = rttm_lines(turns, file_id)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in lines))
+
+
+EventCallback = Callable[[dict[str, Any]], None]
+AudioSender = Callable[[ClientConnection], Awaitable[None]]
+
+
+async def run_stream(
+    url: str,
+    start: str,
+    send_audio: AudioSender,
+    token: str | None = None,
+    on_event: EventCallback | None = None,
+    open_timeout: float = 10.0,
+) -> list[dict[str, Any]]:
+    """One stream: send ``start``, await ``ready``, then run ``send_audio(ws)`` (which sends
+    the binary frames and finally ``stop``) while collecting events until ``end``.
+
+    Returns every event received, ``ready`` first and ``end`` last; ``on_event`` sees each
+    one as it arrives. Raises :class:`StreamError` on an ``error`` event or when the server
+    closes without ``end``.
+    """
+    events: list[dict[str, Any]] = []
+
+    def handle(message: str | bytes) -> dict[str, Any] | None:
+        if isinstance(message, bytes):
+            return None
+        event = json.loads(message)
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+        raise_for_error(event)
+        return event
+
+    async with connect(
+        url, additional_headers=auth_headers(token), open_timeout=open_timeout, max_size=None
+    ) as ws:
+        await ws.send(start)
+        ready = handle(await ws.recv())
+        if ready is None or ready.get("type") != "ready":
+            raise StreamError("protocol_error", f"expected a ready event, got {ready!r}")
+        sender = asyncio.create_task(send_audio(ws))
+        try:
+            async for message in ws:
+                event = handle(message)
+                if event is not None and event.get("type") == "end":
+                    break
+        finally:
+            if not sender.done():
+                sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, ConnectionClosed):
+                pass
+        if not events or events[-1].get("type") != "end":
+            raise StreamError(
+                "closed", f"server closed the stream before end (code {ws.close_code}, {ws.close_reason!r})"
+            )
+    return events
+
+
+def install_stop_handler(stop_event: asyncio.Event, message: str | None = None) -> None:
+    """Ctrl-C sets ``stop_event`` (the stream ends cleanly); a second Ctrl-C cancels the task."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_sigint() -> None:
+        if stop_event.is_set():
+            if task is not None:
+                task.cancel()
+            return
+        stop_event.set()
+        if message:
+            print(message, file=sys.stderr, flush=True)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+        pass
+
+
+class TurnPrinter:
+    """Prints turn events as they arrive, one colour per speaker.
+
+    On a terminal the interim (open) turn is redrawn in place on the last line and each
+    final turn gets its own line; elsewhere (pipes, files) only final turns are printed.
+    """
+
+    def __init__(self, out: TextIO | None = None, colour: bool | None = None, live: bool | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
+        is_tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.colour = is_tty and not os.environ.get("NO_COLOR") if colour is None else colour
+        self.live = is_tty if live is None else live
+        self._speakers: dict[str, int] = {}
+        self._interim_shown = False
+
+    def speaker_colour(self, label: str) -> int:
+        """The ANSI colour code of a speaker (stable for the life of the printer)."""
+        if label not in self._speakers:
+            self._speakers[label] = len(self._speakers)
+        return SPEAKER_COLOURS[self._speakers[label] % len(SPEAKER_COLOURS)]
+
+    def paint(self, label: str, text: str) -> str:
+        if not self.colour:
+            return text
+        return f"\x1b[{self.speaker_colour(label)}m{text}{RESET}"
+
+    def format_turn(self, turn: Mapping[str, Any]) -> str:
+        label = str(turn.get("speaker", "?"))
+        start, end = float(turn.get("start", 0.0)), float(turn.get("end", 0.0))
+        text = f"[{start:8.2f} - {end:8.2f}] {label}"
+        return self.paint(label, text) + ("" if turn.get("final") else " …")
+
+    def _clear_interim(self) -> None:
+        if self._interim_shown:
+            self.out.write(CLEAR_LINE)
+            self._interim_shown = False
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """Print one server event (turns, warnings, errors; other types are ignored)."""
+        kind = event.get("type")
+        if kind == "turn":
+            self._clear_interim()
+            if event.get("final"):
+                self.out.write(self.format_turn(event) + "\n")
+            elif self.live:
+                self.out.write(self.format_turn(event))
+                self._interim_shown = True
+        elif kind in ("warning", "error"):
+            self._clear_interim()
+            self.out.write(f"{kind}: {event.get('code', '')} {event.get('message', '')}".rstrip() + "\n")
+        else:
+            return
+        self.out.flush()
+
+    def summary(self, end: Mapping[str, Any]) -> None:
+        """Print the ``end`` event: stream duration and speech per speaker."""
+        self._clear_interim()
+        speakers = list(end.get("speakers") or [])
+        duration = float(end.get("duration") or 0.0)
+        self.out.write(f"end: {duration:.2f} s of audio, {len(speakers)} speaker(s)\n")
+        for speaker in speakers:
+            label = str(speaker.get("label", "?"))
+            speech = float(speaker.get("speech") or 0.0)
+            self.out.write(f"  {self.paint(label, label)}  {speech:8.2f} s of speech\n")
+        self.out.flush()
