@@ -1,0 +1,205 @@
+"""The websocket server: HTTP routes, handshake checks, one :class:`StreamSession` per
+connection, graceful shutdown.
+
+Usage::
+
+    async with DiarizationServer(frontend, ServerSettings()) as server:
+        await server.start("127.0.0.1", 0)
+        print(server.port)
+        await server.wait_for_shutdown_signal()
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from streamer.config import StreamConfig
+from streamer.server import protocol
+from streamer.server.batching import BatcherSet, BatchGroup
+from streamer.server.context import ServerContext
+from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
+from streamer.server.routes import WEB_ROOT, response, static_file
+from streamer.server.session import StreamSession
+from streamer.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _engine_factory(frontend: Any) -> Callable[[StreamConfig], Any]:
+    from streamer.engine import StreamingDiarizer
+
+    def build(config: StreamConfig) -> Any:
+        return StreamingDiarizer(frontend, config)
+
+    return build
+
+
+class DiarizationServer:
+    """Serves ``/v1/stream`` and the HTTP routes for one shared, loaded frontend.
+
+    The frontend is copied (shallowly: models are shared) so that wrapping its model
+    calls for micro-batching leaves the caller's object untouched.
+    """
+
+    def __init__(self, frontend: Any, settings: ServerSettings | None = None, *,
+                 web_root: Path = WEB_ROOT) -> None:
+        self.settings = settings if settings is not None else ServerSettings()
+        self.metrics = ServerMetrics()
+        self.web_root = web_root
+        self.frontend = copy.copy(frontend)
+        self._batchers: BatcherSet | None = None
+        group = BatchGroup()
+        if self.settings.batching and hasattr(self.frontend, "map_models"):
+            self._batchers = BatcherSet(max_batch=self.settings.batch_max_size,
+                                        max_wait=self.settings.batch_max_wait,
+                                        on_batch=self.metrics.batch)
+            self.frontend.map_models(self._batchers.wrap)
+            group = self._batchers.group
+        self._executor = ThreadPoolExecutor(self.settings.worker_count,
+                                            thread_name_prefix="streamer-engine")
+        self.context = ServerContext(
+            settings=self.settings, metrics=self.metrics, executor=self._executor,
+            engine_factory=_engine_factory(self.frontend), models=self.frontend.describe(),
+            batch_group=group)
+        self.sessions: set[StreamSession] = set()
+        self._server: Server | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        s = self.settings
+        self._server = await serve(
+            self._handle, host, port, process_request=self._process_request,
+            max_size=s.max_frame_bytes * s.hard_frame_factor, compression=None,
+            ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
+            close_timeout=s.close_timeout, write_limit=s.write_limit,
+            server_header="streamer")
+        logger.info("streamer serving on http://%s:%d (websocket %s)", host, self.port,
+                    protocol.PATH)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let every open stream finish (final turns, ``end``), release."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            logger.info("shutting down: finishing %d open stream(s)", len(self.sessions))
+            self._server.close(close_connections=False)
+            for session in list(self.sessions):
+                session.shutdown()
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                logger.warning("streams still open after %g s: closing them",
+                               self.settings.shutdown_timeout)
+                self._server.close(close_connections=True)
+                await self._server.wait_closed()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._batchers is not None:
+            self._batchers.close()
+
+    async def __aenter__(self) -> "DiarizationServer":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def serve_until_signal(self, signals: tuple[int, ...] = (signal.SIGTERM,
+                                                                  signal.SIGINT)) -> None:
+        """Run until one of ``signals`` arrives, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for number in signals:
+            loop.add_signal_handler(number, stop.set)
+        try:
+            await stop.wait()
+            logger.info("signal received")
+        finally:
+            for number in signals:
+                loop.remove_signal_handler(number)
+        await self.shutdown()
+
+    # -- connections -------------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        session = StreamSession(connection, self.context)
+        if len(self.sessions) >= self.settings.max_connections or self._stopping:
+            await self._refuse(connection)
+            return
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def _refuse(self, connection: ServerConnection) -> None:
+        """A connection that slipped past the handshake check while at capacity."""
+        error = protocol.TooManyConnections(
+            f"the server is at its limit of {self.settings.max_connections} streams")
+        self.metrics.reject("too_many_connections")
+        try:
+            await connection.send(protocol.encode(protocol.error_message(error)))
+            await connection.close(error.close_code, error.code)
+        except ConnectionClosed:
+            pass
+
+    def _process_request(self, connection: ServerConnection, request: Request
+                         ) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path != protocol.PATH:
+            return self._http_route(url.path)
+        if not self.settings.origin_allowed(request.headers.get("Origin")):
+            self.metrics.reject("origin")
+            return response(403, "origin not allowed\n")
+        if not self._authorized(request, url.query):
+            self.metrics.reject("unauthorized")
+            return response(401, "missing or wrong token\n",
+                            extra={"WWW-Authenticate": 'Bearer realm="streamer"'})
+        if len(self.sessions) >= self.settings.max_connections or self._stopping:
+            self.metrics.reject("too_many_connections")
+            body = protocol.encode({"type": "error", "code": "too_many_connections",
+                                    "message": "the server is at its limit of "
+                                               f"{self.settings.max_connections} streams"})
+            return response(503, body + "\n", "application/json", extra={"Retry-After": "5"})
+        return None
+
+    def _authorized(self, request: Request, query: str) -> bool:
+        expected = self.settings.token
+        if expected is None:
+            return True
+        offered = []
+        header = request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer ":
+            offered.append(header[7:].strip())
+        offered += parse_qs(query).get("token", [])
+        return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
+
+    def _http_route(self, path: str) -> Response:
+        if path == "/healthz":
+            return response(200, "ok\n")
+        if path == "/metrics":
+            return response(200, self.metrics.render(), CONTENT_TYPE)
+        page = static_file(path, self.web_root)
+        return page if page is not None else response(404, "not found\n")
+
+
+__all__ = ["DiarizationServer"]

@@ -1,0 +1,150 @@
+"""``streamer serve``: the command-line entry of the websocket server.
+
+``streamer.cli`` calls :func:`add_arguments` on the ``serve`` sub-parser and then
+:func:`main` with the parsed arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from streamer.errors import StreamerError
+from streamer.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of ``streamer serve`` to ``parser``."""
+    defaults = ServerSettings()
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on (0.0.0.0 for all; default %(default)s)")
+    net.add_argument("--port", type=int, default=None,
+                     help=f"TCP port (default: $PORT, else {DEFAULT_PORT}; 0 picks a free one)")
+    models = parser.add_argument_group("models")
+    models.add_argument("--preset", default=None, help="embedded (default) or pyannote")
+    models.add_argument("--segmentation", default=None,
+                        help="pyannote segmentation model: file, folder or hub id")
+    models.add_argument("--embedding", default=None,
+                        help="pyannote embedding model: file, folder or hub id")
+    models.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    models.add_argument("--backend", default="torch", help="torch or onnx (default torch)")
+    models.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (default: the number of CPU cores)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open streams at once (default %(default)s)")
+    limits.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes,
+                        help="largest binary audio frame (default %(default)s)")
+    limits.add_argument("--max-stream-seconds", type=float,
+                        default=defaults.max_stream_seconds,
+                        help="longest stream in seconds of audio, 0 for no limit "
+                             "(default %(default)s)")
+    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout,
+                        help="seconds without a client message before the stream ends, "
+                             "0 for none (default %(default)s)")
+    limits.add_argument("--max-pending-seconds", type=float,
+                        default=defaults.max_pending_seconds,
+                        help="unprocessed audio per stream before reading pauses and a "
+                             "falling_behind warning (default %(default)s)")
+    limits.add_argument("--workers", type=int, default=None,
+                        help="engine worker threads (default max(4, batch size))")
+    limits.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size,
+                        help="rows per micro-batched model call, 1 disables batching "
+                             "(default %(default)s)")
+    limits.add_argument("--batch-max-wait", type=float, default=defaults.batch_max_wait,
+                        help="seconds a model call waits for others (default %(default)s)")
+    access = parser.add_argument_group("access")
+    access.add_argument("--token", default=None,
+                        help="bearer token clients must send (default: $STREAMER_TOKEN; "
+                             "none means no authentication)")
+    access.add_argument("--allowed-origins", default="",
+                        help="comma-separated browser origins allowed to connect "
+                             "(default: any)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default %(default)s")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The :class:`ServerSettings` the flags describe (raises ValueError)."""
+    token = args.token if args.token is not None else os.environ.get("STREAMER_TOKEN") or None
+    origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
+    return ServerSettings(
+        max_connections=args.max_connections, max_frame_bytes=args.max_frame_bytes,
+        max_stream_seconds=args.max_stream_seconds, idle_timeout=args.idle_timeout,
+        max_pending_seconds=args.max_pending_seconds,
+        max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
+        workers=args.workers, batch_max_size=args.batch_max_size,
+        batch_max_wait=args.batch_max_wait, token=token, allowed_origins=origins)
+
+
+def resolve_port(port: int | None) -> int:
+    if port is not None:
+        return port
+    value = os.environ.get("PORT", "").strip()
+    if not value:
+        return DEFAULT_PORT
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"PORT must be a TCP port number, got {value!r}")
+    return int(value)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format=LOG_FORMAT)
+    try:
+        settings = settings_from_args(args)
+        port = resolve_port(args.port)
+        _set_torch_threads(getattr(args, "torch_threads", None))
+    except ValueError as error:
+        logger.error("bad setting: %s", error)
+        return 2
+    from streamer.presets import load_frontend
+
+    try:
+        frontend = load_frontend(preset=args.preset, segmentation=args.segmentation,
+                                 embedding=args.embedding, device=args.device,
+                                 backend=args.backend)
+    except StreamerError as error:
+        logger.error("cannot load the models: %s", error)
+        return 1
+    try:
+        asyncio.run(serve(frontend, settings, args.host, port))
+    except OSError as error:
+        logger.error("cannot listen on %s:%s: %s", args.host, port, error)
+        return 1
+    return 0
+
+
+async def serve(frontend: Any, settings: ServerSettings, host: str, port: int) -> None:
+    """Serve ``frontend`` on ``host:port`` until SIGTERM or SIGINT, then finish streams."""
+    from streamer.server.app import DiarizationServer
+
+    server = DiarizationServer(frontend, settings)
+    try:
+        await server.start(host, port)
+    except BaseException:
+        await server.shutdown()
+        raise
+    await server.serve_until_signal()
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--torch-threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+__all__ = ["add_arguments", "main", "serve", "settings_from_args"]

@@ -1,0 +1,54 @@
+"""What every session of one server shares: settings, metrics, models, worker threads."""
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from streamer.config import StreamConfig
+from streamer.server.batching import BatchGroup
+from streamer.server.metrics import ServerMetrics
+from streamer.server.settings import ServerSettings
+
+#: ``engine_factory(config) -> engine`` builds the per-stream engine (a StreamingDiarizer).
+EngineFactory = Callable[[StreamConfig], Any]
+
+
+@dataclass
+class ServerContext:
+    """Shared, read-only (apart from metrics) resources of one server."""
+
+    settings: ServerSettings
+    metrics: ServerMetrics
+    executor: ThreadPoolExecutor
+    engine_factory: EngineFactory
+    models: dict[str, Any]
+    batch_group: BatchGroup
+
+    def new_engine(self, config: StreamConfig) -> Any:
+        return self.engine_factory(config)
+
+    def describe(self) -> dict[str, Any]:
+        return self.models
+
+    def client_limits(self) -> dict[str, Any]:
+        """The limits a client should know about, sent in ``ready``."""
+        s = self.settings
+        return {"max_frame_bytes": s.max_frame_bytes,
+                "max_stream_seconds": s.max_stream_seconds or None,
+                "idle_timeout": s.idle_timeout or None,
+                "max_pending_seconds": s.max_pending_seconds}
+
+    def tracked(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` marked as a possible caller of batched models while it runs."""
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            with self.batch_group.caller():
+                return fn(*args)
+
+        return call
+
+
+__all__ = ["ServerContext", "EngineFactory"]

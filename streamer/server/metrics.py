@@ -1,0 +1,200 @@
+"""Server metrics, rendered in the Prometheus text exposition format (version 0.0.4).
+
+One :class:`ServerMetrics` per server; it may be updated from the event loop and from
+worker threads, so every update takes a lock.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass
+class Histogram:
+    """A cumulative histogram with fixed upper bounds."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        prefix = labels + "," if labels else ""
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts):
+            running += count
+            out.append(f'{name}_bucket{{{prefix}le="{_number(bound)}"}} {running}')
+        out.append(f'{name}_bucket{{{prefix}le="+Inf"}} {self.count}')
+        suffix = "{" + labels + "}" if labels else ""
+        out.append(f"{name}_sum{suffix} {_number(self.total)}")
+        out.append(f"{name}_count{suffix} {self.count}")
+        return out
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class ServerMetrics:
+    """Counters, gauges and histograms of one server."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.connections_open = 0
+        self.connections_total = 0
+        self.rejected: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.audio_received_seconds = 0.0
+        self.audio_processed_seconds = 0.0
+        self.pending_seconds: dict[str, float] = {}
+        self.feeds_in_flight = 0
+        self.falling_behind = 0
+        self.backpressure_pauses = 0
+        self.slow_clients = 0
+        self.turns_sent = 0
+        self.feed_seconds = Histogram(LATENCY_BUCKETS)
+        self.step_latency = Histogram(LATENCY_BUCKETS)
+        self.batch_rows: dict[str, Histogram] = {}
+
+    # -- updates -----------------------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        with self._lock:
+            self.connections_open += 1
+            self.connections_total += 1
+
+    def connection_closed(self, session: str) -> None:
+        with self._lock:
+            self.connections_open -= 1
+            self.pending_seconds.pop(session, None)
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def error(self, code: str) -> None:
+        with self._lock:
+            self.errors[code] = self.errors.get(code, 0) + 1
+
+    def received(self, session: str, seconds: float, pending: float) -> None:
+        with self._lock:
+            self.audio_received_seconds += seconds
+            self.pending_seconds[session] = pending
+
+    def fed(self, session: str, seconds: float, pending: float, compute: float,
+            latency: float) -> None:
+        """One engine call: ``seconds`` of audio took ``compute`` s; ``latency`` is from
+        the arrival of its oldest sample to its events being ready."""
+        with self._lock:
+            self.audio_processed_seconds += seconds
+            self.pending_seconds[session] = pending
+            self.feed_seconds.observe(compute)
+            self.step_latency.observe(latency)
+
+    def feed_started(self, delta: int) -> None:
+        with self._lock:
+            self.feeds_in_flight += delta
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to one of the plain counters (``falling_behind``, ``turns_sent``, ...)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def batch(self, model: str, calls: int, rows: int, seconds: float) -> None:
+        with self._lock:
+            self.batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
+
+    # -- exposition --------------------------------------------------------------------
+
+    def render(self) -> str:
+        with self._lock:
+            lines: list[str] = []
+            add = _Writer(lines)
+            add.metric("streamer_connections_open", "gauge", "Open websocket streams.",
+                       self.connections_open)
+            add.metric("streamer_connections_total", "counter",
+                       "Websocket streams opened since start.", self.connections_total)
+            add.labelled("streamer_rejected_total", "counter",
+                         "Handshakes refused, by reason.", "reason", self.rejected)
+            add.labelled("streamer_errors_total", "counter",
+                         "Error events sent to clients, by code.", "code", self.errors)
+            add.metric("streamer_audio_received_seconds_total", "counter",
+                       "Seconds of audio received (16 kHz after decoding).",
+                       self.audio_received_seconds)
+            add.metric("streamer_audio_processed_seconds_total", "counter",
+                       "Seconds of audio processed by the engine.", self.audio_processed_seconds)
+            add.metric("streamer_queue_depth_seconds", "gauge",
+                       "Received audio not yet processed, summed over streams (seconds).",
+                       sum(self.pending_seconds.values()))
+            add.metric("streamer_feeds_in_flight", "gauge",
+                       "Engine calls running or queued for a worker.", self.feeds_in_flight)
+            add.metric("streamer_falling_behind_total", "counter",
+                       "falling_behind warnings sent to real-time streams.", self.falling_behind)
+            add.metric("streamer_backpressure_pauses_total", "counter",
+                       "Times reading from a stream paused because of unprocessed audio.",
+                       self.backpressure_pauses)
+            add.metric("streamer_slow_clients_total", "counter",
+                       "Clients disconnected because they did not read their events.",
+                       self.slow_clients)
+            add.metric("streamer_turns_sent_total", "counter", "Turn events sent.",
+                       self.turns_sent)
+            add.histogram("streamer_feed_duration_seconds",
+                          "Compute time of one engine call.", self.feed_seconds)
+            add.histogram("streamer_step_latency_seconds",
+                          "From the arrival of the oldest audio of an engine call to its "
+                          "events being ready.", self.step_latency)
+            add.histograms("streamer_batch_rows", "Rows per model forward pass.", "model",
+                           self.batch_rows)
+            return "\n".join(lines) + "\n"
+
+
+class _Writer:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def _head(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def metric(self, name: str, kind: str, help_text: str, value: float) -> None:
+        self._head(name, kind, help_text)
+        self.lines.append(f"{name} {_number(value)}")
+
+    def labelled(self, name: str, kind: str, help_text: str, label: str,
+                 values: dict[str, int]) -> None:
+        self._head(name, kind, help_text)
+        for key in sorted(values):
+            self.lines.append(f'{name}{{{label}="{_escape(key)}"}} {values[key]}')
+
+    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
+        self._head(name, "histogram", help_text)
+        self.lines.extend(histogram.lines(name))
+
+    def histograms(self, name: str, help_text: str, label: str,
+                   histograms: dict[str, Histogram]) -> None:
+        self._head(name, "histogram", help_text)
+        for key in sorted(histograms):
+            self.lines.extend(histograms[key].lines(name, f'{label}="{_escape(key)}"'))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+__all__ = ["CONTENT_TYPE", "Histogram", "ServerMetrics"]

@@ -1,0 +1,133 @@
+"""The wire protocol of ``/v1/stream``: message parsing, errors and close codes.
+
+See ``docs/PROTOCOL.md`` for the prose version. Nothing here touches a socket.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from streamer.audio import ENCODINGS, MAX_RATE, MIN_RATE
+from streamer.config import StreamConfig
+from streamer.errors import AudioFormatError, ConfigError, ProtocolError, StreamerError
+
+PATH = "/v1/stream"
+START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config"}
+#: Close code sent after ``end`` when the server shuts down (SIGTERM) mid-stream.
+GOING_AWAY = 1001
+NORMAL_CLOSURE = 1000
+
+
+class BadJson(ProtocolError):
+    """A text message that is not a JSON object."""
+
+    code = "bad_json"
+    close_code = 1007
+
+
+class UnknownMessage(ProtocolError):
+    """A JSON message whose ``type`` the server does not know."""
+
+    code = "unknown_message"
+
+
+class FrameTooLarge(ProtocolError):
+    """A binary frame above ``max_frame_bytes``."""
+
+    code = "frame_too_large"
+    close_code = 1009
+
+
+class StreamTooLong(ProtocolError):
+    """A stream above ``max_stream_seconds`` of audio."""
+
+    code = "stream_too_long"
+
+
+class IdleTimeout(ProtocolError):
+    """No message from the client for ``idle_timeout`` seconds."""
+
+    code = "idle_timeout"
+
+
+class TooManyConnections(StreamerError):
+    """The server is at ``max_connections``."""
+
+    code = "too_many_connections"
+    close_code = 1013
+
+
+class SlowClient(StreamerError):
+    """The client did not read its events for ``send_timeout`` seconds."""
+
+    code = "slow_client"
+    close_code = 1008
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A validated ``start`` message."""
+
+    sample_rate: int
+    encoding: str
+    channels: int
+    config: StreamConfig = field(default_factory=StreamConfig)
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    """A text message as a JSON object with a string ``type``."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadJson("text messages must be JSON objects; this one is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise BadJson(f"text messages must be JSON objects, got {type(message).__name__}")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('a message needs a string "type" field')
+    return message
+
+
+def parse_start(message: Mapping[str, Any]) -> StartRequest:
+    """Validate a ``start`` message (raises ProtocolError, AudioFormatError, ConfigError)."""
+    unknown = sorted(set(message) - START_FIELDS)
+    if unknown:
+        raise ProtocolError(f"unknown field(s) in start: {', '.join(unknown)}")
+    if "sample_rate" not in message:
+        raise ProtocolError("start needs sample_rate (Hz)")
+    rate = message["sample_rate"]
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioFormatError(
+            f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, got {rate!r}")
+    encoding = message.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise AudioFormatError(
+            f"encoding must be one of {', '.join(sorted(ENCODINGS))}, got {encoding!r}")
+    channels = message.get("channels", 1)
+    if isinstance(channels, bool) or channels not in (1, 2):
+        raise AudioFormatError(f"channels must be 1 or 2, got {channels!r}")
+    config = StreamConfig.from_dict(message.get("config"))
+    return StartRequest(sample_rate=rate, encoding=encoding, channels=int(channels),
+                        config=config)
+
+
+def error_message(error: StreamerError) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": str(error)}
+
+
+def warning_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "warning", "code": code, **extra, "message": message}
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+__all__ = [
+    "PATH", "StartRequest", "parse_text", "parse_start", "error_message", "warning_message",
+    "encode", "BadJson", "UnknownMessage", "FrameTooLarge", "StreamTooLong", "IdleTimeout",
+    "TooManyConnections", "SlowClient", "ConfigError",
+]

@@ -1,0 +1,329 @@
+"""One websocket stream: receive -> decode -> engine (in a worker thread) -> send.
+
+:class:`StreamSession` owns the per-connection state (decoder, engine, unprocessed audio,
+outgoing events). Three tasks cooperate on the event loop:
+
+* the reader takes messages from the socket, decodes audio and queues it; when too much
+  audio waits it stops reading, so websockets' flow control pushes back on the client;
+* the processor hands the queued audio to the engine, one call at a time, in the shared
+  thread pool, and queues the turn events;
+* the :class:`EventSender` writes queued events to the socket, so a client that does not
+  read only ever blocks itself, and is disconnected after ``send_timeout``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from streamer.audio import PcmDecoder
+from streamer.errors import ProtocolError, StreamerError
+from streamer.server import protocol
+from streamer.server.context import ServerContext
+from streamer.server.protocol import FrameTooLarge, IdleTimeout, SlowClient, StreamTooLong
+from streamer.server.sender import EventSender
+
+logger = logging.getLogger(__name__)
+
+RATE = 16000
+
+
+class _Ended(Exception):
+    """The reader stopped because the client sent ``stop``."""
+
+
+class StreamSession:
+    """The state and tasks of one connection to ``/v1/stream``."""
+
+    def __init__(self, connection: ServerConnection, context: ServerContext) -> None:
+        self.connection = connection
+        self.context = context
+        self.settings = context.settings
+        self.id = uuid.uuid4().hex[:12]
+        self.sender = EventSender(connection, queue_size=self.settings.send_queue_size,
+                                  timeout=self.settings.send_timeout)
+        self.decoder: PcmDecoder | None = None
+        self.engine: Any = None
+        self._pending: list[tuple[np.ndarray, float]] = []
+        self._pending_samples = 0
+        self._received_samples = 0
+        self._processed_samples = 0
+        self._input_done = False
+        self._audio_ready = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._warned = False
+        self._first_audio: float | None = None
+        self._reader: asyncio.Task | None = None
+        self._processor: asyncio.Task | None = None
+        self._failure: BaseException | None = None
+        self._shutdown = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; never raises for client behaviour."""
+        opened = time.monotonic()
+        peer = self.connection.remote_address
+        logger.info("session %s opened from %s", self.id, peer[0] if peer else "?")
+        self.context.metrics.connection_opened()
+        outcome = "?"
+        try:
+            outcome = await self._serve()
+        finally:
+            for task in (self._reader, self._processor):
+                if task is not None and not task.done():
+                    task.cancel()
+            await self.sender.abort()
+            self.context.metrics.connection_closed(self.id)
+            logger.info("session %s closed: %s, %.1f s of audio in %.1f s", self.id, outcome,
+                        self._received_samples / RATE, time.monotonic() - opened)
+
+    def shutdown(self) -> None:
+        """Server shutdown: stop reading, finish the stream (final turns and ``end``)."""
+        self._shutdown = True
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    async def _serve(self) -> str:
+        self._reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait([self._reader])
+        except asyncio.CancelledError:
+            self._reader.cancel()
+            raise
+        if self._reader.cancelled():
+            error = self._failure
+            if error is None:
+                return await self._finish(None, going_away=True) if self._shutdown else "cancelled"
+        else:
+            error = self._reader.exception()
+        if isinstance(error, _Ended):
+            return await self._finish(None)
+        if isinstance(error, ConnectionClosed):
+            return "client disconnected"
+        if isinstance(error, StreamerError):
+            return await self._finish(error)
+        logger.error("session %s failed", self.id, exc_info=error)
+        await self._end_with_error(StreamerError(f"internal error: {type(error).__name__}"))
+        return "internal_error"
+
+    async def _finish(self, error: StreamerError | None, going_away: bool = False) -> str:
+        """Process every accepted sample, send the last final turns, then ``end`` (or the
+        error), and close."""
+        try:
+            if self.engine is not None and not isinstance(error, SlowClient):
+                await self._drain()
+                if error is None:
+                    await self.sender.send(self._end_message())
+        except ConnectionClosed:
+            return "client disconnected while finishing"
+        except SlowClient as slow:
+            error = slow
+        except Exception as failure:  # noqa: BLE001 - a bug must not take the process down
+            logger.error("session %s failed while finishing", self.id, exc_info=failure)
+            error = StreamerError(f"internal error: {type(failure).__name__}")
+        if error is not None:
+            await self._end_with_error(error)
+            return error.code
+        await self._close(protocol.GOING_AWAY if going_away else protocol.NORMAL_CLOSURE,
+                          "server shutting down" if going_away else "")
+        return "shutdown" if going_away else "stop"
+
+    async def _end_with_error(self, error: StreamerError) -> None:
+        self.context.metrics.error(error.code)
+        if isinstance(error, SlowClient):
+            self.context.metrics.count("slow_clients")
+            await self.sender.abort()
+            await self._close(error.close_code, error.code)
+            return
+        with contextlib.suppress(ConnectionClosed, SlowClient):
+            await self.sender.send(protocol.error_message(error))
+        await self._close(error.close_code, error.code)
+
+    async def _close(self, code: int, reason: str) -> None:
+        timeout = self.settings.close_timeout
+        await self.sender.flush(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.connection.close(code, reason[:120])
+        except TimeoutError:
+            self.connection.transport.abort()
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _receive(self) -> str | bytes:
+        idle = self.settings.idle_timeout
+        try:
+            async with asyncio.timeout(idle or None):
+                return await self.connection.recv()
+        except TimeoutError:
+            raise IdleTimeout(f"no message for {idle:g} s") from None
+
+    async def _read(self) -> None:
+        message = await self._receive()
+        if isinstance(message, bytes):
+            raise ProtocolError("audio before start: send a start message first")
+        parsed = protocol.parse_text(message)
+        if parsed["type"] != "start":
+            raise ProtocolError(f"the first message must be start, got {parsed['type']!r}")
+        await self._start(protocol.parse_start(parsed))
+        while True:
+            if not self._resume.is_set():
+                await self._resume.wait()
+            message = await self._receive()
+            if isinstance(message, bytes):
+                await self._accept_audio(message)
+                continue
+            parsed = protocol.parse_text(message)
+            if parsed["type"] == "stop":
+                raise _Ended()
+            if parsed["type"] == "start":
+                raise ProtocolError("start was already received for this stream")
+            raise protocol.UnknownMessage(f"unknown message type {parsed['type']!r}")
+
+    async def _start(self, request: protocol.StartRequest) -> None:
+        self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
+        self.engine = await self._call(self.context.new_engine, request.config)
+        models = self.context.describe()
+        await self.sender.send({
+            "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
+            "encoding": request.encoding, "channels": request.channels, "models": models,
+            "config": self.engine.config.to_dict(), "limits": self.context.client_limits(),
+        })
+        self._processor = asyncio.create_task(self._process())
+        self._processor.add_done_callback(self._processor_done)
+
+    async def _accept_audio(self, frame: bytes) -> None:
+        settings, decoder = self.settings, self.decoder
+        if len(frame) > settings.max_frame_bytes:
+            raise FrameTooLarge(f"frame of {len(frame)} bytes is above the limit of "
+                                f"{settings.max_frame_bytes} bytes")
+        incoming = (decoder.samples_in + len(frame) // decoder.frame_bytes) / decoder.sample_rate
+        if settings.max_stream_seconds and incoming > settings.max_stream_seconds:
+            raise StreamTooLong(f"streams are limited to {settings.max_stream_seconds:g} s")
+        samples = decoder.decode(frame)
+        now = time.monotonic()
+        if self._first_audio is None and len(frame):
+            self._first_audio = now
+        if len(samples):
+            self._queue_audio(samples, now)
+        await self._check_backlog(now)
+
+    def _queue_audio(self, samples: np.ndarray, arrived: float) -> None:
+        self._pending.append((samples, arrived))
+        self._pending_samples += len(samples)
+        self._received_samples += len(samples)
+        self.context.metrics.received(self.id, len(samples) / RATE, self._backlog_seconds)
+        self._audio_ready.set()
+
+    @property
+    def _backlog_seconds(self) -> float:
+        return (self._received_samples - self._processed_samples) / RATE
+
+    async def _check_backlog(self, now: float) -> None:
+        limit = self.settings.max_pending_seconds
+        backlog = self._backlog_seconds
+        if backlog <= limit:
+            return
+        behind = min(backlog, now - self._first_audio - self._processed_samples / RATE)
+        if behind > limit and not self._warned:
+            self._warned = True
+            self.context.metrics.count("falling_behind")
+            await self.sender.send(protocol.warning_message(
+                "falling_behind", f"processing is {behind:.1f} s behind the audio received; "
+                "reading from this stream pauses until it catches up", behind=round(behind, 3)))
+        self.context.metrics.count("backpressure_pauses")
+        self._resume.clear()
+
+    # -- processing --------------------------------------------------------------------
+
+    async def _process(self) -> None:
+        max_feed = int(self.settings.max_feed_seconds * RATE)
+        while True:
+            chunk = self._take(max_feed)
+            if chunk is None:
+                if self._input_done:
+                    return
+                self._audio_ready.clear()
+                await self._audio_ready.wait()
+                continue
+            samples, oldest = chunk
+            started = time.monotonic()
+            turns = await self._call(self.engine.feed, samples)
+            done = time.monotonic()
+            self._processed_samples += len(samples)
+            self.context.metrics.fed(self.id, len(samples) / RATE, self._backlog_seconds,
+                                     done - started, done - oldest)
+            if self._backlog_seconds <= self.settings.max_pending_seconds / 2:
+                self._warned = False
+                self._resume.set()
+            await self._send_turns(turns)
+
+    def _take(self, max_samples: int) -> tuple[np.ndarray, float] | None:
+        if not self._pending:
+            return None
+        parts, size, oldest = [], 0, self._pending[0][1]
+        while self._pending and size < max_samples:
+            samples, arrived = self._pending[0]
+            room = max_samples - size
+            if len(samples) > room:
+                self._pending[0] = (samples[room:], arrived)
+                samples = samples[:room]
+            else:
+                self._pending.pop(0)
+            parts.append(samples)
+            size += len(samples)
+        self._pending_samples -= size
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), oldest
+
+    def _processor_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failure = task.exception()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    async def _drain(self) -> None:
+        """Process every queued sample and the decoder tail, then flush the engine."""
+        self._input_done = True
+        self._audio_ready.set()
+        if self._processor is not None:
+            await self._processor
+        tail = self.decoder.flush()
+
+        def finish() -> list:
+            return (self.engine.feed(tail) if len(tail) else []) + self.engine.flush()
+
+        await self._send_turns(await self._call(finish))
+
+    async def _send_turns(self, turns: list) -> None:
+        for turn in turns:
+            await self.sender.send(turn.to_dict())
+        if turns:
+            self.context.metrics.count("turns_sent", len(turns))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an engine call in the shared thread pool."""
+        loop = asyncio.get_running_loop()
+        metrics = self.context.metrics
+        metrics.feed_started(1)
+        try:
+            return await loop.run_in_executor(self.context.executor, self.context.tracked(fn),
+                                              *args)
+        finally:
+            metrics.feed_started(-1)
+
+    def _end_message(self) -> dict[str, Any]:
+        return {"type": "end", "session": self.id, "duration": round(self.engine.position, 3),
+                "speakers": [s.to_dict() for s in self.engine.speakers()]}
+
+
+__all__ = ["StreamSession"]

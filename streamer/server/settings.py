@@ -1,0 +1,121 @@
+"""Limits and knobs of the websocket server, as one validated dataclass."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False, whole: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if whole and not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+@dataclass
+class ServerSettings:
+    """Every limit of the server, grouped by purpose.
+
+    Attributes:
+        max_connections: Open websocket streams at once; the next handshake gets HTTP 503.
+        max_frame_bytes: Largest binary audio frame accepted; a larger one gets the
+            ``frame_too_large`` error (close code 1009). Frames above
+            ``hard_frame_factor * max_frame_bytes`` are refused by the websocket layer
+            itself (close 1009, no error event) so that they are never buffered.
+        hard_frame_factor: See ``max_frame_bytes``.
+        max_stream_seconds: Longest stream (seconds of received audio); the frame that
+            crosses it gets the ``stream_too_long`` error after the audio before it is
+            processed. 0 disables the limit.
+        idle_timeout: Seconds without any message from a client (while the server is
+            waiting for one) after which the stream ends with ``idle_timeout``.
+            0 disables it.
+        ping_interval, ping_timeout: Websocket keep-alive pings (seconds); 0 disables them.
+        close_timeout: Seconds to wait for a client to complete the closing handshake.
+        max_pending_seconds: Received but not yet processed audio of one stream above
+            which the server stops reading from it (flow control pushes back on the
+            client) until half of it is processed. A real-time stream that gets there
+            also receives a ``falling_behind`` warning.
+        max_feed_seconds: Most audio handed to the engine in one call, so that one stream
+            cannot hold a worker for long.
+        send_queue_size: Events waiting to be written to one client; when full for
+            ``send_timeout`` seconds the client is disconnected as too slow.
+        send_timeout: See ``send_queue_size``.
+        write_limit: High-water mark of one connection's socket write buffer (bytes).
+        workers: Threads running engine calls (shared by all streams). ``None`` means
+            ``max(4, batch_max_size)``.
+        batch_max_size: Most rows in one micro-batched model call; 1 disables batching.
+        batch_max_wait: Seconds a model call waits for others to join its batch.
+        token: Bearer token clients must present (header or ``?token=``); ``None``
+            means no authentication.
+        allowed_origins: Browser origins (``Origin`` header) allowed to connect; empty
+            means any. Requests without an ``Origin`` header (non-browser clients) are
+            always allowed.
+        shutdown_timeout: Seconds given to open streams to finish after SIGTERM.
+    """
+
+    max_connections: int = 64
+    max_frame_bytes: int = 1 << 20
+    hard_frame_factor: int = 4
+    max_stream_seconds: float = 4 * 3600.0
+    idle_timeout: float = 60.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 5.0
+    max_pending_seconds: float = 5.0
+    max_feed_seconds: float = 2.0
+    send_queue_size: int = 256
+    send_timeout: float = 10.0
+    write_limit: int = 1 << 16
+    workers: int | None = None
+    batch_max_size: int = 32
+    batch_max_wait: float = 0.005
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    shutdown_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_frame_bytes", "hard_frame_factor",
+                     "send_queue_size", "write_limit", "batch_max_size"):
+            _positive(name, getattr(self, name), whole=True)
+            setattr(self, name, int(getattr(self, name)))
+        if self.workers is not None:
+            _positive("workers", self.workers, whole=True)
+            self.workers = int(self.workers)
+        for name in ("max_stream_seconds", "idle_timeout", "ping_interval", "ping_timeout",
+                     "batch_max_wait"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
+                     "send_timeout", "shutdown_timeout"):
+            _positive(name, getattr(self, name))
+        if self.max_feed_seconds > self.max_pending_seconds:
+            raise ValueError(f"max_feed_seconds ({self.max_feed_seconds}) must not exceed "
+                             f"max_pending_seconds ({self.max_pending_seconds})")
+        if self.token is not None and (not isinstance(self.token, str) or not self.token):
+            raise ValueError("token must be a non-empty string or None")
+        if isinstance(self.allowed_origins, str):
+            raise ValueError("allowed_origins must be a sequence of origins, not one string")
+        self.allowed_origins = tuple(self.allowed_origins)
+        for origin in self.allowed_origins:
+            if not isinstance(origin, str) or not origin or origin != origin.strip():
+                raise ValueError(f"bad allowed origin {origin!r}")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else max(4, self.batch_max_size)
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_max_size > 1 and self.batch_max_wait > 0
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a handshake with this ``Origin`` header may go on."""
+        if origin is None or not self.allowed_origins or "*" in self.allowed_origins:
+            return True
+        return origin.rstrip("/") in {o.rstrip("/") for o in self.allowed_origins}
+
+
+__all__ = ["ServerSettings"]
