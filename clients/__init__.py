@@ -1,0 +1,1 @@
+"""Command-line clients of the streamer websocket server (file and microphone)."""
