@@ -1,0 +1,71 @@
+"""Online speaker matching against a memory of global speaker centroids."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+_FORBIDDEN = 1e6
+#: Below ``min_speakers``, a new speaker costs this fraction of ``delta_new``.
+LENIENT_FACTOR = 0.6
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-8)
+
+
+class CentroidMemory:
+    """Global speakers of one stream as centroids of their local-speaker embeddings.
+
+    :meth:`assign` maps the local speakers of one buffer to global speakers with a
+    constrained (one-to-one) assignment that minimises the total cosine distance, where
+    opening a new speaker costs ``delta_new``. Only local speakers marked ``can_update``
+    (clearly active) may create or update a centroid.
+    """
+
+    def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1):
+        self.delta_new = delta_new
+        self.max_speakers = max_speakers
+        self.min_speakers = min_speakers
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    @property
+    def centroids(self) -> np.ndarray:
+        if not self._sums:
+            return np.zeros((0, 0), np.float32)
+        return normalize(np.stack(self._sums))
+
+    def assign(self, embeddings: np.ndarray, can_update: np.ndarray) -> np.ndarray:
+        """Global index for each row of ``embeddings`` (-1 when none can be given)."""
+        count = len(embeddings)
+        result = np.full(count, -1, dtype=int)
+        if count == 0:
+            return result
+        embeddings = normalize(np.asarray(embeddings, np.float64))
+        known = len(self._sums)
+        distances = (1.0 - embeddings @ self.centroids.T) if known else np.zeros((count, 0))
+        room = min(self.max_speakers - known, count)
+        cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
+        new_columns = np.full((count, room), _FORBIDDEN)
+        new_columns[np.asarray(can_update, bool)] = cost_new
+        cost = np.concatenate([distances, new_columns], axis=1)
+        if cost.shape[1] == 0:
+            return result
+        rows, columns = linear_sum_assignment(cost)
+        for row, column in zip(rows, columns):
+            if cost[row, column] >= _FORBIDDEN:
+                continue
+            if column < known:
+                result[row] = column
+                if can_update[row]:
+                    self._sums[column] = self._sums[column] + embeddings[row]
+            else:
+                result[row] = len(self._sums)
+                self._sums.append(embeddings[row].copy())
+        return result

@@ -1,0 +1,183 @@
+"""The streaming diarization engine: one network-free state object per stream.
+
+``feed(samples) -> events``, ``flush() -> events``, ``reset()``. Per step of the rolling
+buffer: the front end finds local speakers and their embeddings, the centroid memory maps
+them to global speakers, the aggregator averages the overlapping buffers, and the turn
+builder turns frames older than ``latency`` into final turns (newer frames give the
+interim view of the open turn).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from streamer.aggregation import Aggregator
+from streamer.buffer import RollingBuffer
+from streamer.clustering import CentroidMemory
+from streamer.config import StreamConfig
+from streamer.events import SpeakerSummary, Turn, speaker_label
+from streamer.models.base import BufferAnalysis, Frontend
+from streamer.turns import TurnBuilder
+
+logger = logging.getLogger(__name__)
+
+
+class StreamingDiarizer:
+    """Diarizes one stream of 16 kHz mono float32 samples, incrementally."""
+
+    def __init__(self, frontend: Frontend, config: StreamConfig | None = None):
+        self.frontend = frontend
+        self.sample_rate = frontend.sample_rate
+        self.config = (config or StreamConfig()).resolve(
+            frontend.chunk_duration, frontend.default_delta_new,
+            frontend.default_speech_threshold)
+        c = self.config
+        self.resolution = frontend.frame_step
+        self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)),
+                                     int(round(c.step * self.sample_rate)))
+        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers)
+        self._aggregator = Aggregator(self.resolution, c.max_speakers)
+        self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
+                                  speaker_label)
+        self.reset()
+
+    # ------------------------------------------------------------------ public API
+    def reset(self) -> None:
+        """Forget everything: the next sample is t=0 of a new stream."""
+        self._buffer.reset()
+        self._memory.reset()
+        self._aggregator.reset()
+        self._turns.reset()
+        self._stream = self.frontend.stream(self.config)
+        self._speech: dict[str, float] = {}
+        self._last_interim: Turn | None = None
+        self._finished = False
+
+    @property
+    def position(self) -> float:
+        """Seconds of audio fed so far."""
+        return self._buffer.received / self.sample_rate
+
+    def feed(self, samples: np.ndarray) -> list[Turn]:
+        """Add audio; returns the turn events it produced (final and interim)."""
+        if self._finished:
+            raise RuntimeError("flush() ended this stream: call reset() to start another")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        events: list[Turn] = []
+        stepped = False
+        for buffer, end in self._buffer.push(samples):
+            self._process(buffer, end)
+            events += self._commit(end - self._latency_samples)
+            stepped = True
+        if stepped:
+            events += self._interim()
+        return events
+
+    def flush(self) -> list[Turn]:
+        """End of stream: decide every remaining frame; returns the last final turns."""
+        if self._finished:
+            return []
+        tail = self._buffer.tail()
+        end = self._buffer.received
+        if tail is not None:
+            self._process(*tail)
+        events = self._commit(end, final=True)
+        events += self._record(self._turns.flush())
+        self._finished = True
+        return events
+
+    def speakers(self) -> list[SpeakerSummary]:
+        """Global speakers so far: label, seconds of speech in final turns, centroid."""
+        centroids = self._memory.centroids
+        return [SpeakerSummary(speaker_label(i), self._speech.get(speaker_label(i), 0.0),
+                               centroids[i].astype(float).tolist())
+                for i in range(len(centroids))]
+
+    # ------------------------------------------------------------------ internals
+    @property
+    def _latency_samples(self) -> int:
+        return int(round(self.config.latency * self.sample_rate))
+
+    def _process(self, buffer: np.ndarray, end: int) -> None:
+        start = (end - len(buffer)) / self.sample_rate
+        analysis = self._stream.analyze(buffer, start)
+        activations, speech = self._to_global(analysis)
+        self._aggregator.add(activations, speech, analysis.frames, start)
+
+    def _to_global(self, analysis: BufferAnalysis) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        local = np.asarray(analysis.activations, np.float64)
+        frames, count = local.shape
+        speech = (local.max(axis=1) if analysis.speech is None and count
+                  else np.zeros(frames) if analysis.speech is None
+                  else np.asarray(analysis.speech, np.float64))
+        result = np.zeros((frames, c.max_speakers))
+        if count == 0:
+            return result, speech
+        embeddings = np.asarray(analysis.embeddings, np.float64)
+        usable = np.isfinite(embeddings).all(axis=1) & (local.max(axis=0) >= c.tau_active)
+        if not usable.any():
+            return result, speech
+        speech_seconds = (local >= c.speech_threshold).sum(axis=0) * analysis.frames.step
+        can_update = usable & (speech_seconds >= c.rho_update * c.duration)
+        chosen = np.flatnonzero(usable)
+        globals_ = self._memory.assign(embeddings[chosen], can_update[chosen])
+        for index, target in zip(chosen, globals_):
+            if target >= 0:
+                result[:, target] = np.maximum(result[:, target], local[:, index])
+        return result, speech
+
+    def _labels(self, activations: np.ndarray, speech: np.ndarray) -> np.ndarray:
+        labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
+        silent = (speech < self.config.speech_threshold) | (activations.max(axis=1, initial=0) <= 0)
+        labels[silent] = -1
+        return labels
+
+    def _commit(self, end_sample: int, final: bool = False) -> list[Turn]:
+        if final:
+            end_frame = self._aggregator.available
+            end_frame = max(end_frame, int(np.ceil(end_sample / self.sample_rate / self.resolution)))
+        else:
+            end_frame = int(np.floor(end_sample / self.sample_rate / self.resolution))
+        end_frame = min(end_frame, int(np.ceil(self._buffer.received / self.sample_rate
+                                               / self.resolution)))
+        if end_frame <= self._aggregator.first:
+            return []
+        first, activations, speech = self._aggregator.commit(end_frame)
+        missing = end_frame - first - len(speech)
+        labels = np.concatenate([self._labels(activations, speech),
+                                 np.full(max(missing, 0), -1)])
+        if missing > 0:
+            self._aggregator.first = end_frame
+        return self._record(self._turns.push(labels))
+
+    def _interim(self) -> list[Turn]:
+        activations, speech = self._aggregator.peek(self._aggregator.available)
+        turn = self._turns.preview(self._labels(activations, speech))
+        if turn is None or turn == self._last_interim:
+            return []
+        self._last_interim = turn
+        return [turn]
+
+    def _record(self, finals: list[Turn]) -> list[Turn]:
+        for turn in finals:
+            self._speech[turn.speaker] = self._speech.get(turn.speaker, 0.0) + turn.duration
+        return finals
+
+
+def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig | None = None,
+                  chunk: float = 0.5, progress=None) -> tuple[list[Turn], StreamingDiarizer]:
+    """Stream a whole signal through a new engine; returns its final turns and the engine."""
+    engine = StreamingDiarizer(frontend, config)
+    size = max(1, int(chunk * engine.sample_rate))
+    finals: list[Turn] = []
+    for offset in range(0, len(samples), size):
+        finals += [t for t in engine.feed(samples[offset: offset + size]) if t.final]
+        if progress is not None:
+            progress(min(offset + size, len(samples)))
+    finals += [t for t in engine.flush() if t.final]
+    return finals, engine
+
+
+__all__ = ["StreamingDiarizer", "diarize_array"]

@@ -1,0 +1,234 @@
+"""The embedded preset: Silero VAD + GE2E voice embeddings, no download needed.
+
+Per stream, audio is processed once: VAD probabilities every 32 ms, a mel spectrogram
+every 10 ms, and one GE2E embedding per sliding window (``window`` seconds, a new one
+every ``hop`` seconds) over the speech frames of that window. For each rolling buffer, the
+windows inside it are clustered into local speakers (agglomerative, average linkage); a
+frame belongs to the local speakers of the windows that cover it, and a local speaker's
+embedding is the mean of its windows' embeddings.
+
+GE2E embeddings are non-negative, so they are compared after subtracting a mean
+embedding (``streamer/data/ge2e_mean.npy``) and normalising again.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from streamer.models.base import BufferAnalysis, FrameTiming
+from streamer.models.ge2e import HOP as MEL_HOP
+from streamer.models.ge2e import N_FFT, MelSpectrogram, VoiceEncoder, volume_gain
+from streamer.models.silero import SileroVad
+
+SAMPLE_RATE = 16000
+MEAN_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "ge2e_mean.npy")
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    """Tuned settings of the embedded preset.
+
+    Attributes:
+        window: Length of the audio each GE2E embedding sees, in seconds.
+        hop: Time between two windows, in seconds.
+        min_speech: A window is embedded only if it holds at least this many seconds of
+            speech (only its speech frames are fed to the encoder).
+        local_threshold: Cosine distance at which window clusters stop merging inside a
+            buffer.
+        max_local: Most local speakers per buffer.
+        vad_threshold: Silero probability from which a frame is speech.
+    """
+
+    window: float = 1.5
+    hop: float = 0.5
+    min_speech: float = 0.5
+    local_threshold: float = 0.5
+    max_local: int = 4
+    vad_threshold: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.window <= 6.0:
+            raise ValueError(f"window must be between 0.5 and 6 s, got {self.window}")
+        if not 0.1 <= self.hop <= self.window:
+            raise ValueError(f"hop must be between 0.1 s and window, got {self.hop}")
+        if not 0.1 <= self.min_speech <= self.window:
+            raise ValueError(f"min_speech must be between 0.1 s and window, got {self.min_speech}")
+        if not 0.0 < self.local_threshold < 2.0:
+            raise ValueError(f"local_threshold must be in (0, 2), got {self.local_threshold}")
+        if not 1 <= self.max_local <= 10:
+            raise ValueError(f"max_local must be between 1 and 10, got {self.max_local}")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+
+
+class EmbeddedFrontend:
+    """Shared, read-only Silero VAD and GE2E encoder; one :class:`_Stream` per stream."""
+
+    name = "embedded"
+    sample_rate = SAMPLE_RATE
+    chunk_duration = 10.0
+    frame_step = SileroVad.frame_step
+    default_delta_new = 0.75
+
+    def __init__(self, settings: EmbeddedSettings | None = None, vad: SileroVad | None = None,
+                 encoder: VoiceEncoder | None = None, mean: np.ndarray | None = None):
+        self.settings = settings or EmbeddedSettings()
+        self.default_speech_threshold = self.settings.vad_threshold
+        self.vad = vad or SileroVad()
+        self.encoder = encoder or VoiceEncoder()
+        if mean is None:
+            mean = np.load(MEAN_PATH) if os.path.exists(MEAN_PATH) else np.zeros(256)
+        self.mean = np.asarray(mean, np.float32)
+        self.mel = MelSpectrogram()
+        self._encode: Callable[[np.ndarray], np.ndarray] = self.encoder.embed
+
+    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
+        self._encode = wrapper("ge2e", self._encode)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "preset": self.name,
+            "segmentation": "silero-vad (packaged weights) + clustering of GE2E windows",
+            "embedding": "GE2E voice encoder (resemblyzer packaged weights)",
+            "sample_rate": self.sample_rate,
+            "chunk_duration": self.chunk_duration,
+            "frame_step": self.frame_step,
+            "embedding_dimension": 256,
+            "window": self.settings.window,
+            "hop": self.settings.hop,
+        }
+
+    def stream(self, config: Any) -> "_Stream":
+        return _Stream(self, config)
+
+    def embed(self, mels: np.ndarray, gain: float) -> np.ndarray:
+        """Centred, normalised embedding of speech mel frames ``(frames, 40)``."""
+        raw = self._encode((mels * gain ** 2)[None])[0] - self.mean
+        return raw / max(float(np.linalg.norm(raw)), 1e-8)
+
+
+class _Stream:
+    def __init__(self, frontend: EmbeddedFrontend, config: Any):
+        self.f = frontend
+        self.s = frontend.settings
+        self.threshold = config.speech_threshold
+        self.vad_state = frontend.vad.new_state()
+        self.probs = np.zeros(0, np.float32)  # one per 32 ms VAD frame since t=0
+        self.audio = np.zeros(0, np.float32)  # kept from sample index self.audio_start
+        self.audio_start = 0
+        self.received = 0
+        self.mels = np.zeros((0, 40), np.float32)  # self.mels[i] is centred on
+        self.mel_start = 0  # sample (mel_start + i) * 160
+        self.hop_samples = int(round(self.s.hop * SAMPLE_RATE))
+        self.window_samples = int(round(self.s.window * SAMPLE_RATE))
+        self.next_window = 1  # window k ends at sample k * hop_samples
+        self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
+
+    # -------------------------------------------------------------- incremental state
+    def _take_new(self, buffer: np.ndarray, start: float) -> int:
+        end = int(round(start * SAMPLE_RATE)) + len(buffer)
+        new = end - self.received
+        if new > 0:
+            samples = buffer[len(buffer) - min(new, len(buffer)):]
+            self.probs = np.concatenate([self.probs, self.f.vad.process(self.vad_state, samples)])
+            self.audio = np.concatenate([self.audio, samples])
+            self.received = end
+        self._update_mels()
+        return end
+
+    def _update_mels(self) -> None:
+        half = N_FFT // 2
+        first = self.mel_start + len(self.mels)
+        last = (self.received - half) // MEL_HOP  # frames whose right edge has arrived
+        if last < first:
+            return
+        lo = first * MEL_HOP - half
+        hi = last * MEL_HOP + half
+        pad_left = max(0, self.audio_start - lo)
+        segment = self.audio[max(lo - self.audio_start, 0): hi - self.audio_start]
+        segment = np.pad(segment, (pad_left, 0))
+        self.mels = np.concatenate([self.mels, self.f.mel.frames(segment)])
+
+    def _embed_windows(self, end: int) -> None:
+        while self.next_window * self.hop_samples <= end:
+            stop = self.next_window * self.hop_samples
+            self.next_window += 1
+            start = max(0, stop - self.window_samples)
+            lo_vad, hi_vad = start // 512, stop // 512
+            speech = self.probs[lo_vad:hi_vad] >= self.threshold
+            if speech.sum() * 512 < self.s.min_speech * SAMPLE_RATE:
+                continue
+            mel_index = np.arange(start // MEL_HOP,
+                                  min(stop // MEL_HOP, self.mel_start + len(self.mels)))
+            keep = speech[np.clip(mel_index * MEL_HOP // 512 - lo_vad, 0, len(speech) - 1)]
+            mels = self.mels[mel_index[keep] - self.mel_start]
+            audio = self.audio[start - self.audio_start: stop - self.audio_start]
+            self.windows[stop] = self.f.embed(mels, volume_gain(audio))
+
+    def _forget(self, buffer_start: int) -> None:
+        keep_from = max(0, buffer_start - self.window_samples - N_FFT)
+        if keep_from > self.audio_start:
+            self.audio = self.audio[keep_from - self.audio_start:]
+            self.audio_start = keep_from
+            drop = keep_from // MEL_HOP - self.mel_start
+            if drop > 0:
+                self.mels = self.mels[drop:]
+                self.mel_start += drop
+        for stop in [s for s in self.windows if s < buffer_start]:
+            del self.windows[stop]
+
+    # -------------------------------------------------------------- per buffer
+    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
+        end = self._take_new(buffer, start)
+        self._embed_windows(end)
+        begin = max(0, end - len(buffer))
+        self._forget(begin)
+        first, last = int(np.ceil(begin / 512)), end // 512
+        probs = self.probs[first:last]
+        timing = FrameTiming(first * 512 / SAMPLE_RATE - start, 512 / SAMPLE_RATE,
+                             512 / SAMPLE_RATE)
+        stops = np.array(sorted(s for s in self.windows if s > begin), dtype=np.int64)
+        if len(stops) == 0 or len(probs) == 0:
+            return BufferAnalysis(np.zeros((len(probs), 0), np.float32),
+                                  np.zeros((0, 256), np.float32), timing, probs)
+        embeddings = np.stack([self.windows[s] for s in stops])
+        labels = self._cluster(embeddings)
+        count = labels.max() + 1
+        centers = (np.arange(first, first + len(probs)) + 0.5) * 512
+        membership = self._membership(centers, stops, labels, count)
+        speech = (probs >= self.threshold).astype(np.float32)
+        activations = (membership * speech[:, None]).astype(np.float32)
+        local = np.stack([embeddings[labels == k].mean(axis=0) for k in range(count)])
+        local /= np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-8)
+        return BufferAnalysis(activations, local.astype(np.float32), timing, probs)
+
+    def _cluster(self, embeddings: np.ndarray) -> np.ndarray:
+        if len(embeddings) == 1:
+            return np.zeros(1, int)
+        tree = linkage(embeddings, method="average", metric="cosine")
+        labels = fcluster(tree, self.s.local_threshold, criterion="distance") - 1
+        sizes = np.bincount(labels)
+        order = np.argsort(-sizes, kind="stable")[: self.s.max_local]
+        if len(order) < len(sizes):  # fold small clusters into the nearest kept one
+            kept = np.stack([embeddings[labels == k].mean(axis=0) for k in order])
+            nearest = np.argmax(embeddings @ kept.T, axis=1)
+            remap = {k: i for i, k in enumerate(order)}
+            return np.array([remap.get(k, nearest[i]) for i, k in enumerate(labels)])
+        remap = np.empty(len(sizes), int)
+        remap[order] = np.arange(len(order))
+        return remap[labels]
+
+    def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,
+                    count: int) -> np.ndarray:
+        window = self.window_samples
+        covers = (centers[:, None] <= stops[None, :]) & (centers[:, None] >= stops[None, :] - window)
+        nearest = np.argmin(np.abs(centers[:, None] - (stops[None, :] - window / 2)), axis=1)
+        uncovered = ~covers.any(axis=1)
+        covers[uncovered, nearest[uncovered]] = True
+        onehot = np.eye(count)[labels]  # (windows, count)
+        votes = covers.astype(np.float64) @ onehot
+        return votes / votes.sum(axis=1, keepdims=True)

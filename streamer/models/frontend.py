@@ -1,0 +1,83 @@
+"""Front end for a segmentation model plus an embedding model (the pyannote recipe).
+
+The segmentation model gives per-frame activations of a few local speakers in the buffer;
+each active local speaker gets one embedding of the whole buffer, weighted towards the
+frames where it speaks alone (overlap-aware weights).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from streamer.models.base import BufferAnalysis, EmbeddingModel, SegmentationModel
+
+
+def overlap_aware_weights(activations: np.ndarray, gamma: float, beta: float) -> np.ndarray:
+    """``(frames, speakers)`` -> weights that favour frames where one speaker dominates."""
+    scaled = beta * activations
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    soft = np.exp(scaled)
+    soft /= soft.sum(axis=1, keepdims=True)
+    weights = (activations ** gamma) * (soft ** gamma)
+    return np.maximum(weights, 1e-8).astype(np.float32)
+
+
+class SegmentationEmbeddingFrontend:
+    """Runs ``segmentation`` on each buffer and ``embedding`` per active local speaker."""
+
+    def __init__(self, segmentation: SegmentationModel, embedding: EmbeddingModel,
+                 name: str = "pyannote", delta_new: float = 1.0, speech_threshold: float = 0.5,
+                 sources: dict[str, str] | None = None):
+        if segmentation.sample_rate != embedding.sample_rate:
+            raise ValueError("segmentation and embedding models must share one sample rate")
+        self.name = name
+        self.segmentation = segmentation
+        self.embedding = embedding
+        self.sample_rate = segmentation.sample_rate
+        self.chunk_duration = float(segmentation.chunk_duration)
+        self.frame_step = float(segmentation.frames.step)
+        self.default_delta_new = delta_new
+        self.default_speech_threshold = speech_threshold
+        self.sources = dict(sources or {})
+        self._segment: Callable[..., np.ndarray] = segmentation
+        self._embed: Callable[..., np.ndarray] = embedding
+
+    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
+        """Wrap the batchable model calls (e.g. for cross-stream micro-batching)."""
+        self._segment = wrapper("segmentation", self._segment)
+        self._embed = wrapper("embedding", self._embed)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "preset": self.name,
+            "segmentation": self.sources.get("segmentation", type(self.segmentation).__name__),
+            "embedding": self.sources.get("embedding", type(self.embedding).__name__),
+            "sample_rate": self.sample_rate,
+            "chunk_duration": self.chunk_duration,
+            "frame_step": self.frame_step,
+            "local_speakers": int(self.segmentation.num_speakers),
+            "embedding_dimension": int(self.embedding.dimension),
+        }
+
+    def stream(self, config: Any) -> "_Stream":
+        return _Stream(self, config)
+
+
+class _Stream:
+    def __init__(self, frontend: SegmentationEmbeddingFrontend, config: Any):
+        self.frontend = frontend
+        self.config = config
+
+    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
+        f = self.frontend
+        chunk = np.ascontiguousarray(buffer, np.float32)[None]
+        activations = np.asarray(f._segment(chunk), np.float32)[0]
+        count = activations.shape[1]
+        embeddings = np.full((count, f.embedding.dimension), np.nan, np.float32)
+        active = np.flatnonzero(activations.max(axis=0) >= self.config.tau_active)
+        if len(active):
+            weights = overlap_aware_weights(activations, self.config.gamma, self.config.beta)
+            batch = np.repeat(chunk, len(active), axis=0)
+            embeddings[active] = f._embed(batch, np.ascontiguousarray(weights[:, active].T))
+        return BufferAnalysis(activations, embeddings, f.segmentation.frames)

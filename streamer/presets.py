@@ -1,0 +1,71 @@
+"""Model presets: which front end a stream runs, and where its weights come from."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streamer.errors import ConfigError, ModelLoadError
+from streamer.models.base import Frontend
+
+logger = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "embedded": {
+        "description": "Silero VAD + GE2E voice embeddings; weights ship inside the "
+                       "silero-vad and resemblyzer PyPI packages (no download, no token)",
+        "segmentation": "silero-vad package: silero_vad/data/silero_vad.jit",
+        "embedding": "resemblyzer package: resemblyzer/pretrained.pt",
+    },
+    "pyannote": {
+        "description": "pyannote segmentation + speaker embedding models (most accurate); "
+                       "weights from the Hugging Face hub or a local folder",
+        "segmentation": "pyannote/segmentation-3.0",
+        "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM",
+    },
+}
+DEVICES = ("cpu", "cuda", "auto")
+BACKENDS = ("torch", "onnx")
+
+
+def load_frontend(preset: str | None = None, segmentation: str | None = None,
+                  embedding: str | None = None, device: str = "cpu",
+                  backend: str = "torch", **hub: Any) -> Frontend:
+    """Load the models of a preset once; the result is shared by every stream.
+
+    ``segmentation`` / ``embedding`` (a file, a folder or a hub repo id) select pyannote
+    models and imply ``preset="pyannote"``; the missing one takes the preset's default.
+    ``hub`` passes ``revision``, ``cache_dir`` and ``token`` to hub downloads.
+    """
+    if preset is None:
+        preset = "pyannote" if (segmentation or embedding) else "embedded"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if preset == "embedded":
+        if segmentation or embedding:
+            raise ConfigError("--segmentation/--embedding need the pyannote preset")
+        from streamer.models.embedded import EmbeddedFrontend
+
+        return EmbeddedFrontend()
+    return _load_pyannote(segmentation or PRESETS["pyannote"]["segmentation"],
+                          embedding or PRESETS["pyannote"]["embedding"], device, backend, hub)
+
+
+def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
+                   hub: dict[str, Any]) -> Frontend:
+    try:
+        from streamer.models.pyannote import load_embedding, load_segmentation
+    except ImportError as error:  # pragma: no cover - the package ships with streamer
+        raise ModelLoadError(f"the pyannote models are unavailable: {error}") from None
+    from streamer.models.frontend import SegmentationEmbeddingFrontend
+
+    seg = load_segmentation(segmentation, device=device, backend=backend, **hub)
+    emb = load_embedding(embedding, device=device, backend=backend, **hub)
+    logger.info("loaded segmentation %s and embedding %s (%s, %s)", segmentation, embedding,
+                device, backend)
+    return SegmentationEmbeddingFrontend(
+        seg, emb, name="pyannote",
+        sources={"segmentation": segmentation, "embedding": embedding})
