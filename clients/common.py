@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
 
@@ -129,9 +129,11 @@ async def run_stream(
         raise_for_error(event)
         return event
 
-    async with connect(
-        url, additional_headers=auth_headers(token), open_timeout=open_timeout, max_size=None
-    ) as ws:
+    try:
+        ws = await connect(url, additional_headers=auth_headers(token), open_timeout=open_timeout, max_size=None)
+    except InvalidStatus as exc:  # refused at the handshake: 401, 403, 503 ...
+        raise rejection_error(exc) from exc
+    async with ws:
         await ws.send(start)
         ready = handle(await ws.recv())
         if ready is None or ready.get("type") != "ready":
@@ -154,6 +156,20 @@ async def run_stream(
                 "closed", f"server closed the stream before end (code {ws.close_code}, {ws.close_reason!r})"
             )
     return events
+
+
+def rejection_error(exc: InvalidStatus) -> StreamError:
+    """A :class:`StreamError` for a handshake the server refused, with the code it gave."""
+    status = exc.response.status_code
+    body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+    try:
+        detail = json.loads(body)
+    except ValueError:
+        detail = None
+    if isinstance(detail, dict) and detail.get("code"):
+        return StreamError(str(detail["code"]), str(detail.get("message", body)))
+    codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 503: "unavailable"}
+    return StreamError(codes.get(status, f"http_{status}"), f"HTTP {status}: {body or 'refused'}")
 
 
 def install_stop_handler(stop_event: asyncio.Event, message: str | None = None) -> None:

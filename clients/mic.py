@@ -86,8 +86,8 @@ def pick_input_settings(device: int | str | None, preferred_rate: int = PREFERRE
     max_channels = int(info["max_input_channels"])
     channel_options = [c for c in (1, 2) if c <= max_channels]
     rate_options = [preferred_rate, int(round(info["default_samplerate"])), 48000, 44100]
-    rate_options = [rate for rate in rate_options if MIN_RATE <= rate <= MAX_RATE]
-    for rate in dict.fromkeys(rate_options):
+    rate_options = [rate for rate in dict.fromkeys(rate_options) if MIN_RATE <= rate <= MAX_RATE]
+    for rate in rate_options:
         for channels in channel_options:
             try:
                 sd.check_input_settings(device=device, samplerate=rate, channels=channels, dtype="int16")

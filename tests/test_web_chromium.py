@@ -1,0 +1,232 @@
+"""End to end: the browser page in headless Chromium, a fake microphone, the real server.
+
+Chromium plays a wav file of two people talking as its fake microphone (looped); the test
+clicks Start, waits for a final turn on the page, clicks Stop, waits for the ``end`` event,
+and takes a screenshot. Chromium is driven over the DevTools protocol with ``websockets``.
+Needs the Debian packages ``chromium`` (and ``espeak-ng`` when ../shared/eval is absent).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.asyncio.client import ClientConnection, connect
+
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+
+from test_clients_file import SAMPLE, TIMEOUT_FACTOR, running_server  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+def two_voice_wav(path: Path) -> Path:
+    """A 16-bit PCM wav of two alternating voices: sample.wav, else espeak-ng synthesis."""
+    if SAMPLE.exists():
+        audio, rate = sf.read(SAMPLE, dtype="int16")
+        sf.write(path, audio, rate, subtype="PCM_16")
+        return path
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail(f"need {SAMPLE} or espeak-ng (apt-get install espeak-ng) for the fake microphone")
+    lines = [
+        ("en+m3", "Good morning everyone, thanks for joining the weekly planning meeting today."),
+        ("en+f3", "Thanks. I have two updates about the release and the new microphone client."),
+        ("en+m3", "Great, please go ahead, and then we will look at the open issues together."),
+        ("en+f3", "The release is ready and the browser page now draws a live speaker timeline."),
+    ]
+    parts = []
+    for voice, text in lines:
+        wav = subprocess.run([espeak, "-v", voice, "--stdout", text], check=True, capture_output=True).stdout
+        part_path = path.with_suffix(".part.wav")
+        part_path.write_bytes(wav)
+        audio, rate = sf.read(part_path, dtype="int16")
+        parts += [audio, np.zeros(int(0.4 * rate), dtype=np.int16)]
+    part_path.unlink()
+    sf.write(path, np.concatenate(parts), rate, subtype="PCM_16")
+    return path
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol session on one page target."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.log: list[str] = []
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            message = json.loads(raw)
+            if "id" in message:
+                future = self.pending.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                continue
+            method = message.get("method", "")
+            params = message.get("params", {})
+            if method == "Runtime.consoleAPICalled":
+                args = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", []))
+                self.log.append(f"console.{params.get('type')}: {args}")
+            elif method == "Runtime.exceptionThrown":
+                self.log.append(f"exception: {json.dumps(params.get('exceptionDetails', {}))[:500]}")
+            await self.events.put(message)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        message_id = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[message_id] = future
+        await self.ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        reply = await asyncio.wait_for(future, 30 * TIMEOUT_FACTOR)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression!r} threw {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait_for_event(self, method: str, timeout: float) -> dict[str, Any]:
+        async def wait() -> dict[str, Any]:
+            while True:
+                event = await self.events.get()
+                if event.get("method") == method:
+                    return event
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def click(self, selector: str) -> None:
+        """A real mouse click (a user gesture, as the AudioContext wants) at the element's centre."""
+        box = await self.evaluate(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            " return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()"
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
+
+    async def wait_until(self, expression: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+        while True:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                state = await self.evaluate("JSON.stringify({status: streamerState.status, "
+                                            "events: streamerState.events.slice(-5)})")
+                raise AssertionError(f"timed out waiting for {expression}; page: {state}; log: {self.log[-10:]}")
+            await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def chromium(fake_audio: Path, profile: Path) -> AsyncIterator[DevTools]:
+    """Headless Chromium with ``fake_audio`` as its microphone; yields a DevTools page session."""
+    args = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--mute-audio", "--window-size=1100,900",
+        f"--user-data-dir={profile}", "--remote-debugging-port=0",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_audio}", "about:blank",
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Chromium did not start (exit code {process.poll()})")
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
+            targets = json.load(reply)
+        page = next(target for target in targets if target.get("type") == "page")
+        async with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            tools = DevTools(ws)
+            for domain in ("Page", "Runtime"):
+                await tools.call(f"{domain}.enable")
+            yield tools
+            tools.reader.cancel()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path) -> dict[str, Any]:
+    async with chromium(fake_audio, profile) as page:
+        await page.call("Page.navigate", url=page_url)
+        await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
+        assert await page.evaluate("typeof window.streamerState") == "object", page.log
+        await page.click("#start")
+        await page.wait_until("streamerState.phase === 'live'", 30)
+        await page.wait_until("streamerState.finals.length >= 1", 40)
+        await page.wait_until("document.querySelectorAll('#timeline .turn.final').length >= 1", 5)
+        await page.click("#stop")
+        await page.wait_until("streamerState.end !== null", 30)
+        shot = await page.call("Page.captureScreenshot", format="png")
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        return await page.evaluate(
+            "JSON.parse(JSON.stringify({phase: streamerState.phase, status: streamerState.status,"
+            " error: streamerState.error, sampleRate: streamerState.sampleRate, ready: streamerState.ready,"
+            " end: streamerState.end, finals: streamerState.finals, audioSeconds: streamerState.audioSeconds,"
+            " rows: document.querySelectorAll('#timeline .row').length,"
+            " summaryRows: document.querySelectorAll('#summary tr').length}))"
+        )
+
+
+def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None:
+    fake_audio = two_voice_wav(tmp_path / "two_voices.wav")
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    screenshot = tmp_path / "page.png"
+    token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
+    with running_server(["--token", token]) as base:
+        page_url = f"{base}/?token={token}"
+        state = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 150))
+
+    assert state["error"] is None, state
+    assert state["phase"] == "done", state
+    assert 8000 <= state["sampleRate"] <= 48000
+    assert state["ready"]["type"] == "ready"
+    finals = state["finals"]
+    assert finals, state
+    for turn in finals:
+        assert 0 <= turn["start"] < turn["end"] <= state["end"]["duration"] + 0.5, turn
+    for before, after in zip(finals, finals[1:]):
+        assert before["end"] <= after["start"] + 1e-6, "final turns overlap"
+    assert state["end"]["duration"] >= finals[-1]["end"] - 0.5
+    assert state["end"]["duration"] == pytest.approx(state["audioSeconds"], abs=1.0)
+    assert state["rows"] >= 1
+    assert state["summaryRows"] == len(state["end"]["speakers"]) + 1
+    png = screenshot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    if os.environ.get("STREAMER_KEEP_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["STREAMER_KEEP_SCREENSHOT"])
