@@ -1,0 +1,178 @@
+"""pyannote models, implemented natively in torch and loaded from the published checkpoints.
+
+* Segmentation: ``pyannote/segmentation-3.0`` (powerset) and ``pyannote/segmentation`` 2.x
+  (multilabel), both PyanNet.
+* Embedding: ``pyannote/wespeaker-voxceleb-resnet34-LM`` (WeSpeaker ResNet) and
+  ``pyannote/embedding`` (x-vector with SincNet features).
+
+``source`` is a ``pytorch_model.bin`` file, a folder holding one, or a Hugging Face hub repo
+id (``huggingface_hub`` needed, token from ``token=`` or ``HF_TOKEN``). Checkpoints are read
+with a restricted unpickler (no pyannote.audio, lightning or torchaudio needed, no code
+execution). ``backend="onnx"`` exports the same network to ONNX and runs it with onnxruntime.
+Nothing is downloaded at import time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from streamer.errors import ModelLoadError
+from streamer.models.pyannote.checkpoint import Checkpoint, read_checkpoint
+from streamer.models.pyannote.hub import resolve_checkpoint
+from streamer.models.pyannote.pyannet import build_pyannet
+from streamer.models.pyannote.resnet import build_wespeaker
+from streamer.models.pyannote.runtime import (
+    PyannoteEmbedding, PyannoteSegmentation, Runner, resolve_device, torch_runner)
+from streamer.models.pyannote.xvector import build_xvector
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_ARCHITECTURES = ("PyanNet",)
+EMBEDDING_ARCHITECTURES = ("WeSpeakerResNet34", "WeSpeakerResNet152", "WeSpeakerResNet221",
+                           "WeSpeakerResNet293", "XVectorSincNet")
+BACKENDS = ("torch", "onnx")
+
+__all__ = ["load_segmentation", "load_embedding", "PyannoteSegmentation",
+           "PyannoteEmbedding", "detect_architecture", "SEGMENTATION_ARCHITECTURES",
+           "EMBEDDING_ARCHITECTURES"]
+
+
+def detect_architecture(checkpoint: Checkpoint) -> str:
+    """pyannote class name of the model, from the checkpoint metadata or its tensor names."""
+    if checkpoint.class_name:
+        return checkpoint.class_name
+    keys = checkpoint.state_dict.keys()
+    if any(k.startswith("resnet.") for k in keys):
+        return "WeSpeakerResNet34"
+    has_sincnet = any(k.startswith("sincnet.") for k in keys)
+    if has_sincnet and any(k.startswith("tdnns.") for k in keys):
+        return "XVectorSincNet"
+    if has_sincnet and any(k.startswith("lstm.") for k in keys):
+        return "PyanNet"
+    return ""
+
+
+def _prepare(source: str | os.PathLike[str], kind: str, device: str, backend: str,
+             revision: str | None, cache_dir: str | Path | None,
+             token: str | None) -> tuple[Checkpoint, str, torch.device]:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
+                             "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    checkpoint = read_checkpoint(resolve_checkpoint(
+        source, revision=revision, cache_dir=cache_dir, token=token))
+    architecture = detect_architecture(checkpoint)
+    wanted, other = ((SEGMENTATION_ARCHITECTURES, EMBEDDING_ARCHITECTURES) if kind ==
+                     "segmentation" else (EMBEDDING_ARCHITECTURES, SEGMENTATION_ARCHITECTURES))
+    if architecture in other:
+        other_kind = "embedding" if kind == "segmentation" else "segmentation"
+        example = ("pyannote/segmentation-3.0" if kind == "segmentation"
+                   else "pyannote/wespeaker-voxceleb-resnet34-LM")
+        raise ModelLoadError(
+            f"{checkpoint.path} is a speaker {other_kind} checkpoint ({architecture}), not a "
+            f"{kind} model: pass it as the {other_kind} model (--{other_kind}) and give a "
+            f"{kind} model here, e.g. {example}")
+    if architecture not in wanted:
+        raise ModelLoadError(
+            f"{checkpoint.path} holds an unsupported architecture "
+            f"({checkpoint.architecture or 'unknown'}); supported {kind} models: "
+            f"{', '.join(wanted)}")
+    return checkpoint, architecture, resolved
+
+
+def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
+                      backend: str = "torch", revision: str | None = None,
+                      cache_dir: str | Path | None = None,
+                      token: str | None = None) -> PyannoteSegmentation:
+    """Load a pyannote segmentation model (PyanNet, powerset or multilabel).
+
+    Args:
+        source: ``pytorch_model.bin``, a folder holding one, or a hub repo id
+            (``"pyannote/segmentation-3.0"``, optionally ``"repo@revision"``).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        backend: ``"torch"`` or ``"onnx"`` (export once, run with onnxruntime).
+        revision, cache_dir, token: hub download options (token defaults to ``HF_TOKEN``).
+
+    Raises:
+        ModelLoadError: missing/unreadable/wrong file, hub unreachable or gated, missing
+            optional dependency.
+    """
+    checkpoint, _, resolved = _prepare(source, "segmentation", device, backend, revision,
+                                       cache_dir, token)
+    model, spec, sample_rate = build_pyannet(checkpoint)
+    num_samples = round(spec.duration * sample_rate)
+    runner: Runner
+    if backend == "onnx":
+        from streamer.models.pyannote.onnx import onnx_runner
+        graph = onnx_runner(_SegmentationGraph(model), checkpoint.path, "segmentation",
+                            num_samples, resolved, frame_axis=1)
+        runner = _numpy_runner(graph)
+    else:
+        model.to(resolved)
+        runner = torch_runner(lambda x: model(x.unsqueeze(1)), resolved)
+    return PyannoteSegmentation(model, spec, sample_rate, runner, device=resolved,
+                                backend=backend, source=str(checkpoint.path))
+
+
+def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
+                   backend: str = "torch", revision: str | None = None,
+                   cache_dir: str | Path | None = None,
+                   token: str | None = None) -> PyannoteEmbedding:
+    """Load a pyannote speaker embedding model (WeSpeaker ResNet or x-vector SincNet).
+
+    Same arguments and errors as :func:`load_segmentation`.
+    """
+    checkpoint, architecture, resolved = _prepare(source, "embedding", device, backend,
+                                                  revision, cache_dir, token)
+    if architecture == "XVectorSincNet":
+        module, sample_rate, dimension = build_xvector(checkpoint)
+    else:
+        module, sample_rate, dimension = build_wespeaker(checkpoint)
+    runner: Runner
+    if backend == "onnx":
+        from streamer.models.pyannote.onnx import onnx_runner
+        graph = onnx_runner(_TrunkGraph(module), checkpoint.path, "embedding",
+                            10 * sample_rate, resolved, frame_axis=2)
+        runner = _numpy_runner(graph)
+    else:
+        module.to(resolved)
+        runner = torch_runner(module.trunk, resolved)
+    return PyannoteEmbedding(architecture, module, sample_rate, dimension, runner,
+                             device=resolved, backend=backend, source=str(checkpoint.path))
+
+
+class _SegmentationGraph(nn.Module):
+    """``(batch, samples) -> raw scores``: the graph exported to ONNX."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.model(waveforms.unsqueeze(1))
+
+
+class _TrunkGraph(nn.Module):
+    """``(batch, samples) -> frame features``; FFT as matrix products (exportable)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        fbank = getattr(module, "fbank", None)
+        if fbank is not None:
+            fbank.matmul_dft = True
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.module.trunk(waveforms)
+
+
+def _numpy_runner(graph: object) -> Runner:
+    def run(waveforms):  # type: ignore[no-untyped-def]
+        return torch.from_numpy(graph(waveforms))  # type: ignore[operator]
+    return run

@@ -120,7 +120,7 @@ class ResNet(nn.Module):
 
     def frames(self, fbank: torch.Tensor) -> torch.Tensor:
         """``(batch, frames, feat)`` -> ``(batch, channels * freq, frames / 8)``."""
-        out = fbank.transpose(1, 2).unsqueeze(1)
+        out = fbank.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
         out = F.relu(self.bn1(self.conv1(out)))
         for index in range(self.num_layers):
             out = getattr(self, f"layer{index + 1}")(out)
@@ -140,6 +140,13 @@ class WeSpeakerResNet(nn.Module):
         super().__init__()
         self.fbank = fbank
         self.resnet = resnet
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of the trunk output for ``num_samples`` input samples."""
+        frames = self.fbank.num_frames(num_samples)
+        for _ in range(self.resnet.num_layers - 1):  # layers 2.. halve the time axis
+            frames = (frames - 1) // 2 + 1 if frames > 0 else 0
+        return frames
 
     def trunk(self, waveforms: torch.Tensor) -> torch.Tensor:
         if waveforms.dim() == 3:
@@ -198,6 +205,7 @@ def build_wespeaker(checkpoint: Checkpoint) -> tuple[WeSpeakerResNet, int, int]:
                        checkpoint.path, hp["dither"])
     model.eval()
     model.resnet.fuse()
+    model.resnet.to(memory_format=torch.channels_last)  # faster convolutions (oneDNN/cuDNN)
     logger.info("WeSpeaker ResNet from %s: blocks %s x %s, %d channels, %d-d (pooled %d)",
                 checkpoint.path, num_blocks, block.__name__, m_channels, embed_dim, pooled)
     return model, sample_rate, int(embed_dim)

@@ -39,6 +39,14 @@ class XVectorSincNet(nn.Module):
             channels = out_channels
         self.embedding = nn.Linear(2 * channels, dimension)
 
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of the trunk output for ``num_samples`` input samples."""
+        frames = self.sincnet.num_frames(num_samples)
+        for layer in self.tdnns:
+            if isinstance(layer, nn.Conv1d):
+                frames -= layer.dilation[0] * (layer.kernel_size[0] - 1)
+        return max(frames, 0)
+
     def trunk(self, waveforms: torch.Tensor) -> torch.Tensor:
         if waveforms.dim() == 2:
             waveforms = waveforms.unsqueeze(1)

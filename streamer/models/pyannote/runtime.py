@@ -1,0 +1,191 @@
+"""numpy-facing wrappers that make the torch (or ONNX) networks implement the engine's
+:class:`~streamer.models.base.SegmentationModel` and
+:class:`~streamer.models.base.EmbeddingModel` interfaces.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from streamer.models.base import FrameTiming
+from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
+from streamer.models.pyannote.pyannet import PyanNet, SegmentationSpec
+
+logger = logging.getLogger(__name__)
+
+#: ``np.ndarray (batch, samples) -> torch.Tensor`` (raw output or trunk frames).
+Runner = Callable[[np.ndarray], torch.Tensor]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` (cuda when available)."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        return torch.device(name)
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+
+
+def torch_runner(function: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> Runner:
+    def run(waveforms: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return function(torch.from_numpy(waveforms).to(device))
+    return run
+
+
+def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
+    """Validate ``(batch, samples)`` (or ``(batch, 1, samples)``) audio -> float32 2-D."""
+    array = np.asarray(waveforms, dtype=np.float32)
+    if array.ndim == 3 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 2:
+        raise ValueError(f"waveforms must be (batch, samples), got shape {array.shape}")
+    if array.shape[0] and array.shape[1] < min_samples:
+        raise ValueError(f"chunks of {array.shape[1]} samples are too short for this model "
+                         f"(at least {min_samples} needed)")
+    if not np.isfinite(array).all():
+        raise ValueError("waveforms contain NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def _min_samples(num_frames: Callable[[int], int], frames: int, limit: int = 1 << 22) -> int:
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high) // 2
+        if num_frames(middle) >= frames:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+class PyannoteSegmentation:
+    """PyanNet segmentation behind the :class:`SegmentationModel` interface.
+
+    ``__call__`` returns per-speaker activations in [0, 1]: sigmoid outputs of multilabel
+    models, or for powerset models the probability that each speaker is active (powerset
+    class probabilities summed per speaker). :meth:`activations` with ``hard=True`` gives
+    the speakers of the most likely powerset class instead; :meth:`raw` the network output.
+    """
+
+    def __init__(self, model: PyanNet, spec: SegmentationSpec, sample_rate: int,
+                 runner: Runner, *, device: torch.device, backend: str, source: str) -> None:
+        self.sample_rate = sample_rate
+        self.chunk_duration = spec.duration
+        self.classes = spec.classes
+        self.num_speakers = len(spec.classes)
+        self.powerset = spec.powerset
+        self.max_simultaneous = spec.powerset_max_classes or self.num_speakers
+        self.device, self.backend, self.source = device, backend, source
+        self._num_frames = model.sincnet.num_frames
+        chunk_frames = self._num_frames(round(spec.duration * sample_rate))
+        step = spec.duration / chunk_frames
+        self.frames = FrameTiming(start=0.0, duration=step, step=step)
+        size, hop = model.sincnet.receptive_field()
+        #: Span and hop of the audio that one output frame actually sees.
+        self.receptive_field = FrameTiming(start=0.0, duration=size / sample_rate,
+                                           step=hop / sample_rate)
+        self.min_samples = size
+        self._mapping = (powerset_mapping(self.num_speakers, spec.powerset_max_classes)
+                         if spec.powerset_max_classes is not None else None)
+        self._run = runner
+
+    @property
+    def mapping(self) -> np.ndarray | None:
+        """``(powerset_classes, speakers)`` 0/1 matrix, or None for multilabel models."""
+        return None if self._mapping is None else self._mapping.numpy().copy()
+
+    def num_frames(self, num_samples: int) -> int:
+        return self._num_frames(num_samples)
+
+    def _raw_tensor(self, waveforms: Any) -> torch.Tensor:
+        batch = as_waveforms(waveforms, self.min_samples)
+        if not batch.shape[0]:
+            width = self._mapping.shape[0] if self._mapping is not None else self.num_speakers
+            return torch.zeros(0, self.num_frames(batch.shape[1]), width)
+        return self._run(batch).float()
+
+    def raw(self, waveforms: Any) -> np.ndarray:
+        """Network output: powerset log-probabilities or multilabel sigmoid activations."""
+        return self._raw_tensor(waveforms).cpu().numpy()
+
+    def to_multilabel(self, raw: np.ndarray | torch.Tensor, *, hard: bool = False) -> np.ndarray:
+        """Convert :meth:`raw` output to ``(batch, frames, speakers)`` activations."""
+        scores = torch.as_tensor(raw, dtype=torch.float32)
+        if self._mapping is None:
+            return ((scores > 0.5).float() if hard else scores).cpu().numpy()
+        mapping = self._mapping.to(scores.device)
+        return to_multilabel(scores, mapping, soft=not hard).cpu().numpy()
+
+    def activations(self, waveforms: Any, *, hard: bool = False) -> np.ndarray:
+        with torch.inference_mode():
+            return self.to_multilabel(self._raw_tensor(waveforms), hard=hard)
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        return self.activations(waveforms)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "segmentation", "architecture": "PyanNet", "source": self.source,
+                "backend": self.backend, "device": str(self.device),
+                "chunk_duration": self.chunk_duration, "num_speakers": self.num_speakers,
+                "powerset": self.powerset, "frame_step": self.frames.step}
+
+
+class PyannoteEmbedding:
+    """Speaker embedding network behind the :class:`EmbeddingModel` interface.
+
+    The expensive trunk runs once per *distinct* chunk in the batch: calling it with the
+    same chunk repeated once per local speaker (each with its own weights) costs one trunk
+    pass plus cheap pooling per speaker.
+    """
+
+    def __init__(self, architecture: str, module: torch.nn.Module, sample_rate: int,
+                 dimension: int, runner: Runner, *, device: torch.device, backend: str,
+                 source: str, max_batch: int = 32) -> None:
+        self.architecture = architecture
+        self.sample_rate = sample_rate
+        self.dimension = dimension
+        self.device, self.backend, self.source = device, backend, source
+        self.max_batch = max_batch
+        self._module = module
+        self._head_device = device if backend == "torch" else torch.device("cpu")
+        self.num_frames: Callable[[int], int] = module.num_frames
+        self.min_samples = _min_samples(module.num_frames, 2)
+        self._run = runner
+
+    def _trunk(self, batch: np.ndarray) -> torch.Tensor:
+        parts = [self._run(batch[i:i + self.max_batch]).float()
+                 for i in range(0, batch.shape[0], self.max_batch)]
+        return torch.cat(parts).to(self._head_device)
+
+    def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        batch = as_waveforms(waveforms, self.min_samples)
+        size = batch.shape[0]
+        weight_tensor = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float32)
+            if w.ndim != 2 or w.shape[0] != size or w.shape[1] < 1:
+                raise ValueError(f"weights must be (batch={size}, frames), got shape {w.shape}")
+            if not np.isfinite(w).all():
+                raise ValueError("weights contain NaN or infinite values")
+            weight_tensor = torch.from_numpy(np.ascontiguousarray(w)).to(self._head_device)
+        if not size:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        rows: dict[bytes, int] = {}
+        inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
+        unique = batch if len(rows) == size else batch[[inverse.index(i) for i in range(len(rows))]]
+        with torch.inference_mode():
+            frames = self._trunk(unique)
+            if len(rows) != size:
+                frames = frames[torch.tensor(inverse, device=frames.device)]
+            embeddings = self._module.head(frames, weight_tensor)
+        return embeddings.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "embedding", "architecture": self.architecture, "source": self.source,
+                "backend": self.backend, "device": str(self.device),
+                "dimension": self.dimension}
