@@ -149,13 +149,23 @@ class StreamSession:
         await self._close(error.close_code, error.code)
 
     async def _close(self, code: int, reason: str) -> None:
+        """Close after the queued events are written; messages the client still sends are
+        read and dropped so that its close frame gets through."""
         timeout = self.settings.close_timeout
         await self.sender.flush(timeout)
+        discard = asyncio.create_task(self._discard_incoming())
         try:
             async with asyncio.timeout(timeout):
                 await self.connection.close(code, reason[:120])
         except TimeoutError:
             self.connection.transport.abort()
+        finally:
+            discard.cancel()
+
+    async def _discard_incoming(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.connection.recv()
 
     # -- reading -----------------------------------------------------------------------
 
