@@ -138,19 +138,26 @@ async def run_stream(
         ready = handle(await ws.recv())
         if ready is None or ready.get("type") != "ready":
             raise StreamError("protocol_error", f"expected a ready event, got {ready!r}")
-        sender = asyncio.create_task(send_audio(ws))
-        try:
+
+        async def receive() -> None:
             async for message in ws:
                 event = handle(message)
                 if event is not None and event.get("type") == "end":
-                    break
+                    return
+
+        sender = asyncio.create_task(send_audio(ws))
+        receiver = asyncio.create_task(receive())
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not sender.cancelled():
+                failure = sender.exception()
+                if failure is not None and not isinstance(failure, ConnectionClosed):
+                    raise failure  # e.g. the audio source broke: no point waiting for the server
+            await receiver
         finally:
-            if not sender.done():
-                sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, ConnectionClosed):
-                pass
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
         if not events or events[-1].get("type") != "end":
             raise StreamError(
                 "closed", f"server closed the stream before end (code {ws.close_code}, {ws.close_reason!r})"
@@ -192,6 +199,20 @@ def install_stop_handler(stop_event: asyncio.Event, message: str | None = None) 
         pass
 
 
+def later_turn(interim: Mapping[str, Any] | None, final: Mapping[str, Any]) -> bool:
+    """Whether ``interim`` is a later turn than ``final`` (so a final event leaves it open).
+
+    The server may send the interim view of the next turn before the final event that
+    closes the previous one; that interim stays on screen.
+    """
+    if interim is None:
+        return False
+    interim_id, final_id = interim.get("id"), final.get("id")
+    if isinstance(interim_id, int) and isinstance(final_id, int):
+        return interim_id > final_id
+    return False
+
+
 class TurnPrinter:
     """Prints turn events as they arrive, one colour per speaker.
 
@@ -206,6 +227,7 @@ class TurnPrinter:
         self.live = is_tty if live is None else live
         self._speakers: dict[str, int] = {}
         self._interim_shown = False
+        self._interim: Mapping[str, Any] | None = None
 
     def speaker_colour(self, label: str) -> int:
         """The ANSI colour code of a speaker (stable for the life of the printer)."""
@@ -236,8 +258,12 @@ class TurnPrinter:
             self._clear_interim()
             if event.get("final"):
                 self.out.write(self.format_turn(event) + "\n")
-            elif self.live:
-                self.out.write(self.format_turn(event))
+                if not later_turn(self._interim, event):
+                    self._interim = None
+            else:
+                self._interim = event
+            if self.live and self._interim is not None:
+                self.out.write(self.format_turn(self._interim))
                 self._interim_shown = True
         elif kind in ("warning", "error"):
             self._clear_interim()
@@ -249,6 +275,7 @@ class TurnPrinter:
     def summary(self, end: Mapping[str, Any]) -> None:
         """Print the ``end`` event: stream duration and speech per speaker."""
         self._clear_interim()
+        self._interim = None
         speakers = list(end.get("speakers") or [])
         duration = float(end.get("duration") or 0.0)
         self.out.write(f"end: {duration:.2f} s of audio, {len(speakers)} speaker(s)\n")

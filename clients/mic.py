@@ -138,7 +138,7 @@ async def stream_microphone(
     ``stats``, when given, receives the counts ``blocks`` and ``overflows`` (blocks the
     audio driver flagged, e.g. input overflow: some audio was lost before capture).
     """
-    stop_event = stop_event or asyncio.Event()
+    stop_event = stop_event if stop_event is not None else asyncio.Event()
     factory = stream_factory or _default_stream_factory
     loop = asyncio.get_running_loop()
     blocks: asyncio.Queue[bytes] = asyncio.Queue()
@@ -155,17 +155,24 @@ async def stream_microphone(
         loop.call_soon_threadsafe(blocks.put_nowait, data)
 
     async def send(ws: ClientConnection) -> None:
-        stream = factory(
-            samplerate=sample_rate,
-            channels=channels,
-            dtype="int16",
-            blocksize=max(1, int(sample_rate * block_seconds)),
-            device=device,
-            callback=callback,
-        )
-        stopper = asyncio.create_task(stop_event.wait())
+        try:
+            stream = factory(
+                samplerate=sample_rate,
+                channels=channels,
+                dtype="int16",
+                blocksize=max(1, int(sample_rate * block_seconds)),
+                device=device,
+                callback=callback,
+            )
+        except Exception as exc:  # PortAudio reports device trouble with its own error types
+            raise MicError(f"cannot open the microphone: {exc}") from exc
         try:
             stream.start()
+        except Exception as exc:
+            stream.close()
+            raise MicError(f"cannot start the microphone: {exc}") from exc
+        stopper = asyncio.create_task(stop_event.wait())
+        try:
             while not stopper.done():
                 getter = asyncio.create_task(blocks.get())
                 await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)

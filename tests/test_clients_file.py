@@ -92,10 +92,16 @@ def test_turn_printer_redraws_interim_turns_in_place_on_a_terminal() -> None:
     printer.event({"type": "turn", "id": 0, "speaker": "SPEAKER_00", "start": 0.0, "end": 0.5, "final": False})
     printer.event({"type": "turn", "id": 0, "speaker": "SPEAKER_00", "start": 0.0, "end": 1.0, "final": True})
     printer.event({"type": "turn", "id": 1, "speaker": "SPEAKER_01", "start": 1.0, "end": 1.5, "final": False})
+    assert live.getvalue().endswith("\x1b[32m[    1.00 -     1.50] SPEAKER_01\x1b[0m …")
+    # the next turn's interim may come before the previous turn's final event: it stays drawn
+    printer.event({"type": "turn", "id": 2, "speaker": "SPEAKER_00", "start": 1.5, "end": 2.0, "final": False})
+    printer.event({"type": "turn", "id": 1, "speaker": "SPEAKER_01", "start": 1.0, "end": 1.5, "final": True})
+    assert live.getvalue().endswith("\r\x1b[K\x1b[32m[    1.00 -     1.50] SPEAKER_01\x1b[0m\n"
+                                    "\x1b[31m[    1.50 -     2.00] SPEAKER_00\x1b[0m …")
     printer.summary({"type": "end", "duration": 2.0, "speakers": [{"label": "SPEAKER_00", "speech": 1.0}]})
     text = live.getvalue()
     assert "\r\x1b[K" in text and "\x1b[31m" in text and "\x1b[32m" in text
-    assert text.count("\n") == 3  # the final turn and the two summary lines; interims stay in place
+    assert text.count("\n") == 4  # two final turns and two summary lines; interims stay in place
 
     piped = io.StringIO()
     plain = TurnPrinter(piped)  # not a terminal: final turns only, no colour

@@ -142,3 +142,14 @@ def test_stream_microphone_sends_everything_captured_and_gets_the_end(stream_url
     assert events[0]["type"] == "ready" and events[-1]["type"] == "end"
     assert events[-1]["duration"] == pytest.approx(12.0, abs=0.01)  # every captured block was sent
     assert final_turns(events), "12 s of conversation gave no final turn"
+
+
+def test_a_broken_microphone_ends_the_stream_at_once(stream_url: str) -> None:
+    def factory(**kwargs: Any) -> FakeInputStream:
+        raise FakePortAudioError("Error opening InputStream: Device unavailable")
+
+    async def run() -> list[dict[str, Any]]:
+        return await mic.stream_microphone(stream_url, 16000, stream_factory=factory)
+
+    with pytest.raises(mic.MicError, match="Device unavailable"):
+        asyncio.run(asyncio.wait_for(run(), 10))

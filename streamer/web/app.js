@@ -198,7 +198,8 @@
         colourOf(event.speaker);
         if (event.final) {
           state.finals.push(event);
-          state.interim = null;
+          // the interim view of the next turn may come before this final one: keep it
+          if (!(state.interim && state.interim.id > event.id)) state.interim = null;
           listTurn(event);
         } else {
           state.interim = event;
@@ -235,8 +236,10 @@
     clearInterval(renderTimer);
     renderTimer = null;
     if (state.phase !== "done" && state.phase !== "error") {
-      const why = state.ready ? "connection closed" : "could not open a stream";
-      fail("closed", `${why} (code ${event.code}${event.reason ? ": " + event.reason : ""})`);
+      const detail = event.reason ? `: ${event.reason}` : "";
+      const why = state.ready ? "connection closed"
+        : "could not open a stream: is the server up, and is ?token= in the page URL right?";
+      fail("closed", `${why} (code ${event.code}${detail})`);
     }
     ws = null;
   }
