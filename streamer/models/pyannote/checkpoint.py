@@ -60,6 +60,10 @@ for _module, _names in _NUMPY_GLOBALS.items():
         ALLOWED_GLOBALS[(_module, _name)] = ("numpy-lazy", _name)
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """The pickle references a global that is not on the allow-list."""
+
+
 class Stub:
     """Inert stand-in for a pickled class: records arguments and state, runs nothing."""
 
@@ -114,7 +118,7 @@ def stub_class(module: str, name: str) -> type:
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """``copyreg._reconstructor`` restricted to stub classes (old dataclass pickles)."""
     if not (isinstance(cls, type) and issubclass(cls, Stub)):
-        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}")
+        raise RefusedGlobalError(f"refusing to reconstruct {cls!r}")
     return cls.__new__(cls)
 
 
@@ -130,7 +134,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)  # storage types are plain data containers
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
-            raise pickle.UnpicklingError(
+            raise RefusedGlobalError(
                 f"refusing to load global {module}.{name}: it is not on the allow-list of "
                 "a pyannote checkpoint (the file may be corrupt or malicious)"
             )
@@ -208,7 +212,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module,
                          weights_only=False)
-    except pickle.UnpicklingError as exc:
+    except RefusedGlobalError as exc:
         raise ModelLoadError(f"refusing to load {path}: {exc}") from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, ... on corrupt files
         raise ModelLoadError(

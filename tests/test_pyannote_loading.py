@@ -1,0 +1,280 @@
+"""Where pyannote weights come from and how loading fails: local files and folders, a fake
+Hugging Face hub (real huggingface_hub exceptions), wrong files, malicious pickles."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from streamer.errors import ModelLoadError
+from streamer.models.pyannote import load_embedding, load_segmentation
+from streamer.models.pyannote.checkpoint import RestrictedUnpickler, Stub, read_checkpoint
+from streamer.models.pyannote.synthetic import write_checkpoint
+
+REPO = "pyannote/segmentation-3.0"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {kind: write_checkpoint(root / kind / "pytorch_model.bin", kind)
+            for kind in ("segmentation-3.0", "segmentation-2", "wespeaker", "xvector")}
+
+
+# ---------------------------------------------------------------- local files and folders
+
+def test_file_and_folder_load_the_same_model(checkpoints: dict[str, Path]) -> None:
+    by_file = load_segmentation(checkpoints["segmentation-3.0"])
+    by_folder = load_segmentation(str(checkpoints["segmentation-3.0"].parent))
+    assert by_file.num_speakers == by_folder.num_speakers == 3
+    assert by_file.frames == by_folder.frames
+    assert by_folder.describe()["source"].endswith("pytorch_model.bin")
+
+
+def test_folder_without_checkpoint_says_which_files_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"has no pytorch_model\.bin.*model\.ckpt"):
+        load_segmentation(tmp_path)
+
+
+def test_missing_local_path_is_not_taken_for_a_repo(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="neither an existing file or folder"):
+        load_embedding(str(tmp_path / "nope" / "deeper" / "x.bin"))
+
+
+@pytest.mark.parametrize("kind,loader,says", [
+    ("wespeaker", load_segmentation, r"speaker embedding checkpoint \(WeSpeakerResNet34\).*--embedding"),
+    ("xvector", load_segmentation, r"embedding checkpoint \(XVectorSincNet\).*--embedding"),
+    ("segmentation-3.0", load_embedding, r"segmentation checkpoint \(PyanNet\).*--segmentation"),
+])
+def test_wrong_kind_of_checkpoint(checkpoints: dict[str, Path], kind: str, loader: Any,
+                                  says: str) -> None:
+    with pytest.raises(ModelLoadError, match=says):
+        loader(checkpoints[kind])
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 5\n", "Git LFS pointer"),
+    (b"<!DOCTYPE html><html>Access denied</html>", "not a PyTorch checkpoint"),
+    (bytes(range(256)) * 4, "could not be read as a PyTorch checkpoint"),
+], ids=["lfs-pointer", "html", "binary"])
+def test_files_that_are_not_checkpoints(tmp_path: Path, content: bytes, says: str) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=says):
+        load_segmentation(path)
+
+
+def test_torch_file_without_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ModelLoadError, match="not a pyannote checkpoint"):
+        load_embedding(path)
+
+
+def test_unsupported_architecture_lists_supported_ones(checkpoints: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(checkpoints["segmentation-3.0"])
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict, "hyper_parameters": {},
+                "pyannote.audio": {"architecture": {
+                    "module": "pyannote.audio.models.segmentation", "class": "SSeRiouSS"}}},
+               path)
+    with pytest.raises(ModelLoadError, match=r"unsupported architecture.*SSeRiouSS.*PyanNet"):
+        load_segmentation(path)
+
+
+def test_architecture_detected_from_tensor_names(checkpoints: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(checkpoints["xvector"])
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict,
+                "hyper_parameters": checkpoint.hyper_parameters}, path)
+    model = load_embedding(path)
+    assert model.architecture == "XVectorSincNet" and model.dimension == 16
+    with pytest.raises(ModelLoadError, match="embedding checkpoint"):
+        load_segmentation(path)
+
+
+def test_segmentation_without_specifications_says_so(checkpoints: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(checkpoints["segmentation-2"])
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict,
+                "hyper_parameters": checkpoint.hyper_parameters}, path)
+    with pytest.raises(ModelLoadError, match="no task specifications"):
+        load_segmentation(path)
+
+
+def test_bad_backend_and_device(checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        load_segmentation(checkpoints["segmentation-2"], backend="tensorflow")
+    with pytest.raises(ValueError, match="device"):
+        load_segmentation(checkpoints["segmentation-2"], device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+            load_segmentation(checkpoints["segmentation-2"], device="cuda")
+        assert load_segmentation(checkpoints["segmentation-2"], device="auto").device.type == "cpu"
+
+
+def test_onnx_backend_without_onnxruntime(checkpoints: dict[str, Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModelLoadError, match="pip install onnx onnxruntime"):
+        load_embedding(checkpoints["xvector"], backend="onnx")
+
+
+# ---------------------------------------------------------------- restricted unpickling
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_zip_checkpoint_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": _Payload(marker)}, path)
+    with pytest.raises(ModelLoadError, match=r"refusing to load .*(posix|os)\.system"):
+        load_segmentation(path)
+    assert not marker.exists()
+
+
+def test_malicious_plain_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ModelLoadError):
+        load_embedding(path)
+    assert not marker.exists()
+    # the same payload runs with a plain unpickler: the test payload is real
+    subprocess.run([sys.executable, "-c", f"import pickle; pickle.load(open({str(path)!r}, 'rb'))"],
+                   check=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("subprocess", "Popen"),
+                                         ("torch", "load"), ("numpy", "load")])
+def test_unpickler_refuses_other_globals(module: str, name: str) -> None:
+    import io
+
+    with pytest.raises(pickle.UnpicklingError, match=f"{module}.{name}"):
+        RestrictedUnpickler(io.BytesIO(b"")).find_class(module, name)
+
+
+def test_pyannote_classes_become_inert_stubs() -> None:
+    import io
+
+    cls = RestrictedUnpickler(io.BytesIO(b"")).find_class("pyannote.audio.core.task", "Specifications")
+    assert issubclass(cls, Stub)
+    stub = cls("anything")
+    stub.__setstate__({"duration": 10.0})
+    assert stub.args == ("anything",) and stub.state == {"duration": 10.0}
+
+
+# ---------------------------------------------------------------- fake Hugging Face hub
+
+def _hub_error(name: str, message: str) -> Exception:
+    errors = pytest.importorskip("huggingface_hub.errors")
+    cls = getattr(errors, name)
+    if not issubclass(cls, errors.HfHubHTTPError):
+        return cls(message)
+    response_type = errors.Response
+    http = sys.modules[response_type.__module__.split(".")[0]]
+    url = f"https://huggingface.co/{REPO}/resolve/main/pytorch_model.bin"
+    try:
+        response = response_type(403, request=http.Request("GET", url))
+    except TypeError:  # requests-style Response (older huggingface_hub)
+        response = response_type()
+        response.status_code, response.url = 403, url
+    return cls(message, response=response)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Any:
+    hub = pytest.importorskip("huggingface_hub")
+
+    class FakeHub:
+        calls: list[dict[str, Any]] = []
+        result: Path | Exception = Path("/nonexistent")
+
+        def download(self, repo_id: str, filename: str, **kwargs: Any) -> str:
+            self.calls.append({"repo_id": repo_id, "filename": filename, **kwargs})
+            if isinstance(self.result, Exception):
+                raise self.result
+            return str(self.result)
+
+    fake = FakeHub()
+    fake.calls = []
+    monkeypatch.setattr(hub, "hf_hub_download", fake.download)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return fake
+
+
+def test_hub_repo_id_downloads_pytorch_model_bin(fake_hub: Any, checkpoints: dict[str, Path],
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    fake_hub.result = checkpoints["segmentation-3.0"]
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    model = load_segmentation(REPO, revision="v3", cache_dir=tmp_path)
+    assert model.powerset and model.num_speakers == 3
+    call = fake_hub.calls[-1]
+    assert (call["repo_id"], call["filename"]) == (REPO, "pytorch_model.bin")
+    assert call["revision"] == "v3" and call["token"] == "hf_from_env"
+    assert Path(call["cache_dir"]) == tmp_path
+    fake_hub.result = checkpoints["wespeaker"]
+    load_embedding("pyannote/wespeaker-voxceleb-resnet34-LM@abc123", token="hf_flag")
+    assert fake_hub.calls[-1]["revision"] == "abc123" and fake_hub.calls[-1]["token"] == "hf_flag"
+
+
+def test_gated_repo_says_accept_conditions_and_set_token(fake_hub: Any) -> None:
+    fake_hub.result = _hub_error("GatedRepoError", "Access to model is restricted.")
+    with pytest.raises(ModelLoadError) as error:
+        load_segmentation(REPO)
+    message = str(error.value)
+    assert f"https://huggingface.co/{REPO}" in message and "accept" in message
+    assert "HF_TOKEN" in message and "settings/tokens" in message
+    with pytest.raises(ModelLoadError, match="token in use has no access"):
+        load_segmentation(REPO, token="hf_wrong")
+
+
+@pytest.mark.parametrize("name", ["LocalEntryNotFoundError", "OfflineModeIsEnabled"])
+def test_offline_hub_suggests_downloading_elsewhere(fake_hub: Any, name: str) -> None:
+    fake_hub.result = _hub_error(name, "cannot find the requested files in the local cache")
+    with pytest.raises(ModelLoadError) as error:
+        load_embedding("pyannote/wespeaker-voxceleb-resnet34-LM")
+    message = str(error.value)
+    assert "cannot reach the Hugging Face hub" in message
+    assert "pytorch_model.bin" in message and "pass that folder path" in message
+
+
+def test_unknown_repo_and_missing_file(fake_hub: Any) -> None:
+    fake_hub.result = _hub_error("RepositoryNotFoundError", "404")
+    with pytest.raises(ModelLoadError, match="no model repo 'pyannote/segmentation-3.0'"):
+        load_segmentation(REPO)
+    fake_hub.result = _hub_error("RemoteEntryNotFoundError", "404 entry")
+    with pytest.raises(ModelLoadError, match="has no pytorch_model.bin: it is not a pyannote model"):
+        load_segmentation("pyannote/speaker-diarization-3.1")
+
+
+def test_hub_without_huggingface_hub_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(ModelLoadError, match="pip install huggingface_hub"):
+        load_segmentation(REPO)
+
+
+def test_import_downloads_nothing() -> None:
+    code = ("import sys, streamer.models.pyannote as p; "
+            "print('huggingface_hub' in sys.modules, 'onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,156 @@
+"""Behaviour of the pyannote models behind the engine's interfaces (small random weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.models.base import EmbeddingModel, SegmentationModel
+from streamer.models.pyannote import load_embedding, load_segmentation
+from streamer.models.pyannote.fbank import KaldiFbank
+from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
+from streamer.models.pyannote.runtime import resolve_device
+from streamer.models.pyannote.synthetic import write_checkpoint
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("models")
+    path = {kind: write_checkpoint(root / kind / "pytorch_model.bin", kind)
+            for kind in ("segmentation-3.0", "segmentation-2", "wespeaker", "xvector")}
+    return {"seg3": load_segmentation(path["segmentation-3.0"]),
+            "seg2": load_segmentation(path["segmentation-2"]),
+            "wespeaker": load_embedding(path["wespeaker"]),
+            "xvector": load_embedding(path["xvector"])}
+
+
+def _speech_like(batch: int, seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    tone = np.sin(2 * np.pi * rng.uniform(100, 300, (batch, 1)) * t)
+    return (0.1 * tone + 0.02 * rng.standard_normal((batch, t.size))).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,speakers,powerset", [("seg3", 3, True), ("seg2", 4, False)])
+def test_segmentation_interface(models: dict, name: str, speakers: int, powerset: bool) -> None:
+    model = models[name]
+    assert isinstance(model, SegmentationModel)
+    assert model.num_speakers == speakers and model.powerset is powerset
+    samples = int(model.chunk_duration * RATE)
+    out = model(_speech_like(2, model.chunk_duration))
+    assert out.dtype == np.float32 and out.shape == (2, model.num_frames(samples), speakers)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # frame timing covers the chunk: frames * step == chunk duration
+    assert model.num_frames(samples) * model.frames.step == pytest.approx(model.chunk_duration)
+    assert model.receptive_field.step == pytest.approx(270 / RATE)
+
+
+def test_powerset_soft_activations_are_probabilities(models: dict) -> None:
+    model = models["seg3"]
+    raw = model.raw(_speech_like(1, 10.0))
+    probs = np.exp(raw)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    soft = model.to_multilabel(raw)
+    np.testing.assert_allclose(soft, probs @ model.mapping, atol=1e-6)
+    hard = model.to_multilabel(raw, hard=True)
+    assert set(np.unique(hard)) <= {0.0, 1.0} and hard.sum(-1).max() <= 2
+
+
+def test_batching_does_not_change_results(models: dict) -> None:
+    chunks = _speech_like(3, 10.0, seed=1)
+    seg = models["seg3"]
+    np.testing.assert_allclose(seg(chunks)[1:2], seg(chunks[1:2]), atol=1e-5)
+    emb = models["wespeaker"]
+    np.testing.assert_allclose(emb(chunks)[2:3], emb(chunks[2:3]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["wespeaker", "xvector"])
+def test_embedding_weights(models: dict, name: str) -> None:
+    model = models[name]
+    assert isinstance(model, EmbeddingModel)
+    chunks = _speech_like(2, 10.0, seed=2)
+    plain = model(chunks)
+    assert plain.shape == (2, model.dimension) and plain.dtype == np.float32
+    ones = model(chunks, np.ones((2, 589), np.float32))
+    np.testing.assert_allclose(ones, plain, atol=1e-4)
+    half = np.zeros((2, 589), np.float32)
+    half[:, :294] = 1.0
+    first_half = model(chunks, half)
+    assert np.abs(first_half - plain).max() > 1e-4
+    # scale-invariant, and any frame count is spread uniformly over the chunk
+    np.testing.assert_allclose(model(chunks, 3.0 * half), first_half, atol=1e-4)
+    coarse = np.repeat(np.array([[1.0, 0.0]], np.float32), 2, axis=0)
+    frames = model.num_frames(chunks.shape[1])
+    nearest = np.floor(np.arange(frames) * (2 / frames)).astype(int)  # source frame index
+    fine = np.repeat((nearest == 0).astype(np.float32)[None], 2, axis=0)
+    np.testing.assert_allclose(model(chunks, coarse), model(chunks, fine), atol=1e-5)
+
+
+def test_repeated_chunks_share_one_trunk_pass(models: dict) -> None:
+    model = models["xvector"]
+    a, b = _speech_like(2, 10.0, seed=3)
+    weights = np.random.default_rng(0).uniform(0.1, 1.0, (4, 100)).astype(np.float32)
+    batched = model(np.stack([a, b, a, a]), weights)
+    alone = np.concatenate([model(x[None], w[None]) for x, w in zip([a, b, a, a], weights)])
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["seg3", "wespeaker"])
+def test_bad_input_raises_value_error(models: dict, name: str) -> None:
+    model = models[name]
+    with pytest.raises(ValueError, match="batch, samples"):
+        model(np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model(np.full((1, 16000), np.nan, np.float32))
+    with pytest.raises(ValueError, match="too short"):
+        model(np.zeros((1, 100), np.float32))
+    empty = model(np.zeros((0, 16000), np.float32))
+    assert empty.shape[0] == 0
+
+
+def test_embedding_weights_are_checked(models: dict) -> None:
+    model = models["wespeaker"]
+    chunks = _speech_like(2, 3.0)
+    with pytest.raises(ValueError, match="weights must be"):
+        model(chunks, np.ones((3, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model(chunks, np.full((2, 10), np.nan, np.float32))
+
+
+def test_powerset_mapping_order() -> None:
+    mapping = powerset_mapping(3, 2)
+    assert mapping.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1],
+                                [1, 1, 0], [1, 0, 1], [0, 1, 1]]
+    assert powerset_mapping(4, 3).shape == (15, 4)
+    log_probs = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.1, 0.5, 0.05, 0.05]]))
+    assert to_multilabel(log_probs, mapping, soft=False).tolist() == [[1, 1, 0]]
+    np.testing.assert_allclose(to_multilabel(log_probs, mapping, soft=True).numpy(),
+                               [[0.65, 0.65, 0.2]], atol=1e-6)
+    with pytest.raises(ValueError):
+        powerset_mapping(2, 3)
+
+
+def test_fbank_convolution_path_matches_fft_path() -> None:
+    waveform = torch.from_numpy(_speech_like(2, 2.0))
+    fft, conv = KaldiFbank(), KaldiFbank(matmul_dft=True)
+    with torch.inference_mode():
+        a, b = fft(waveform), conv(waveform)
+    assert a.shape == (2, 1 + (32000 - 400) // 160, 80)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-3)
+    np.testing.assert_allclose(a.mean(dim=1).numpy(), 0.0, atol=1e-4)  # mean-normalised
+
+
+def test_device_names() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("gpu0")
+
+
+def test_synthetic_checkpoint_rejects_unknown_kind(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="kind must be one of"):
+        write_checkpoint(tmp_path / "x.bin", "whisper")
