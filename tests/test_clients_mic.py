@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TESTS.parent), str(TESTS)]
-
-from test_clients_file import SAMPLE, needs_sample, running_server  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clients.mic as mic  # noqa: E402
 from clients.common import final_turns  # noqa: E402
+from tests.test_clients_file import SAMPLE, needs_sample, running_server  # noqa: E402
 
 
 class FakePortAudioError(Exception):

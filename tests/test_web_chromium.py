@@ -28,10 +28,9 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 
-TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_clients_file import SAMPLE, TIMEOUT_FACTOR, running_server  # noqa: E402
+from tests.test_clients_file import SAMPLE, TIMEOUT_FACTOR, running_server  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
