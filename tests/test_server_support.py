@@ -159,9 +159,11 @@ def conversation(pattern: int, seconds: float = 1.5) -> np.ndarray:
     return tone_conversation(segments)
 
 
-def expected_finals(audio: np.ndarray) -> list[tuple[str, float, float]]:
+def expected_finals(audio: np.ndarray, config: dict[str, Any] | None = None
+                    ) -> list[tuple[str, float, float]]:
     """Final turns of the engine run directly on ``audio`` (file mode), with fake models."""
+    from streamer.config import StreamConfig
     from streamer.engine import diarize_array
 
-    turns, _ = diarize_array(fake_frontend(), audio)
+    turns, _ = diarize_array(fake_frontend(), audio, StreamConfig.from_dict(config))
     return [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in turns]

@@ -1,0 +1,46 @@
+"""End to end on real speech: sample.wav through the server with the embedded preset gives
+the same final turns as the engine run directly on the file (file mode)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_server_support import check_turn_invariants, finals, run, running_server, stream
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLE = SHARED / "eval" / "sample.wav"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SAMPLE.exists(), reason=f"{SAMPLE} is absent"),
+]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from streamer.presets import load_frontend
+
+    return load_frontend("embedded")
+
+
+def test_sample_wav_through_the_server_equals_file_mode(embedded) -> None:
+    from streamer.audio import load_audio
+    from streamer.engine import diarize_array
+
+    audio = load_audio(SAMPLE)
+    expected, _ = diarize_array(embedded, audio)
+    expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
+
+    async def body():
+        async with running_server(embedded) as server:
+            return await stream(server, audio, chunk=0.37)
+
+    ready, events, code = run(body(), timeout=120)
+    assert ready["models"]["preset"] == "embedded"
+    assert code == 1000
+    check_turn_invariants(events)
+    assert len(expected_turns) >= 2
+    assert finals(events) == expected_turns
+    assert events[-1]["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
+    assert len({s["label"] for s in events[-1]["speakers"]}) >= 2
