@@ -50,13 +50,27 @@ class CentroidMemory:
         embeddings = normalize(np.asarray(embeddings, np.float64))
         known = len(self._sums)
         distances = (1.0 - embeddings @ self.centroids.T) if known else np.zeros((count, 0))
-        room = min(self.max_speakers - known, count)
+        room = self.max_speakers - known
         cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
-        new_columns = np.full((count, room), _FORBIDDEN)
-        new_columns[np.asarray(can_update, bool)] = cost_new
-        cost = np.concatenate([distances, new_columns], axis=1)
-        if cost.shape[1] == 0:
-            return result
+        can_update = np.asarray(can_update, bool)
+        # One private extra column per local speaker: "new speaker" for a clearly active
+        # one (while there is room), "leave unassigned" for the others. Both cost
+        # cost_new, so a local speaker farther than that from every free centroid is
+        # never forced onto one; at capacity, unassigned is the last resort.
+        extra = np.full((count, count), _FORBIDDEN)
+        diagonal = np.where((can_update & (room > 0)) | ~can_update, cost_new, _FORBIDDEN / 2)
+        np.fill_diagonal(extra, diagonal)
+        cost = np.concatenate([distances, extra], axis=1)
+        rows, columns = linear_sum_assignment(cost)
+        for row, column in sorted(zip(rows, columns), key=lambda rc: cost[rc[0], rc[1]]):
+            if column < known:
+                result[row] = column
+                if can_update[row]:
+                    self._sums[column] = self._sums[column] + embeddings[row]
+            elif can_update[row] and len(self._sums) < self.max_speakers:
+                result[row] = len(self._sums)
+                self._sums.append(embeddings[row].copy())
+        return result
         rows, columns = linear_sum_assignment(cost)
         for row, column in zip(rows, columns):
             if cost[row, column] >= _FORBIDDEN:

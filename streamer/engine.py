@@ -52,6 +52,7 @@ class StreamingDiarizer:
         self._stream = self.frontend.stream(self.config)
         self._speech: dict[str, float] = {}
         self._last_interim: Turn | None = None
+        self._hold = -1  # speaker of the last committed speech frame
         self._finished = False
 
     @property
@@ -128,10 +129,23 @@ class StreamingDiarizer:
                 result[:, target] = np.maximum(result[:, target], local[:, index])
         return result, speech
 
-    def _labels(self, activations: np.ndarray, speech: np.ndarray) -> np.ndarray:
+    def _labels(self, activations: np.ndarray, speech: np.ndarray, commit: bool) -> np.ndarray:
+        """Per frame, the most active global speaker, or -1 where nobody speaks.
+
+        Speech that no global speaker claims (e.g. a voice too short to embed) goes to
+        the speaker of the previous speech frame, so it is not lost."""
         labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
-        silent = (speech < self.config.speech_threshold) | (activations.max(axis=1, initial=0) <= 0)
-        labels[silent] = -1
+        is_speech = speech >= self.config.speech_threshold
+        unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
+        labels[~is_speech] = -1
+        hold = self._hold
+        for index in np.flatnonzero(is_speech):
+            if unclaimed[index]:
+                labels[index] = hold
+            else:
+                hold = labels[index]
+        if commit:
+            self._hold = hold
         return labels
 
     def _commit(self, end_sample: int, final: bool = False) -> list[Turn]:
@@ -146,7 +160,7 @@ class StreamingDiarizer:
             return []
         first, activations, speech = self._aggregator.commit(end_frame)
         missing = end_frame - first - len(speech)
-        labels = np.concatenate([self._labels(activations, speech),
+        labels = np.concatenate([self._labels(activations, speech, commit=True),
                                  np.full(max(missing, 0), -1)])
         if missing > 0:
             self._aggregator.first = end_frame
@@ -154,7 +168,7 @@ class StreamingDiarizer:
 
     def _interim(self) -> list[Turn]:
         activations, speech = self._aggregator.peek(self._aggregator.available)
-        turn = self._turns.preview(self._labels(activations, speech))
+        turn = self._turns.preview(self._labels(activations, speech, commit=False))
         if turn is None or turn == self._last_interim:
             return []
         self._last_interim = turn
