@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streamer.clustering import CentroidMemory
+
+E = np.eye(4)
+
+
+def test_two_locals_of_one_buffer_never_share_a_global_speaker():
+    memory = CentroidMemory(delta_new=0.5, max_speakers=5)
+    memory.assign(E[:1], np.array([True]))
+    # Both locals are closest to speaker 0, but only one may take it.
+    result = memory.assign(np.array([[1, 0.1, 0, 0], [1, 0.2, 0, 0]]), np.array([True, True]))
+    assert sorted(result) == [0, 1]
+
+
+def test_new_speaker_only_beyond_delta_new():
+    memory = CentroidMemory(delta_new=0.5, max_speakers=5)
+    assert memory.assign(E[:1], np.array([True])).tolist() == [0]
+    close = np.array([[1.0, 0.3, 0, 0]])
+    assert memory.assign(close, np.array([True])).tolist() == [0]
+    assert memory.assign(E[1:2], np.array([True])).tolist() == [1]
+    assert len(memory) == 2
+
+
+def test_only_clearly_active_speakers_create_or_update_centroids():
+    memory = CentroidMemory(delta_new=0.5, max_speakers=5)
+    assert memory.assign(E[:1], np.array([False])).tolist() == [-1]
+    assert len(memory) == 0
+    memory.assign(E[:1], np.array([True]))
+    before = memory.centroids.copy()
+    assert memory.assign(np.array([[1, 0.2, 0, 0]]), np.array([False])).tolist() == [0]
+    np.testing.assert_allclose(memory.centroids, before)
+    memory.assign(np.array([[1, 0.2, 0, 0]]), np.array([True]))
+    assert not np.allclose(memory.centroids, before)
+
+
+def test_max_speakers_cap_maps_to_the_nearest_free_centroid():
+    memory = CentroidMemory(delta_new=0.5, max_speakers=2)
+    memory.assign(E[:2], np.array([True, True]))
+    assert memory.assign(E[2:3], np.array([True])).tolist() in ([0], [1])
+    assert len(memory) == 2
+
+
+def test_min_speakers_makes_new_speakers_easier_to_create():
+    distinct = np.array([[1.0, 0.6, 0, 0]])  # cosine distance ~0.14 from speaker 0
+    strict = CentroidMemory(delta_new=0.2, max_speakers=5)
+    strict.assign(E[:1], np.array([True]))
+    assert strict.assign(distinct, np.array([True])).tolist() == [0]
+    lenient = CentroidMemory(delta_new=0.2, max_speakers=5, min_speakers=2)
+    lenient.assign(E[:1], np.array([True]))
+    assert lenient.assign(distinct, np.array([True])).tolist() == [1]
