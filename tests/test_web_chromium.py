@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,6 +79,10 @@ class DevTools:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._read_messages()
+
+    async def _read_messages(self) -> None:
         async for raw in self.ws:
             message = json.loads(raw)
             if "id" in message:
@@ -166,10 +171,12 @@ async def chromium(fake_audio: Path, profile: Path) -> AsyncIterator[DevTools]:
         page = next(target for target in targets if target.get("type") == "page")
         async with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             tools = DevTools(ws)
-            for domain in ("Page", "Runtime"):
-                await tools.call(f"{domain}.enable")
-            yield tools
-            tools.reader.cancel()
+            try:
+                for domain in ("Page", "Runtime"):
+                    await tools.call(f"{domain}.enable")
+                yield tools
+            finally:
+                tools.reader.cancel()
     finally:
         process.terminate()
         try:
@@ -179,7 +186,18 @@ async def chromium(fake_audio: Path, profile: Path) -> AsyncIterator[DevTools]:
             process.wait()
 
 
-async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path) -> dict[str, Any]:
+STATE_JS = (
+    "JSON.parse(JSON.stringify({phase: streamerState.phase, status: streamerState.status,"
+    " error: streamerState.error, sampleRate: streamerState.sampleRate, ready: streamerState.ready,"
+    " end: streamerState.end, finals: streamerState.finals, audioSeconds: streamerState.audioSeconds,"
+    " firstEvent: streamerState.events[0],"
+    " rows: document.querySelectorAll('#timeline .row').length,"
+    " summaryRows: document.querySelectorAll('#summary tr').length}))"
+)
+
+
+async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path) -> list[dict[str, Any]]:
+    """Two rounds of Start ... Stop on one page; returns the page state after each."""
     async with chromium(fake_audio, profile) as page:
         await page.call("Page.navigate", url=page_url)
         await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
@@ -192,13 +210,13 @@ async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot:
         await page.wait_until("streamerState.end !== null", 30)
         shot = await page.call("Page.captureScreenshot", format="png")
         screenshot.write_bytes(base64.b64decode(shot["data"]))
-        return await page.evaluate(
-            "JSON.parse(JSON.stringify({phase: streamerState.phase, status: streamerState.status,"
-            " error: streamerState.error, sampleRate: streamerState.sampleRate, ready: streamerState.ready,"
-            " end: streamerState.end, finals: streamerState.finals, audioSeconds: streamerState.audioSeconds,"
-            " rows: document.querySelectorAll('#timeline .row').length,"
-            " summaryRows: document.querySelectorAll('#summary tr').length}))"
-        )
+        first = await page.evaluate(STATE_JS)
+        # a second stream from the same page starts afresh and is not cut short by the first
+        await page.click("#start")
+        await page.wait_until("streamerState.phase === 'live' && streamerState.audioSeconds >= 1.5", 30)
+        await page.click("#stop")
+        await page.wait_until("streamerState.end !== null", 30)
+        return [first, await page.evaluate(STATE_JS)]
 
 
 def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None:
@@ -209,7 +227,7 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
     with running_server(["--token", token]) as base:
         page_url = f"{base}/?token={token}"
-        state = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 150))
+        state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 150))
 
     assert state["error"] is None, state
     assert state["phase"] == "done", state
@@ -225,6 +243,9 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     assert state["end"]["duration"] == pytest.approx(state["audioSeconds"], abs=1.0)
     assert state["rows"] >= 1
     assert state["summaryRows"] == len(state["end"]["speakers"]) + 1
+    assert again["error"] is None and again["phase"] == "done", again
+    assert again["firstEvent"]["type"] == "ready" and again["ready"]["session"] != state["ready"]["session"]
+    assert again["end"]["duration"] >= 1.4 and again["end"]["duration"] == pytest.approx(again["audioSeconds"], abs=0.5)
     png = screenshot.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     if os.environ.get("STREAMER_KEEP_SCREENSHOT"):

@@ -36,6 +36,7 @@
   let audio = null;            // {stream, context, source, node}
   let renderTimer = null;
   let renderPending = false;
+  let stopTimer = null;        // sends stop if the worklet never confirms its flush
 
   function pageParams() { return new URLSearchParams(location.search); }
 
@@ -175,10 +176,12 @@
     try { audio.source.disconnect(); } catch (err) { /* already */ }
     audio.stream.getTracks().forEach((track) => track.stop());
     audio.node.port.postMessage("flush");       // the worklet posts its partial frame, then {flushed}
-    setTimeout(sendStop, STOP_FALLBACK_MS);
+    stopTimer = setTimeout(sendStop, STOP_FALLBACK_MS);
   }
 
   function sendStop() {
+    clearTimeout(stopTimer);
+    stopTimer = null;
     if (state.stopSent) return;
     state.stopSent = true;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
@@ -252,6 +255,8 @@
   }
 
   function resetState() {
+    clearTimeout(stopTimer);
+    stopTimer = null;
     Object.assign(state, {
       ready: null, end: null, error: null, closeCode: null, events: [], finals: [], interim: null,
       warnings: [], audioSeconds: 0, stopSent: false, sampleRate: null,
