@@ -5,6 +5,7 @@ they run on any machine that can reach a server.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -36,6 +37,17 @@ class StreamError(RuntimeError):
 def default_token() -> str | None:
     """The bearer token from ``STREAMER_TOKEN``, or None when unset or empty."""
     return os.environ.get("STREAMER_TOKEN") or None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--config``: a JSON object (stream config overrides)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. {"latency": 2}')
+    return value
 
 
 def auth_headers(token: str | None) -> dict[str, str]:

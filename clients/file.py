@@ -33,6 +33,7 @@ from clients.common import (  # noqa: E402
     default_token,
     final_turns,
     install_stop_handler,
+    json_object,
     run_stream,
     start_message,
     write_rttm,
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible (default 1)")
     parser.add_argument("--rttm", type=Path, help="write the final turns as RTTM (file id = file stem)")
     parser.add_argument("--json", type=Path, help="write every event received as JSON")
-    parser.add_argument("--config", type=json.loads, help='stream config overrides as JSON, e.g. \'{"latency": 2}\'')
+    parser.add_argument("--config", type=json_object, help='stream config overrides as JSON, e.g. \'{"latency": 2}\'')
     parser.add_argument("--chunk-ms", type=float, default=100.0, help="audio per binary frame (default 100 ms)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser

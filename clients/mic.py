@@ -30,6 +30,7 @@ from clients.common import (  # noqa: E402
     TurnPrinter,
     default_token,
     install_stop_handler,
+    json_object,
     run_stream,
     start_message,
 )
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="input device index or name substring (default: system default)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server websocket URL (default {DEFAULT_URL})")
     parser.add_argument("--token", default=default_token(), help="bearer token (default: env STREAMER_TOKEN)")
-    parser.add_argument("--config", type=json.loads, help='stream config overrides as JSON, e.g. \'{"latency": 2}\'')
+    parser.add_argument("--config", type=json_object, help='stream config overrides as JSON, e.g. \'{"latency": 2}\'')
     return parser
 
 
