@@ -117,7 +117,11 @@ class SincNet(nn.Module):
         filters = (self.frozen_filters if self.frozen_filters.numel()
                    else self.conv1d[0].filterbank.filters())
         outputs = self.wav_norm1d(waveforms)
-        outputs = F.conv1d(outputs, filters, stride=self.stride).abs()
+        if torch.onnx.is_in_onnx_export() or outputs.shape[1] != 1:
+            outputs = F.conv1d(outputs, filters, stride=self.stride).abs()
+        else:  # as a matrix product over strided frames: ~1.5x faster than conv1d on CPU
+            frames = outputs[:, 0].unfold(-1, self.kernel_size, self.stride)
+            outputs = (frames @ filters[:, 0].T).transpose(1, 2).abs()
         outputs = F.leaky_relu(self.norm1d[0](F.max_pool1d(outputs, _POOL, _POOL)))
         for conv, norm in zip(self.conv1d[1:], self.norm1d[1:]):
             outputs = F.leaky_relu(norm(F.max_pool1d(conv(outputs), _POOL, _POOL)))
