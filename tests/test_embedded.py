@@ -1,0 +1,112 @@
+"""The embedded preset: Silero VAD and GE2E from their packaged weights, on real speech."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.audio import load_audio
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer, diarize_array
+from streamer.evaluation import der_components
+from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings
+from streamer.models.ge2e import MelSpectrogram, volume_gain
+from streamer.models.silero import SileroVad, packaged_weights
+from streamer.rttm import read_rttm
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def frontend() -> EmbeddedFrontend:
+    return EmbeddedFrontend()
+
+
+@pytest.fixture(scope="module")
+def two_voices() -> tuple[np.ndarray, list]:
+    return load_audio(DATA / "two_voices.wav"), read_rttm(DATA / "two_voices.rttm")["two_voices"]
+
+
+def test_mel_spectrogram_matches_librosa():
+    librosa = pytest.importorskip("librosa", reason="librosa comes with resemblyzer")
+    signal = np.random.default_rng(0).normal(size=24000).astype(np.float32) * 0.1
+    expected = librosa.feature.melspectrogram(y=signal, sr=16000, n_fft=400, hop_length=160,
+                                              n_mels=40).T
+    np.testing.assert_allclose(MelSpectrogram()(signal), expected, rtol=1e-4,
+                               atol=1e-4 * expected.max())
+
+
+def test_volume_gain_only_raises_quiet_audio():
+    quiet = np.full(1000, 0.001, np.float32)
+    assert volume_gain(quiet) == pytest.approx(10 ** ((-30 + 60) / 20), rel=1e-3)
+    assert volume_gain(np.full(1000, 0.5, np.float32)) == 1.0
+    assert volume_gain(np.zeros(10, np.float32)) == 1.0
+
+
+def test_stateless_silero_matches_the_packaged_stateful_model(two_voices):
+    samples = two_voices[0][:16000 * 6]
+    reference = torch.jit.load(packaged_weights())
+    reference.reset_states()
+    expected = [float(reference(torch.from_numpy(samples[i: i + 512].copy())[None], 16000))
+                for i in range(0, len(samples) - 511, 512)]
+    vad = SileroVad()
+    state = vad.new_state()
+    got = np.concatenate([vad.process(state, samples[i: i + 3000])
+                          for i in range(0, len(samples), 3000)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_vad_finds_the_speech_of_the_fixture(two_voices):
+    samples, reference = two_voices
+    probs = SileroVad().process(SileroVad.new_state(), samples)
+    centers = (np.arange(len(probs)) + 0.5) * 0.032
+    speech = np.zeros(len(probs), bool)
+    for start, end, _ in reference:
+        speech |= (centers >= start) & (centers < end)
+    assert (probs[speech] >= 0.5).mean() > 0.8
+    assert (probs[~speech] >= 0.5).mean() < 0.1
+
+
+def test_embedded_preset_separates_two_synthetic_voices(frontend, two_voices):
+    samples, reference = two_voices
+    turns, engine = diarize_array(frontend, samples)
+    hypothesis = [(t.start, t.end, t.speaker) for t in turns]
+    result = der_components(reference, hypothesis)
+    assert result.der < 0.15, f"DER {result.der:.3f}"
+    main = {t.speaker for t in turns if t.duration > 2.0}
+    assert len(main) == 2
+    for before, after in zip(turns, turns[1:]):
+        assert after.start >= before.end
+
+
+def test_known_number_of_speakers_is_respected(frontend, two_voices):
+    turns, _ = diarize_array(frontend, two_voices[0], StreamConfig(num_speakers=2))
+    assert len({t.speaker for t in turns}) <= 2
+
+
+def test_silence_and_noise_give_no_turns(frontend):
+    rng = np.random.default_rng(1)
+    quiet = np.concatenate([np.zeros(16000 * 5), rng.normal(size=16000 * 5) * 0.001])
+    turns, engine = diarize_array(frontend, quiet.astype(np.float32))
+    assert turns == [] and engine.speakers() == []
+
+
+def test_streams_do_not_share_state(frontend, two_voices):
+    samples = two_voices[0]
+    alone, _ = diarize_array(frontend, samples)
+    first, second = StreamingDiarizer(frontend), StreamingDiarizer(frontend)
+    interleaved: list = []
+    for offset in range(0, len(samples), 4000):
+        interleaved += [t for t in first.feed(samples[offset: offset + 4000]) if t.final]
+        second.feed(samples[::-1][offset: offset + 4000].copy())
+    interleaved += [t for t in first.flush() if t.final]
+    assert interleaved == alone
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="window"):
+        EmbeddedSettings(window=10)
+    with pytest.raises(ValueError, match="hop"):
+        EmbeddedSettings(hop=2.0, window=1.5)
