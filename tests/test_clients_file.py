@@ -199,8 +199,11 @@ def test_stream_file_gets_turns_that_cover_the_speech(stream_url: str) -> None:
         assert 0 <= turn["start"] < turn["end"] <= 30.05, turn
     for before, after in zip(turns, turns[1:]):
         assert before["end"] <= after["start"] + 1e-6, f"final turns overlap: {before} {after}"
-    coverage = covered(speech_regions("sample"), [(t["start"], t["end"]) for t in turns])
+    reference, found = speech_regions("sample"), [(t["start"], t["end"]) for t in turns]
+    coverage = covered(reference, found)
     assert coverage >= 0.8, f"final turns cover only {coverage:.0%} of the reference speech"
+    precision = covered(found, reference)
+    assert precision >= 0.8, f"only {precision:.0%} of the final turns' time is reference speech"
     labels = {turn["speaker"] for turn in turns}
     assert labels <= {speaker["label"] for speaker in events[-1]["speakers"]}
 
