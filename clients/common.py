@@ -146,8 +146,11 @@ async def run_stream(
     except InvalidStatus as exc:  # refused at the handshake: 401, 403, 503 ...
         raise rejection_error(exc) from exc
     async with ws:
-        await ws.send(start)
-        ready = handle(await ws.recv())
+        try:
+            await ws.send(start)
+            ready = handle(await ws.recv())
+        except ConnectionClosed as exc:
+            raise StreamError("closed", f"server closed the stream before ready: {exc}") from exc
         if ready is None or ready.get("type") != "ready":
             raise StreamError("protocol_error", f"expected a ready event, got {ready!r}")
 
