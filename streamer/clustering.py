@@ -53,13 +53,16 @@ class CentroidMemory:
         room = self.max_speakers - known
         cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
         can_update = np.asarray(can_update, bool)
-        # One private extra column per local speaker: "new speaker" for a clearly active
-        # one (while there is room), "leave unassigned" for the others. Both cost
-        # cost_new, so a local speaker farther than that from every free centroid is
-        # never forced onto one; at capacity, unassigned is the last resort.
+        # One private extra column per local speaker, costing cost_new: "new speaker" for
+        # a clearly active one that is far from every centroid (while there is room),
+        # "leave unassigned" for the others. So a local speaker is never forced onto a
+        # centroid farther than cost_new, and a local speaker close to a centroid that
+        # another local speaker of the buffer took does not become a new speaker.
+        # At capacity, unassigned is the last resort.
+        nearest = distances.min(axis=1) if known else np.full(count, np.inf)
+        creates = can_update & (nearest > cost_new)
         extra = np.full((count, count), _FORBIDDEN)
-        diagonal = np.where((can_update & (room > 0)) | ~can_update, cost_new, _FORBIDDEN / 2)
-        np.fill_diagonal(extra, diagonal)
+        np.fill_diagonal(extra, np.where(creates & (room <= 0), _FORBIDDEN / 2, cost_new))
         cost = np.concatenate([distances, extra], axis=1)
         rows, columns = linear_sum_assignment(cost)
         for row, column in sorted(zip(rows, columns), key=lambda rc: cost[rc[0], rc[1]]):
@@ -67,7 +70,7 @@ class CentroidMemory:
                 result[row] = column
                 if can_update[row]:
                     self._sums[column] = self._sums[column] + embeddings[row]
-            elif can_update[row] and len(self._sums) < self.max_speakers:
+            elif creates[row] and len(self._sums) < self.max_speakers:
                 result[row] = len(self._sums)
                 self._sums.append(embeddings[row].copy())
         return result

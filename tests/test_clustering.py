@@ -10,9 +10,14 @@ E = np.eye(4)
 def test_two_locals_of_one_buffer_never_share_a_global_speaker():
     memory = CentroidMemory(delta_new=0.5, max_speakers=5)
     memory.assign(E[:1], np.array([True]))
-    # Both locals are closest to speaker 0, but only one may take it.
+    # Both locals are closest to speaker 0, but only one may take it; the other is not
+    # far from speaker 0 either, so it is left unassigned rather than made a new speaker.
     result = memory.assign(np.array([[1, 0.1, 0, 0], [1, 0.2, 0, 0]]), np.array([True, True]))
-    assert sorted(result) == [0, 1]
+    assert sorted(result) == [-1, 0]
+    assert len(memory) == 1
+    # A far one becomes a new speaker.
+    result = memory.assign(np.array([[1, 0.1, 0, 0], [0, 0, 1, 0]]), np.array([True, True]))
+    assert result.tolist() == [0, 1]
 
 
 def test_new_speaker_only_beyond_delta_new():

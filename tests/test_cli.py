@@ -1,0 +1,113 @@
+"""The ``streamer`` command end to end, as a user runs it (real subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamer.evaluation import der_components
+from streamer.rttm import read_rttm
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLE = SHARED / "eval" / "sample.wav"
+needs_shared = pytest.mark.skipif(not SAMPLE.exists(), reason=f"{SHARED} is absent")
+
+
+def streamer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@needs_shared
+def test_diarize_sample_writes_rttm_and_json(tmp_path):
+    rttm, document = tmp_path / "out.rttm", tmp_path / "out.json"
+    result = streamer("diarize", str(SAMPLE), "--rttm", str(rttm), "--json", str(document))
+    assert result.returncode == 0, result.stderr
+    turns = read_rttm(rttm)["sample"]
+    reference = read_rttm(SHARED / "eval" / "reference.rttm")["sample"]
+    der = der_components(reference, turns, [(0.0, 30.0)]).der
+    assert der < 0.3, f"DER {der:.3f} on sample.wav"
+    data = json.loads(document.read_text())
+    assert data["num_speakers"] == len(data["speakers"]) >= 2
+    assert len(data["segments"]) == len(turns)
+    assert set(data["embeddings"]) == set(data["speakers"])
+    assert all(len(v) == 256 for v in data["embeddings"].values())
+    starts = [s["start"] for s in data["segments"]]
+    assert starts == sorted(starts)
+    assert "real-time factor" in result.stderr
+
+
+@needs_shared
+def test_eval_prints_der_per_file_and_total(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "sample.wav").symlink_to(SAMPLE)
+    lines = (SHARED / "eval" / "reference.rttm").read_text().splitlines()
+    reference = tmp_path / "ref.rttm"
+    reference.write_text("\n".join(line for line in lines if " sample " in line) + "\n")
+    result = streamer("eval", "--audio", str(audio), "--rttm", str(reference),
+                      "--uem", str(SHARED / "eval" / "reference.uem"))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    assert {"sample", "TOTAL"} <= set(rows)
+    assert rows["sample"][1] == rows["TOTAL"][1]
+    assert 0.0 < float(rows["TOTAL"][1].rstrip("%")) < 50.0
+    assert float(rows["TOTAL"][-1]) < 1.0  # real-time factor
+
+
+def test_diarize_reads_stereo_44k_files(tmp_path):
+    rate = 44100
+    t = np.arange(rate * 3) / rate
+    voice = 0.3 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([voice, voice], axis=1), rate)
+    result = streamer("diarize", str(path), "--json", str(tmp_path / "o.json"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["duration"] == pytest.approx(3.0, abs=0.01)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"RIFF1234WAVEfmt garbage"), "cannot decode"),
+    (lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "no audio samples"),
+    (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2], np.float32), 16000, subtype="FLOAT"),
+     "NaN"),
+])
+def test_bad_input_gives_one_line_and_a_non_zero_exit(tmp_path, make, message):
+    path = tmp_path / "input.wav"
+    make(path)
+    result = streamer("diarize", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and result.stderr.startswith("streamer: error:")
+
+
+def test_bad_settings_are_reported_by_name(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    result = streamer("diarize", str(path), "--latency", "99")
+    assert result.returncode == 2 and "latency" in result.stderr
+    result = streamer("diarize", str(path), "--set", "colour=red")
+    assert result.returncode == 2 and "colour" in result.stderr
+
+
+def test_models_lists_the_presets():
+    result = streamer("models")
+    assert result.returncode == 0
+    assert "embedded (default)" in result.stdout and "pyannote/segmentation-3.0" in result.stdout
+
+
+@needs_shared
+def test_bench_prints_step_percentiles():
+    result = streamer("bench", "--audio", str(SAMPLE), "--steps", "10")
+    assert result.returncode == 0, result.stderr
+    assert "p50" in result.stdout and "p95" in result.stdout
