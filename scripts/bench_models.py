@@ -8,6 +8,14 @@
 Rows: one segmentation chunk; one embedding of a chunk (with weights); and the front end's
 real call for an embedding model, the same chunk once per local speaker (3 rows, distinct
 weights), which runs the trunk once.
+
+On a GPU machine:
+
+    python scripts/bench_models.py --device cuda --compare-cpu --batches 1,32,256
+
+also prints the largest difference between the GPU and CPU outputs for one chunk (and to
+``reference.npz`` when the model folder has one) and the throughput in chunks per second
+for batches of distinct 10 s chunks.
 """
 from __future__ import annotations
 
@@ -64,6 +72,52 @@ def speech(seconds: float, batch: int = 1) -> np.ndarray:
     return (0.1 * voice + 0.01 * rng.standard_normal((batch, t.size))).astype(np.float32)
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def compare_cpu(name: str, kind: str, source: Path | str, device: str) -> None:
+    """Largest |device - cpu| output difference on one 10 s chunk (and vs reference.npz)."""
+    reference = Path(source) / "reference.npz"
+    ref = dict(np.load(reference)) if reference.is_file() else {}
+    chunk = ref["input"][:, 0] if "input" in ref else speech(10.0)
+    loader = load_segmentation if kind == "seg" else load_embedding
+    cpu, gpu = loader(source), loader(source, device=device)
+    if kind == "seg":
+        out_cpu, out_gpu = cpu.raw(chunk), gpu.raw(chunk)
+        expected = ref.get("output")
+    else:
+        weights = ref.get("weights")
+        out_cpu, out_gpu = cpu(chunk, weights), gpu(chunk, weights)
+        expected = ref.get("output") if weights is not None else None
+    line = (f"{name:<22}max|{device}-cpu| = {np.abs(out_gpu - out_cpu).max():.2e} "
+            f"(output scale {np.abs(out_cpu).max():.2f})")
+    if expected is not None:
+        line += f", max|{device}-reference| = {np.abs(out_gpu - expected).max():.2e}"
+    print(line, flush=True)
+
+
+def throughput(name: str, kind: str, source: Path | str, device: str, backend: str,
+               batches: list[int], repeats: int) -> None:
+    """Chunks per second for batches of distinct 10 s chunks."""
+    model = (load_segmentation if kind == "seg" else load_embedding)(
+        source, device=device, backend=backend)
+    if kind == "emb":
+        model.max_batch = max(batches)
+    for batch in batches:
+        chunks = speech(10.0, batch)  # distinct rows: no shared trunk pass
+        call = (lambda: model(chunks)) if kind == "seg" else (
+            lambda: model(chunks, np.ones((batch, 589), np.float32)))
+        try:
+            wall, _, _ = median_ms(lambda: (call(), _sync(device)), max(3, repeats // batch))
+        except RuntimeError as error:  # e.g. out of memory
+            print(f"{name:<22}{backend:<8}batch {batch:<5} failed: {str(error)[:60]}")
+            continue
+        print(f"{name:<22}{backend:<8}batch {batch:<5}{batch / wall * 1000:>10.1f} chunks/s"
+              f"{wall:>10.1f} ms/batch", flush=True)
+
+
 def parse_models(items: list[str]) -> dict[str, tuple[str, Path | str]]:
     if not items:
         return DEFAULT_MODELS
@@ -84,16 +138,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compare-cpu", action="store_true",
+                        help="compare --device outputs with CPU outputs on one chunk")
+    parser.add_argument("--batches", default="",
+                        help="comma-separated batch sizes for a throughput test, e.g. 1,32,256")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     chunk = speech(10.0)
+    models = parse_models(args.model)
+    if args.compare_cpu:
+        for name, (kind, source) in models.items():
+            compare_cpu(name, kind, source, args.device)
+    if args.batches:
+        sizes = [int(b) for b in args.batches.split(",")]
+        for name, (kind, source) in models.items():
+            for backend in args.backends.split(","):
+                throughput(name, kind, source, args.device, backend, sizes, args.repeats)
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
           f"median of {args.repeats} runs, ms per 10 s chunk\n(p50: median wall-clock, cpu: median process CPU time, min: fastest run)")
     print(f"{'model':<22}{'backend':<8}{'call':<36}{'p50 ms':>9}{'cpu ms':>9}{'min ms':>9}")
-    for name, (kind, source) in parse_models(args.model).items():
+    for name, (kind, source) in models.items():
         for backend in args.backends.split(","):
             try:
                 if kind == "seg":

@@ -154,3 +154,18 @@ def test_device_names() -> None:
 def test_synthetic_checkpoint_rejects_unknown_kind(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         write_checkpoint(tmp_path / "x.bin", "whisper")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["segmentation-3.0", "wespeaker", "xvector"])
+def test_cuda_matches_cpu(tmp_path: Path, kind: str) -> None:
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", kind)
+    loader = load_segmentation if kind.startswith("segmentation") else load_embedding
+    cpu, gpu = loader(path), loader(path, device="cuda")
+    assert gpu.device.type == "cuda"
+    chunks = _speech_like(2, 10.0, seed=4)
+    if kind.startswith("segmentation"):
+        np.testing.assert_allclose(gpu.raw(chunks), cpu.raw(chunks), atol=1e-5)
+    weights = np.random.default_rng(2).uniform(0, 1, (2, 589)).astype(np.float32)
+    args = (chunks,) if kind.startswith("segmentation") else (chunks, weights)
+    np.testing.assert_allclose(gpu(*args), cpu(*args), atol=1e-5)
