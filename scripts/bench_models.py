@@ -99,10 +99,11 @@ def compare_cpu(name: str, kind: str, source: Path | str, device: str) -> None:
 
 
 def throughput(name: str, kind: str, source: Path | str, device: str, backend: str,
-               batches: list[int], repeats: int) -> None:
+               batches: list[int], repeats: int, tf32: bool) -> None:
     """Chunks per second for batches of distinct 10 s chunks."""
     model = (load_segmentation if kind == "seg" else load_embedding)(
         source, device=device, backend=backend)
+    model.allow_tf32 = tf32
     if kind == "emb":
         model.max_batch = max(batches)
     for batch in batches:
@@ -142,6 +143,8 @@ def main() -> None:
                         help="compare --device outputs with CPU outputs on one chunk")
     parser.add_argument("--batches", default="",
                         help="comma-separated batch sizes for a throughput test, e.g. 1,32,256")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let cuDNN use TF32 in the throughput test (faster, less exact)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -156,7 +159,8 @@ def main() -> None:
         sizes = [int(b) for b in args.batches.split(",")]
         for name, (kind, source) in models.items():
             for backend in args.backends.split(","):
-                throughput(name, kind, source, args.device, backend, sizes, args.repeats)
+                throughput(name, kind, source, args.device, backend, sizes, args.repeats,
+                           args.tf32)
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
           f"median of {args.repeats} runs, ms per 10 s chunk\n(p50: median wall-clock, cpu: median process CPU time, min: fastest run)")
