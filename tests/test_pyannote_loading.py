@@ -278,3 +278,31 @@ def test_import_downloads_nothing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_lightning_attribute_dict_hyper_parameters_are_read(checkpoints: dict[str, Path],
+                                                            tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older Lightning saved hparams as AttributeDict (a dict subclass): stubbed, still read."""
+    import types
+
+    module = types.ModuleType("pytorch_lightning.utilities.parsing")
+
+    class AttributeDict(dict):
+        pass
+
+    AttributeDict.__module__ = module.__name__
+    module.AttributeDict = AttributeDict  # type: ignore[attr-defined]
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    checkpoint = read_checkpoint(checkpoints["xvector"])
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict, "dtype": torch.float32,
+                "hyper_parameters": AttributeDict(checkpoint.hyper_parameters),
+                "pyannote.audio": {"architecture": {"module": "x", "class": "XVectorSincNet"}},
+                "callbacks": {"ModelCheckpoint": {"dirpath": Path("/ckpt")}}}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    loaded = read_checkpoint(path)
+    assert loaded.hyper_parameters == checkpoint.hyper_parameters
+    assert load_embedding(path).dimension == 16

@@ -48,6 +48,14 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
     ("_codecs", "encode"): __import__("_codecs").encode,
+    # harmless value types seen in Lightning checkpoints' callback / logger states
+    ("pathlib", "PosixPath"): __import__("pathlib").PurePosixPath,
+    ("pathlib", "WindowsPath"): __import__("pathlib").PureWindowsPath,
+    ("pathlib", "PurePosixPath"): __import__("pathlib").PurePosixPath,
+    ("pathlib", "PureWindowsPath"): __import__("pathlib").PureWindowsPath,
+    ("datetime", "datetime"): __import__("datetime").datetime,
+    ("datetime", "timedelta"): __import__("datetime").timedelta,
+    ("argparse", "Namespace"): __import__("argparse").Namespace,
 }
 
 _NUMPY_GLOBALS = {
@@ -82,7 +90,8 @@ class Stub:
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
             state = {**(state[0] or {}), **state[1]}  # (dict, slots) form
-        object.__setattr__(self, "state", state if isinstance(state, dict) else {"_": state})
+        # merge: dict subclasses (Lightning's AttributeDict) get SETITEMS before BUILD
+        self.state.update(state if isinstance(state, dict) else {"_": state})
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.state[key] = value
@@ -130,8 +139,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _safe_reconstructor
         if module.startswith(STUBBED_PREFIXES) or module in {"pyannote", "lightning"}:
             return stub_class(module, name)
-        if module == "torch" and name.endswith("Storage"):
-            return getattr(torch, name)  # storage types are plain data containers
+        if module == "torch" and (name.endswith("Storage")
+                                  or isinstance(getattr(torch, name, None), torch.dtype)):
+            return getattr(torch, name)  # storage types and dtypes are plain data
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise RefusedGlobalError(

@@ -61,8 +61,9 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | Path | None,
             f"accept its user conditions; then {advice}.") from exc
     except hub_errors.RepositoryNotFoundError as exc:
         raise ModelLoadError(
-            f"no model repo {repo_id!r} on the Hugging Face hub (or it is private): check the "
-            "spelling; for a private repo set HF_TOKEN to a token that can read it.") from exc
+            f"no model repo {repo_id!r} on the Hugging Face hub (or it is private), and no local "
+            f"file or folder of that name: check the spelling; for a private repo set HF_TOKEN "
+            "to a token that can read it.") from exc
     except hub_errors.RevisionNotFoundError as exc:
         raise ModelLoadError(
             f"revision {revision!r} of {repo_id} does not exist: check the branch, tag or "
