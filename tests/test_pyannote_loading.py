@@ -292,6 +292,7 @@ def test_lightning_attribute_dict_hyper_parameters_are_read(checkpoints: dict[st
         pass
 
     AttributeDict.__module__ = module.__name__
+    AttributeDict.__qualname__ = "AttributeDict"
     module.AttributeDict = AttributeDict  # type: ignore[attr-defined]
     for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
