@@ -31,8 +31,9 @@ class Aggregator:
         return self.first + len(self._weight)
 
     def add(self, activations: np.ndarray, speech: np.ndarray, timing: FrameTiming,
-            start: float) -> None:
-        """Add one buffer whose first sample lies at ``start`` seconds."""
+            start: float, confidence: np.ndarray | None = None) -> None:
+        """Add one buffer whose first sample lies at ``start`` seconds; ``confidence``
+        optionally weighs its frames further."""
         frames = len(speech)
         if frames == 0:
             return
@@ -47,7 +48,10 @@ class Aggregator:
         centers = (np.arange(lo, hi) + 0.5) * r
         index = np.rint((centers - start - timing.start - timing.duration / 2) / timing.step)
         index = np.clip(index.astype(int), 0, frames - 1)
-        weights = self._weights(frames)[index]
+        weights = self._weights(frames)
+        if confidence is not None:
+            weights = weights * np.maximum(np.asarray(confidence, np.float64), 1e-3)
+        weights = weights[index]
         rows = slice(lo - self.first, hi - self.first)
         self._act[rows] += weights[:, None] * activations[index]
         self._speech[rows] += weights * speech[index]

@@ -36,7 +36,8 @@ class StreamingDiarizer:
         self.resolution = frontend.frame_step
         self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)),
                                      int(round(c.step * self.sample_rate)))
-        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers)
+        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
+                                      getattr(frontend, "confirm_steps", 1))
         self._aggregator = Aggregator(self.resolution, c.max_speakers)
         self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
                                   speaker_label)
@@ -104,7 +105,7 @@ class StreamingDiarizer:
         start = (end - len(buffer)) / self.sample_rate
         analysis = self._stream.analyze(buffer, start)
         activations, speech = self._to_global(analysis)
-        self._aggregator.add(activations, speech, analysis.frames, start)
+        self._aggregator.add(activations, speech, analysis.frames, start, analysis.confidence)
 
     def _to_global(self, analysis: BufferAnalysis) -> tuple[np.ndarray, np.ndarray]:
         c = self.config

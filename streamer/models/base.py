@@ -68,12 +68,15 @@ class BufferAnalysis:
         frames: Frame timing relative to the first sample of the buffer.
         speech: ``(frames,)`` speech activity in [0, 1] regardless of speaker (used to
             gate exclusive turns); ``None`` means the maximum over local speakers.
+        confidence: ``(frames,)`` weight of each frame when buffers are averaged (e.g.
+            low where the buffer's end cuts the context short); ``None`` means uniform.
     """
 
     activations: np.ndarray
     embeddings: np.ndarray
     frames: FrameTiming
     speech: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
 
 class FrontendStream(Protocol):

@@ -40,6 +40,7 @@ class EmbeddedSettings:
         local_threshold: Cosine distance at which window clusters stop merging inside a
             buffer.
         max_local: Most local speakers per buffer.
+        min_windows: Fewest windows a cluster needs to be a local speaker.
         vad_threshold: Silero probability from which a frame is speech.
     """
 
@@ -48,6 +49,7 @@ class EmbeddedSettings:
     min_speech: float = 0.5
     local_threshold: float = 0.5
     max_local: int = 4
+    min_windows: int = 3
     vad_threshold: float = 0.25
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class EmbeddedFrontend:
     chunk_duration = 10.0
     frame_step = SileroVad.frame_step
     default_delta_new = 0.75
+    #: Buffers in a row a new voice must appear in before it becomes a speaker.
+    confirm_steps = 1
 
     def __init__(self, settings: EmbeddedSettings | None = None, vad: SileroVad | None = None,
                  encoder: VoiceEncoder | None = None, mean: np.ndarray | None = None):
@@ -204,22 +208,30 @@ class _Stream:
         activations = (membership * speech[:, None]).astype(np.float32)
         local = np.stack([embeddings[labels == k].mean(axis=0) for k in range(count)])
         local /= np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-8)
-        return BufferAnalysis(activations, local.astype(np.float32), timing, probs)
+        # Frames near the buffer's end are seen only by windows that end early (they
+        # look into the past only): trust them in proportion to their window coverage.
+        confidence = np.clip((end - centers) / self.window_samples, 0.05, 1.0)
+        return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence)
 
     def _cluster(self, embeddings: np.ndarray) -> np.ndarray:
+        """Local speaker index of each window: agglomerative clustering, then windows of
+        clusters too small to be a speaker (often windows that straddle a turn change)
+        are folded into the nearest large cluster."""
         if len(embeddings) == 1:
             return np.zeros(1, int)
         tree = linkage(embeddings, method="average", metric="cosine")
         labels = fcluster(tree, self.s.local_threshold, criterion="distance") - 1
         sizes = np.bincount(labels)
-        order = np.argsort(-sizes, kind="stable")[: self.s.max_local]
-        if len(order) < len(sizes):  # fold small clusters into the nearest kept one
-            kept = np.stack([embeddings[labels == k].mean(axis=0) for k in order])
-            nearest = np.argmax(embeddings @ kept.T, axis=1)
-            remap = {k: i for i, k in enumerate(order)}
+        order = np.argsort(-sizes, kind="stable")
+        big = [k for k in order[: self.s.max_local] if sizes[k] >= self.s.min_windows]
+        kept = big or [order[0]]
+        if len(kept) < len(sizes):
+            means = np.stack([embeddings[labels == k].mean(axis=0) for k in kept])
+            nearest = np.argmax(embeddings @ means.T, axis=1)
+            remap = {k: i for i, k in enumerate(kept)}
             return np.array([remap.get(k, nearest[i]) for i, k in enumerate(labels)])
         remap = np.empty(len(sizes), int)
-        remap[order] = np.arange(len(order))
+        remap[kept] = np.arange(len(kept))
         return remap[labels]
 
     def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,
