@@ -63,11 +63,13 @@ class DiarizationServer:
         if self.settings.batching and hasattr(self.frontend, "map_models"):
             self._batchers = BatcherSet(max_batch=self.settings.batch_max_size,
                                         max_wait=self.settings.batch_max_wait,
-                                        on_batch=self.metrics.batch)
+                                        on_batch=self.metrics.batch,
+                                        init_thread=self.settings.init_thread)
             self.frontend.map_models(self._batchers.wrap)
             group = self._batchers.group
         self._executor = ThreadPoolExecutor(self.settings.worker_count,
-                                            thread_name_prefix="streamer-engine")
+                                            thread_name_prefix="streamer-engine",
+                                            initializer=self.settings.init_thread)
         self.context = ServerContext(
             settings=self.settings, metrics=self.metrics, executor=self._executor,
             engine_factory=_engine_factory(self.frontend), models=self.frontend.describe(),
@@ -141,10 +143,10 @@ class DiarizationServer:
     # -- connections -------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        session = StreamSession(connection, self.context)
         if len(self.sessions) >= self.settings.max_connections or self._stopping:
             await self._refuse(connection)
             return
+        session = StreamSession(connection, self.context)
         self.sessions.add(session)
         try:
             await session.run()

@@ -93,7 +93,8 @@ class MicroBatcher:
 
     def __init__(self, fn: Callable[..., Any], *, name: str = "model", max_batch: int = 32,
                  max_wait: float = 0.005, group: BatchGroup | None = None,
-                 on_batch: BatchObserver | None = None) -> None:
+                 on_batch: BatchObserver | None = None,
+                 init_thread: Callable[[], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait < 0:
@@ -104,6 +105,7 @@ class MicroBatcher:
         self.max_wait = max_wait
         self.group = group if group is not None else BatchGroup()
         self.on_batch = on_batch
+        self.init_thread = init_thread
         self._queue: deque[_Call] = deque()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
@@ -130,6 +132,8 @@ class MicroBatcher:
     # -- dispatcher thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.init_thread is not None:
+            self.init_thread()
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -211,8 +215,10 @@ class BatcherSet:
     """The batchers of one frontend; ``wrap`` is the hook given to ``Frontend.map_models``."""
 
     def __init__(self, *, max_batch: int, max_wait: float,
-                 on_batch: BatchObserver | None = None) -> None:
+                 on_batch: BatchObserver | None = None,
+                 init_thread: Callable[[], None] | None = None) -> None:
         self.group = BatchGroup()
+        self.init_thread = init_thread
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch
@@ -220,7 +226,8 @@ class BatcherSet:
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         batcher = MicroBatcher(fn, name=name, max_batch=self.max_batch, max_wait=self.max_wait,
-                               group=self.group, on_batch=self.on_batch)
+                               group=self.group, on_batch=self.on_batch,
+                               init_thread=self.init_thread)
         self.batchers.append(batcher)
         return batcher
 

@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pyannote embedding model: file, folder or hub id")
     models.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     models.add_argument("--backend", default="torch", help="torch or onnx (default torch)")
-    models.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads (default: the number of CPU cores)")
+    models.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads of each worker thread, 0 for torch's "
+                             "default (default 1: streams already run in parallel threads)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
                         help="open streams at once (default %(default)s)")
@@ -83,7 +84,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_pending_seconds=args.max_pending_seconds,
         max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
         workers=args.workers, batch_max_size=args.batch_max_size,
-        batch_max_wait=args.batch_max_wait, token=token, allowed_origins=origins)
+        batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
+        token=token, allowed_origins=origins)
 
 
 def resolve_port(port: int | None) -> int:
@@ -103,7 +105,6 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         port = resolve_port(args.port)
-        _set_torch_threads(getattr(args, "torch_threads", None))
     except ValueError as error:
         logger.error("bad setting: %s", error)
         return 2
@@ -135,16 +136,6 @@ async def serve(frontend: Any, settings: ServerSettings, host: str, port: int) -
         await server.shutdown()
         raise
     await server.serve_until_signal()
-
-
-def _set_torch_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--torch-threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 __all__ = ["add_arguments", "main", "serve", "settings_from_args"]
