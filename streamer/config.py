@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from streamer.errors import ConfigError
 
 #: Default delay between the audio and the final decision about it, in seconds.
-DEFAULT_LATENCY = 1.0
+DEFAULT_LATENCY = 2.5
 
 
 def _number(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -51,7 +51,7 @@ class StreamConfig:
         latency: Delay between a moment of audio and the final decision about it, in
             seconds, between ``step`` and ``duration``. Larger is more accurate (each frame
             is seen by more buffers), smaller is faster. Interim turns come after ``step``
-            whatever the latency. ``None`` means ``DEFAULT_LATENCY`` (1 s), capped to
+            whatever the latency. ``None`` means ``DEFAULT_LATENCY`` (2.5 s), capped to
             ``duration``.
         tau_active: A local speaker of a buffer takes part in speaker matching only if its
             activation peaks at or above this value.
@@ -81,7 +81,7 @@ class StreamConfig:
     min_speakers: int = 1
     num_speakers: int | None = None
     min_duration_on: float = 0.0
-    min_duration_off: float = 0.0
+    min_duration_off: float = 0.3
     speech_threshold: float | None = None
     gamma: float = 3.0
     beta: float = 10.0

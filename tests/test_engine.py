@@ -115,7 +115,8 @@ def test_final_decisions_wait_for_latency():
 def test_min_duration_on_drops_blips_and_min_duration_off_bridges_gaps():
     audio = tone_conversation([(B, 2.0), (A, 2.0), (None, 0.3), (A, 2.0), (B, 0.2), (None, 2.0),
                                (A, 1.0)])
-    plain = finals(run(StreamingDiarizer(fake_frontend()), audio))
+    plain = finals(run(StreamingDiarizer(fake_frontend(), StreamConfig(min_duration_off=0)),
+                       audio))
     assert [(round(t.start, 1), round(t.end, 1)) for t in plain] == [
         (0.0, 2.0), (2.0, 4.0), (4.3, 6.3), (6.3, 6.5), (8.5, 9.5)]
     smooth = finals(run(StreamingDiarizer(
@@ -162,4 +163,4 @@ def test_feed_after_flush_is_refused_until_reset():
 def test_short_model_chunk_sets_the_buffer_duration():
     engine = StreamingDiarizer(fake_frontend(chunk_duration=5.0))
     assert engine.config.duration == 5.0
-    assert engine.config.latency == 1.0
+    assert engine.config.latency == 2.5
