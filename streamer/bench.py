@@ -40,12 +40,9 @@ def time_steps(frontend, samples: np.ndarray, config, steps: int) -> np.ndarray:
 
 
 def run_step_benchmark(args: argparse.Namespace) -> str:
-    import torch
-
     from streamer.audio import load_audio
     from streamer.cliargs import config_from_args, frontend_from_args
 
-    torch.set_num_threads(max(1, args.threads))
     path = _audio_path(args.audio)
     samples = load_audio(path)
     frontend = frontend_from_args(args)

@@ -53,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--audio", default=None, help="speech to stream (default: a built-in "
                                                      "signal or ../shared/eval/sample.wav)")
     bench.add_argument("--steps", type=int, default=200, help="steps to time (default 200)")
-    bench.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     add_model_arguments(bench)
     add_stream_arguments(bench)
     bench.set_defaults(run=_run_bench)

@@ -27,6 +27,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", default=None, help="hub download cache folder")
     group.add_argument("--hf-token", default=None,
                        help="Hugging Face token for gated repos (default: $HF_TOKEN)")
+    group.add_argument("--threads", type=int, default=1,
+                       help="torch threads for model calls (default 1: the models are "
+                            "small and sequential, one thread is fastest on a shared CPU)")
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +45,15 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def frontend_from_args(args: argparse.Namespace) -> Frontend:
+    import torch
+
     from streamer.presets import load_frontend
+
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
 
     hub: dict[str, Any] = {}
     for key in ("revision", "cache_dir"):
