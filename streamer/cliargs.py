@@ -35,7 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("stream")
     group.add_argument("--latency", type=float, default=None,
-                       help="seconds between audio and its final decision (default 2.5)")
+                       help="seconds between audio and its final decision (default 2.0)")
     group.add_argument("--step", type=float, default=None, help="buffer step in seconds (0.5)")
     group.add_argument("--num-speakers", type=int, default=None, help="known speaker count")
     group.add_argument("--min-speakers", type=int, default=None, help="lower bound")

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from streamer.errors import ConfigError
 
 #: Default delay between the audio and the final decision about it, in seconds.
-DEFAULT_LATENCY = 2.5
+DEFAULT_LATENCY = 2.0
 
 
 def _number(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -51,7 +51,7 @@ class StreamConfig:
         latency: Delay between a moment of audio and the final decision about it, in
             seconds, between ``step`` and ``duration``. Larger is more accurate (each frame
             is seen by more buffers), smaller is faster. Interim turns come after ``step``
-            whatever the latency. ``None`` means ``DEFAULT_LATENCY`` (2.5 s), capped to
+            whatever the latency. ``None`` means ``DEFAULT_LATENCY`` (2 s), capped to
             ``duration``.
         tau_active: A local speaker of a buffer takes part in speaker matching only if its
             activation peaks at or above this value.

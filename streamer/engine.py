@@ -38,7 +38,8 @@ class StreamingDiarizer:
                                      int(round(c.step * self.sample_rate)))
         self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
                                       getattr(frontend, "confirm_steps", 1))
-        self._aggregator = Aggregator(self.resolution, c.max_speakers)
+        self._aggregator = Aggregator(self.resolution, c.max_speakers,
+                                      getattr(frontend, "aggregation_window", "hamming"))
         self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
                                   speaker_label)
         self.reset()

@@ -52,6 +52,6 @@ def test_from_dict_rejects_unknown_fields_and_non_objects():
 def test_resolve_fills_model_defaults_and_keeps_overrides():
     resolved = StreamConfig().resolve(10.0, 0.7, 0.3)
     assert (resolved.duration, resolved.latency, resolved.delta_new,
-            resolved.speech_threshold) == (10.0, 2.5, 0.7, 0.3)
+            resolved.speech_threshold) == (10.0, 2.0, 0.7, 0.3)
     custom = StreamConfig(delta_new=0.2, latency=3.0).resolve(10.0, 0.7, 0.3)
     assert (custom.delta_new, custom.latency) == (0.2, 3.0)

@@ -163,4 +163,4 @@ def test_feed_after_flush_is_refused_until_reset():
 def test_short_model_chunk_sets_the_buffer_duration():
     engine = StreamingDiarizer(fake_frontend(chunk_duration=5.0))
     assert engine.config.duration == 5.0
-    assert engine.config.latency == 2.5
+    assert engine.config.latency == 2.0

@@ -42,6 +42,7 @@ class EmbeddedSettings:
         max_local: Most local speakers per buffer.
         min_windows: Fewest windows a cluster needs to be a local speaker.
         vad_threshold: Silero probability from which a frame is speech.
+        linkage: Agglomerative linkage of the window clustering (scipy method name).
     """
 
     window: float = 1.5
@@ -51,6 +52,7 @@ class EmbeddedSettings:
     max_local: int = 4
     min_windows: int = 3
     vad_threshold: float = 0.1
+    linkage: str = "average"
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window <= 6.0:
@@ -65,6 +67,9 @@ class EmbeddedSettings:
             raise ValueError(f"max_local must be between 1 and 10, got {self.max_local}")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if self.linkage not in ("average", "complete", "single", "weighted"):
+            raise ValueError(f"linkage must be average, complete, single or weighted, "
+                             f"got {self.linkage!r}")
 
 
 class EmbeddedFrontend:
@@ -77,6 +82,8 @@ class EmbeddedFrontend:
     default_delta_new = 0.22
     #: Buffers in a row a new voice must appear in before it becomes a speaker.
     confirm_steps = 2
+    #: Every buffer counts alike when averaged: its older frames have full context here.
+    aggregation_window = "uniform"
 
     def __init__(self, settings: EmbeddedSettings | None = None, vad: SileroVad | None = None,
                  encoder: VoiceEncoder | None = None, mean: np.ndarray | None = None):
@@ -217,7 +224,7 @@ class _Stream:
         are folded into the nearest large cluster."""
         if len(embeddings) == 1:
             return np.zeros(1, int)
-        tree = linkage(embeddings, method="average", metric="cosine")
+        tree = linkage(embeddings, method=self.s.linkage, metric="cosine")
         labels = fcluster(tree, self.s.local_threshold, criterion="distance") - 1
         sizes = np.bincount(labels)
         order = np.argsort(-sizes, kind="stable")
