@@ -103,16 +103,3 @@ class CentroidMemory:
         seen.discard(index)
         self._sums.append(candidate[0])
         return len(self._sums) - 1
-        rows, columns = linear_sum_assignment(cost)
-        seen: set[int] = set()
-        for row, column in zip(rows, columns):
-            if cost[row, column] >= _FORBIDDEN:
-                continue
-            if column < known:
-                result[row] = column
-                if can_update[row]:
-                    self._sums[column] = self._sums[column] + embeddings[row]
-            else:
-                result[row] = len(self._sums)
-                self._sums.append(embeddings[row].copy())
-        return result

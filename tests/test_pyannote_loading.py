@@ -7,7 +7,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,15 +18,6 @@ from streamer.models.pyannote.checkpoint import RestrictedUnpickler, Stub, read_
 from streamer.models.pyannote.synthetic import write_checkpoint
 
 REPO = "pyannote/segmentation-3.0"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: faster than two on a small, shared machine (no spin contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ with the torch and the ONNX backends.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from streamer.models.base import EmbeddingModel, SegmentationModel
 from streamer.models.pyannote import load_embedding, load_segmentation
@@ -25,15 +23,6 @@ pytestmark = pytest.mark.skipif(
     "folder ../shared/parity) is absent on this machine")
 
 BACKENDS = ["torch", pytest.param("onnx", marks=pytest.mark.filterwarnings("ignore"))]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: faster than two on a small, shared machine (no spin contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _reference(name: str) -> dict[str, np.ndarray]:
