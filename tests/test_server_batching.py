@@ -182,3 +182,25 @@ def test_batcher_set_wraps_and_reports_batches() -> None:
 def test_bad_batcher_settings_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         MicroBatcher(RecordingModel(), **kwargs)
+
+
+def test_batches_of_different_shapes_run_in_parallel_threads() -> None:
+    model = RecordingModel(delay=0.4)
+    group = BatchGroup()
+    batcher = MicroBatcher(model, name="m", max_batch=32, max_wait=0.05, group=group)
+    inputs = _inputs(3, width=16) + _inputs(3, width=24)
+    barrier = threading.Barrier(len(inputs))
+
+    def call(x: np.ndarray) -> np.ndarray:
+        with group.caller():
+            barrier.wait()
+            return batcher(x)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        results = list(pool.map(call, inputs))
+    elapsed = time.monotonic() - started
+    assert len(model.calls) == 2, model.calls
+    assert elapsed < 0.75, f"two batches of 0.4 s took {elapsed:.2f} s: not in parallel"
+    for x, result in zip(inputs, results):
+        np.testing.assert_allclose(result, RecordingModel()(x), rtol=1e-6, atol=1e-6)

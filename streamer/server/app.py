@@ -63,8 +63,7 @@ class DiarizationServer:
         if self.settings.batching and hasattr(self.frontend, "map_models"):
             self._batchers = BatcherSet(max_batch=self.settings.batch_max_size,
                                         max_wait=self.settings.batch_max_wait,
-                                        on_batch=self.metrics.batch,
-                                        init_thread=self.settings.init_thread)
+                                        on_batch=self.metrics.batch)
             self.frontend.map_models(self._batchers.wrap)
             group = self._batchers.group
         self._executor = ThreadPoolExecutor(self.settings.worker_count,

@@ -64,6 +64,7 @@ class _Call:
     rows: int
     queued: float
     future: Future = field(default_factory=Future)
+    taken: bool = False
 
 
 def _batch_key(args: Sequence[Any]) -> Hashable | None:
@@ -89,12 +90,15 @@ class MicroBatcher:
     for optional inputs) and returns an array, or a tuple of arrays, with the same first
     axis. Calls whose arrays differ in trailing shape or dtype are batched separately;
     calls with keyword arguments or non-array inputs run on their own, unbatched.
+
+    There is no dispatcher thread: the first caller of a batch leads it (waits for
+    others to join, then runs the forward pass in its own thread and hands the results
+    out), so several batches can run at once on several cores.
     """
 
     def __init__(self, fn: Callable[..., Any], *, name: str = "model", max_batch: int = 32,
                  max_wait: float = 0.005, group: BatchGroup | None = None,
-                 on_batch: BatchObserver | None = None,
-                 init_thread: Callable[[], None] | None = None) -> None:
+                 on_batch: BatchObserver | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait < 0:
@@ -105,71 +109,85 @@ class MicroBatcher:
         self.max_wait = max_wait
         self.group = group if group is not None else BatchGroup()
         self.on_batch = on_batch
-        self.init_thread = init_thread
         self._queue: deque[_Call] = deque()
+        self._leading: set[Hashable] = set()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = None if kwargs else _batch_key(args)
         if key is None or self._closed:
             return self.fn(*args, **kwargs)
         call = _Call(args=args, key=key, rows=args[0].shape[0], queued=time.monotonic())
-        with self.group.condition:
-            self._queue.append(call)
-            self.group.waiting += 1
-            self.group.condition.notify_all()
+        batch = self._join(call)
+        if batch is not None:
+            self._execute(batch)
         return call.future.result()
 
     def close(self) -> None:
-        """Stop the dispatcher thread after the queued calls are done."""
+        """From now on, calls run directly (unbatched)."""
         with self.group.condition:
             self._closed = True
             self.group.condition.notify_all()
-        self._thread.join()
 
-    # -- dispatcher thread -------------------------------------------------------------
+    # -- batching ----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        if self.init_thread is not None:
-            self.init_thread()
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._execute(batch)
-
-    def _next_batch(self) -> list[_Call] | None:
+    def _join(self, call: _Call) -> list[_Call] | None:
+        """Queue ``call``; returns the batch to run if this thread leads one, else None
+        once another thread has taken ``call`` into its batch."""
         condition = self.group.condition
         with condition:
-            while not self._queue:
-                if self._closed:
-                    return None
+            self._queue.append(call)
+            self.group.waiting += 1
+            condition.notify_all()
+            while not call.taken:
+                if call.key not in self._leading:
+                    return self._lead(call)
                 condition.wait()
-            first = self._queue[0]
-            deadline = first.queued + self.max_wait
-            while not self._closed:
-                rows = sum(c.rows for c in self._queue if c.key == first.key)
-                remaining = deadline - time.monotonic()
-                if rows >= self.max_batch or remaining <= 0 or self.group.nobody_else_can_join():
-                    break
-                condition.wait(remaining)
-            return self._take(first)
+            return None
+
+    def _lead(self, call: _Call) -> list[_Call]:
+        """Wait (lock held) until the batch is full, nobody else can join, or the window
+        is over; then take the batch."""
+        condition = self.group.condition
+        self._leading.add(call.key)
+        deadline = call.queued + self.max_wait
+        while not self._closed:
+            rows = sum(c.rows for c in self._queue if c.key == call.key)
+            remaining = deadline - time.monotonic()
+            if rows >= self.max_batch or remaining <= 0 or self.group.nobody_else_can_join():
+                break
+            condition.wait(remaining)
+        batch = self._take(call)
+        self._leading.discard(call.key)
+        condition.notify_all()
+        return batch
 
     def _take(self, first: _Call) -> list[_Call]:
-        batch, kept, rows = [], deque(), 0
+        batch, kept, rows = [first], deque(), first.rows
         for call in self._queue:
-            if call.key == first.key and (not batch or rows + call.rows <= self.max_batch):
+            if call is first:
+                continue
+            if call.key == first.key and rows + call.rows <= self.max_batch:
                 batch.append(call)
                 rows += call.rows
             else:
                 kept.append(call)
         self._queue = kept
+        for call in batch:
+            call.taken = True
         self.group.waiting -= len(batch)
         return batch
 
     def _execute(self, batch: list[_Call]) -> None:
+        try:
+            self._run_batch(batch)
+        except BaseException as error:  # never leave a follower waiting
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            raise
+
+    def _run_batch(self, batch: list[_Call]) -> None:
         started = time.monotonic()
         try:
             outputs = self._forward(batch)
@@ -180,7 +198,7 @@ class MicroBatcher:
             logger.warning("batched %s call of %d failed (%s); retrying one by one",
                            self.name, len(batch), error)
             for call in batch:
-                self._execute([call])
+                self._run_batch([call])
             return
         if self.on_batch is not None:
             self.on_batch(self.name, len(batch), sum(c.rows for c in batch),
@@ -215,10 +233,8 @@ class BatcherSet:
     """The batchers of one frontend; ``wrap`` is the hook given to ``Frontend.map_models``."""
 
     def __init__(self, *, max_batch: int, max_wait: float,
-                 on_batch: BatchObserver | None = None,
-                 init_thread: Callable[[], None] | None = None) -> None:
+                 on_batch: BatchObserver | None = None) -> None:
         self.group = BatchGroup()
-        self.init_thread = init_thread
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch
@@ -226,8 +242,7 @@ class BatcherSet:
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         batcher = MicroBatcher(fn, name=name, max_batch=self.max_batch, max_wait=self.max_wait,
-                               group=self.group, on_batch=self.on_batch,
-                               init_thread=self.init_thread)
+                               group=self.group, on_batch=self.on_batch)
         self.batchers.append(batcher)
         return batcher
 

@@ -256,31 +256,46 @@ class StreamSession:
     # -- processing --------------------------------------------------------------------
 
     async def _process(self) -> None:
+        """Feed queued audio to the engine, one call at a time. Audio is held back until it
+        completes the engine's next step (the engine does nothing before), so that a
+        stream sent in small frames costs one call per step, not one per frame."""
         max_feed = int(self.settings.max_feed_seconds * RATE)
+        step = max(1, int(round(getattr(self.engine.config, "step", 0) * RATE)))
         while True:
-            chunk = self._take(max_feed)
+            chunk = self._take(max_feed, step) if self._feedable(step) else None
             if chunk is None:
-                if self._input_done:
+                if self._input_done and not self._pending:
                     return
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
                 continue
-            samples, oldest = chunk
+            samples, ready_at = chunk
             started = time.monotonic()
             turns = await self._call(self.engine.feed, samples)
             done = time.monotonic()
             self._processed_samples += len(samples)
             self.context.metrics.fed(self.id, len(samples) / RATE, self._backlog_seconds,
-                                     done - started, done - oldest)
+                                     done - started, done - ready_at)
             if self._backlog_seconds <= self.settings.max_pending_seconds / 2:
                 self._warned = False
                 self._resume.set()
             await self._send_turns(turns)
 
-    def _take(self, max_samples: int) -> tuple[np.ndarray, float] | None:
+    def _feedable(self, step: int) -> bool:
+        """Whether the queued audio reaches the engine's next step boundary (or the input
+        is over, or reading is paused for the backlog)."""
+        fed = self._processed_samples
+        return bool(self._pending) and (
+            self._input_done or not self._resume.is_set()
+            or (fed + self._pending_samples) // step > fed // step)
+
+    def _take(self, max_samples: int, step: int = 1) -> tuple[np.ndarray, float] | None:
+        """Up to ``max_samples`` queued samples, and the arrival time of the frame that
+        completed the first step boundary in them (when the audio became worth feeding)."""
         if not self._pending:
             return None
-        parts, size, oldest = [], 0, self._pending[0][1]
+        boundary = (self._processed_samples // step + 1) * step - self._processed_samples
+        parts, size, ready_at = [], 0, None
         while self._pending and size < max_samples:
             samples, arrived = self._pending[0]
             room = max_samples - size
@@ -291,8 +306,12 @@ class StreamSession:
                 self._pending.pop(0)
             parts.append(samples)
             size += len(samples)
+            if ready_at is None and size >= boundary:
+                ready_at = arrived
         self._pending_samples -= size
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), oldest
+        if ready_at is None:
+            ready_at = arrived
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), ready_at
 
     def _processor_done(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is None:

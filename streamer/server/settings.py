@@ -50,7 +50,7 @@ class ServerSettings:
             ``max(4, batch_max_size)``.
         batch_max_size: Most rows in one micro-batched model call; 1 disables batching.
         batch_max_wait: Seconds a model call waits for others to join its batch.
-        torch_threads: torch intra-op threads of each worker and batcher thread; ``None``
+        torch_threads: torch intra-op threads of each worker thread; ``None``
             leaves torch's default. torch's OpenMP setting is per thread (a new thread does
             not inherit ``torch.set_num_threads`` of the main one), so the server sets it in
             every thread it starts. 1 is right when streams run in parallel threads; on a
@@ -120,7 +120,7 @@ class ServerSettings:
         return self.batch_max_size > 1 and self.batch_max_wait > 0
 
     def init_thread(self) -> None:
-        """Per-thread setup of a worker or batcher thread (torch intra-op threads)."""
+        """Per-thread setup of a worker thread (torch intra-op threads)."""
         if self.torch_threads is None:
             return
         torch = sys.modules.get("torch")
