@@ -22,7 +22,21 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``streamer serve`` to ``parser``."""
-    defaults = ServerSettings()
+    _add_network_and_model_flags(parser)
+    _add_limit_flags(parser)
+    access = parser.add_argument_group("access")
+    access.add_argument("--token", default=None,
+                        help="bearer token clients must send (default: $STREAMER_TOKEN; "
+                             "none means no authentication)")
+    access.add_argument("--allowed-origins", default="",
+                        help="comma-separated browser origins allowed to connect "
+                             "(default: any)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default %(default)s")
+
+
+def _add_network_and_model_flags(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
                      help="interface to listen on (0.0.0.0 for all; default %(default)s)")
@@ -39,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads of each worker thread, 0 for torch's "
                              "default (default 1: streams already run in parallel threads)")
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerSettings()
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
                         help="open streams at once (default %(default)s)")
@@ -62,16 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     limits.add_argument("--batch-max-wait", type=float, default=defaults.batch_max_wait,
                         help="seconds a model call waits for others (default %(default)s)")
-    access = parser.add_argument_group("access")
-    access.add_argument("--token", default=None,
-                        help="bearer token clients must send (default: $STREAMER_TOKEN; "
-                             "none means no authentication)")
-    access.add_argument("--allowed-origins", default="",
-                        help="comma-separated browser origins allowed to connect "
-                             "(default: any)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="default %(default)s")
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
