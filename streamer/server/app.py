@@ -83,7 +83,8 @@ class DiarizationServer:
         s = self.settings
         self._server = await serve(
             self._handle, host, port, process_request=self._process_request,
-            max_size=s.max_frame_bytes * s.hard_frame_factor, compression=None,
+            max_size=s.max_frame_bytes * s.hard_frame_factor, max_queue=s.receive_queue,
+            compression=None,
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
             server_header="streamer")

@@ -27,7 +27,11 @@ class ServerSettings:
             ``frame_too_large`` error (close code 1009). Frames above
             ``hard_frame_factor * max_frame_bytes`` are refused by the websocket layer
             itself (close 1009, no error event) so that they are never buffered.
-        hard_frame_factor: See ``max_frame_bytes``.
+        hard_frame_factor: See ``max_frame_bytes``. With ``receive_queue`` it bounds the
+            memory one connection can hold in received frames
+            (``receive_queue * hard_frame_factor * max_frame_bytes``, 8 MiB by default).
+        receive_queue: Frames websockets buffers per connection before it stops reading
+            from the socket (its ``max_queue``).
         max_stream_seconds: Longest stream (seconds of received audio); the frame that
             crosses it gets the ``stream_too_long`` error after the audio before it is
             processed. 0 disables the limit.
@@ -65,7 +69,8 @@ class ServerSettings:
 
     max_connections: int = 64
     max_frame_bytes: int = 1 << 20
-    hard_frame_factor: int = 4
+    hard_frame_factor: int = 2
+    receive_queue: int = 4
     max_stream_seconds: float = 4 * 3600.0
     idle_timeout: float = 60.0
     ping_interval: float = 20.0
@@ -86,7 +91,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_frame_bytes", "hard_frame_factor",
-                     "send_queue_size", "write_limit", "batch_max_size"):
+                     "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
             _positive(name, getattr(self, name), whole=True)
             setattr(self, name, int(getattr(self, name)))
         for name in ("workers", "torch_threads"):
