@@ -47,7 +47,7 @@ class EmbeddedSettings:
 
     window: float = 1.5
     hop: float = 0.5
-    min_speech: float = 0.5
+    min_speech: float = 0.8
     local_threshold: float = 0.31
     max_local: int = 4
     min_windows: int = 3
