@@ -74,7 +74,7 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="unprocessed audio per stream before reading pauses and a "
                              "falling_behind warning (default %(default)s)")
     limits.add_argument("--workers", type=int, default=None,
-                        help="engine worker threads (default max(4, batch size))")
+                        help="engine worker threads (default: 2 per CPU core)")
     limits.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size,
                         help="rows per micro-batched model call, 1 disables batching "
                              "(default %(default)s)")

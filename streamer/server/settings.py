@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,9 @@ class ServerSettings:
         send_timeout: See ``send_queue_size``.
         write_limit: High-water mark of one connection's socket write buffer (bytes).
         workers: Threads running engine calls (shared by all streams). ``None`` means
-            ``max(4, batch_max_size)``.
+            two per CPU core: the engine holds the GIL for part of each call, and on 2
+            cores 4 workers kept the final-turn lag of 48 real-time streams at a third of
+            what 32 workers gave (``scripts/loadtest.py``).
         batch_max_size: Most rows in one micro-batched model call; 1 disables batching.
         batch_max_wait: Seconds a model call waits for others to join its batch.
         torch_threads: torch intra-op threads of each worker thread; ``None``
@@ -118,7 +121,7 @@ class ServerSettings:
 
     @property
     def worker_count(self) -> int:
-        return self.workers if self.workers is not None else max(4, self.batch_max_size)
+        return self.workers if self.workers is not None else 2 * (os.cpu_count() or 1)
 
     @property
     def batching(self) -> bool:
