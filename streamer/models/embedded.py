@@ -81,7 +81,7 @@ class EmbeddedFrontend:
     frame_step = SileroVad.frame_step
     default_delta_new = 0.22
     #: Buffers in a row a new voice must appear in before it becomes a speaker.
-    confirm_steps = 2
+    confirm_steps = 1
     #: Every buffer counts alike when averaged: its older frames have full context here.
     aggregation_window = "uniform"
 
