@@ -33,7 +33,7 @@ def test_diarize_sample_writes_rttm_and_json(tmp_path):
     turns = read_rttm(rttm)["sample"]
     reference = read_rttm(SHARED / "eval" / "reference.rttm")["sample"]
     der = der_components(reference, turns, [(0.0, 30.0)]).der
-    assert der < 0.3, f"DER {der:.3f} on sample.wav"
+    assert der < 0.25, f"DER {der:.3f} on sample.wav"
     data = json.loads(document.read_text())
     assert data["num_speakers"] == len(data["speakers"]) >= 2
     assert len(data["segments"]) == len(turns)

@@ -51,7 +51,7 @@ class EmbeddedSettings:
     local_threshold: float = 0.31
     max_local: int = 4
     min_windows: int = 3
-    vad_threshold: float = 0.1
+    vad_threshold: float = 0.15
     linkage: str = "average"
 
     def __post_init__(self) -> None:
