@@ -320,6 +320,10 @@ HEADER = ("    N  lag p50  lag p95  lag max  delay p50/p95  from-end p95  "
 
 
 def format_row(s: dict[str, Any]) -> str:
+    return _row(s).replace("nans", " n/a").replace("nan", "n/a")
+
+
+def _row(s: dict[str, Any]) -> str:
     return (f"{s['streams']:5d}  {s['lag_p50']:6.2f}s  {s['lag_p95']:6.2f}s  "
             f"{s['lag_max']:6.2f}s  {s['delay_p50']:5.2f}s/{s['delay_p95']:5.2f}s  "
             f"{s['from_end_p95']:11.2f}s  "
