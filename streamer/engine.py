@@ -22,6 +22,9 @@ from streamer.turns import TurnBuilder
 
 logger = logging.getLogger(__name__)
 
+#: Shortest open turn shown as an interim event, in seconds (debounces noise blips).
+MIN_INTERIM = 0.25
+
 
 class StreamingDiarizer:
     """Diarizes one stream of 16 kHz mono float32 samples, incrementally."""
@@ -135,12 +138,16 @@ class StreamingDiarizer:
         """Per frame, the most active global speaker, or -1 where nobody speaks.
 
         Speech that no global speaker claims (e.g. a voice too short to embed) goes to
-        the speaker of the previous speech frame, so it is not lost."""
+        the speaker of the previous speech frame, so it is not lost. In the interim view
+        (``commit=False``), speech before any speaker is known is shown as the first
+        speaker to come, so the first interim turn follows the first speech at once."""
         labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
         is_speech = speech >= self.config.speech_threshold
         unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
         labels[~is_speech] = -1
         hold = self._hold
+        if not commit and hold < 0 and len(self._memory) == 0:
+            hold = 0
         for index in np.flatnonzero(is_speech):
             if unclaimed[index]:
                 labels[index] = hold
@@ -171,7 +178,8 @@ class StreamingDiarizer:
     def _interim(self) -> list[Turn]:
         activations, speech = self._aggregator.peek(self._aggregator.available)
         turn = self._turns.preview(self._labels(activations, speech, commit=False))
-        if turn is None or turn == self._last_interim:
+        if (turn is None or turn == self._last_interim
+                or turn.duration < max(self.config.min_duration_on, MIN_INTERIM)):
             return []
         self._last_interim = turn
         return [turn]

@@ -110,3 +110,16 @@ def test_settings_are_validated():
         EmbeddedSettings(window=10)
     with pytest.raises(ValueError, match="hop"):
         EmbeddedSettings(hop=2.0, window=1.5)
+
+
+def test_first_interim_turn_follows_the_first_speech_within_a_second(frontend, two_voices):
+    samples, reference = two_voices
+    first_speech = min(start for start, _, _ in reference)
+    engine = StreamingDiarizer(frontend)
+    for offset in range(0, len(samples), 800):
+        events = engine.feed(samples[offset: offset + 800])
+        if events:
+            break
+    assert not events[0].final
+    assert engine.position - first_speech <= 1.0
+    assert events[0].start == pytest.approx(first_speech, abs=0.2)
