@@ -123,3 +123,17 @@ def test_first_interim_turn_follows_the_first_speech_within_a_second(frontend, t
     assert not events[0].final
     assert engine.position - first_speech <= 1.0
     assert events[0].start == pytest.approx(first_speech, abs=0.2)
+
+
+def test_padded_batches_of_windows_embed_like_single_windows():
+    from streamer.models.ge2e import VoiceEncoder
+
+    encoder = VoiceEncoder()
+    rng = np.random.default_rng(0)
+    windows = [np.abs(rng.normal(size=(n, 40))).astype(np.float32) for n in (150, 80, 113)]
+    padded = np.zeros((3, 150, 40), np.float32)
+    for index, window in enumerate(windows):
+        padded[index, :len(window)] = window
+    together = encoder.embed_padded(padded, np.array([150, 80, 113]))
+    for index, window in enumerate(windows):
+        np.testing.assert_allclose(together[index], encoder.embed(window[None])[0], atol=1e-5)

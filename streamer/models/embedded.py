@@ -93,7 +93,8 @@ class EmbeddedFrontend:
         self.encoder = encoder or VoiceEncoder()
         self.mean = np.zeros(256, np.float32) if mean is None else np.asarray(mean, np.float32)
         self.mel = MelSpectrogram()
-        self._encode: Callable[[np.ndarray], np.ndarray] = self.encoder.embed
+        self.max_frames = int(round(self.settings.window * SAMPLE_RATE)) // MEL_HOP
+        self._encode: Callable[[np.ndarray, np.ndarray], np.ndarray] = self.encoder.embed_padded
 
     def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
         self._encode = wrapper("ge2e", self._encode)
@@ -116,7 +117,10 @@ class EmbeddedFrontend:
 
     def embed(self, mels: np.ndarray, gain: float) -> np.ndarray:
         """Normalised embedding of speech mel frames ``(frames, 40)``."""
-        raw = self._encode((mels * gain ** 2)[None])[0] - self.mean
+        count = min(len(mels), self.max_frames)
+        padded = np.zeros((1, self.max_frames, mels.shape[1]), np.float32)
+        padded[0, :count] = mels[:count] * gain ** 2
+        raw = self._encode(padded, np.array([count], np.int64))[0] - self.mean
         return raw / max(float(np.linalg.norm(raw)), 1e-8)
 
 
@@ -175,6 +179,8 @@ class _Stream:
                                   min(stop // MEL_HOP, self.mel_start + len(self.mels)))
             keep = speech[np.clip(mel_index * MEL_HOP // 512 - lo_vad, 0, len(speech) - 1)]
             mels = self.mels[mel_index[keep] - self.mel_start]
+            if len(mels) == 0:
+                continue
             audio = self.audio[start - self.audio_start: stop - self.audio_start]
             self.windows[stop] = self.f.embed(mels, volume_gain(audio))
 

@@ -120,3 +120,18 @@ class VoiceEncoder(nn.Module):
     def embed(self, mels: np.ndarray) -> np.ndarray:
         """numpy ``(batch, frames, 40)`` -> ``(batch, 256)``."""
         return self(torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))).numpy()
+
+    @torch.inference_mode()
+    def embed_padded(self, mels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Sequences of different lengths in one batch: ``mels`` ``(batch, frames, 40)``
+        holds each sequence's first ``lengths[i]`` frames (the rest is padding). Same
+        result as :meth:`embed` on each sequence alone; fixed shapes let concurrent
+        streams share one forward pass."""
+        packed = nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32)),
+            torch.as_tensor(np.asarray(lengths).reshape(-1), dtype=torch.int64),
+            batch_first=True, enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)
+        embeddings = torch.relu(self.linear(hidden[-1]))
+        embeddings = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return embeddings.numpy()
