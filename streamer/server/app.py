@@ -53,9 +53,10 @@ class DiarizationServer:
     """
 
     def __init__(self, frontend: Any, settings: ServerSettings | None = None, *,
-                 web_root: Path = WEB_ROOT) -> None:
+                 web_root: Path = WEB_ROOT, worker: int | None = None) -> None:
         self.settings = settings if settings is not None else ServerSettings()
-        self.metrics = ServerMetrics()
+        self.worker = worker
+        self.metrics = ServerMetrics(worker=worker)
         self.web_root = web_root
         self.frontend = copy.copy(frontend)
         self._batchers: BatcherSet | None = None
@@ -71,15 +72,23 @@ class DiarizationServer:
                                             initializer=self.settings.init_thread)
         self.context = ServerContext(
             settings=self.settings, metrics=self.metrics, executor=self._executor,
-            engine_factory=_engine_factory(self.frontend), models=self.frontend.describe(),
+            engine_factory=_engine_factory(self.frontend), models=self._describe(),
             batch_group=group)
         self.sessions: set[StreamSession] = set()
         self._server: Server | None = None
         self._stopping = False
 
+    def _describe(self) -> dict[str, Any]:
+        """``ready``'s ``models``; with the worker index under ``--processes N``."""
+        models = self.frontend.describe()
+        return models if self.worker is None else {**models, "worker": self.worker}
+
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 8000, *,
+                    reuse_port: bool = False) -> None:
+        """Listen on ``host:port`` (``reuse_port``: with SO_REUSEPORT, for a worker of
+        ``--processes N``, whose parent logs the "serving on" line)."""
         s = self.settings
         self._server = await serve(
             self._handle, host, port, process_request=self._process_request,
@@ -87,9 +96,12 @@ class DiarizationServer:
             compression=None,
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
-            server_header="streamer")
-        logger.info("streamer serving on http://%s:%d (websocket %s)", host, self.port,
-                    protocol.PATH)
+            server_header="streamer", reuse_port=reuse_port)
+        if self.worker is None:
+            logger.info("streamer serving on http://%s:%d (websocket %s)", host, self.port,
+                        protocol.PATH)
+        else:
+            logger.info("worker %d listening on http://%s:%d", self.worker, host, self.port)
 
     @property
     def port(self) -> int:

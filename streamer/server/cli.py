@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from streamer.errors import StreamerError
+from streamer.server.processes import process_count, serve_processes
 from streamer.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,12 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="unprocessed audio per stream before reading pauses and a "
                              "falling_behind warning (default %(default)s)")
     limits.add_argument("--workers", type=int, default=None,
-                        help="engine worker threads (default: 2 per CPU core)")
+                        help="engine worker threads of each process (default: 2 per CPU "
+                             "core, shared out between the processes)")
+    limits.add_argument("--processes", type=int, default=1,
+                        help="server processes on the same port (SO_REUSEPORT), each with "
+                             "its own models; 0 for one per CPU core, at most 16; "
+                             "--max-connections is split between them (default 1)")
     limits.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size,
                         help="rows per micro-batched model call, 1 disables batching "
                              "(default %(default)s)")
@@ -113,9 +119,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         port = resolve_port(args.port)
+        processes = process_count(getattr(args, "processes", 1))
     except ValueError as error:
         logger.error("bad setting: %s", error)
         return 2
+    if processes > 1:
+        return serve_processes(args, processes, port)
     from streamer.presets import load_frontend
 
     try:

@@ -6,6 +6,7 @@ worker threads, so every update takes a lock.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -54,8 +55,9 @@ def _number(value: float) -> str:
 class ServerMetrics:
     """Counters, gauges and histograms of one server."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
         self._lock = threading.Lock()
+        self.worker = worker
         self.connections_open = 0
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
@@ -125,7 +127,12 @@ class ServerMetrics:
     def render(self) -> str:
         with self._lock:
             lines: list[str] = []
-            add = _Writer(lines)
+            worker = "" if self.worker is None else f'worker="{self.worker}"'
+            add = _Writer(lines, worker)
+            if self.worker is not None:
+                add.info("streamer_worker_info", "The worker process of streamer serve "
+                         "--processes N that answered (metrics are per worker).",
+                         {"pid": str(os.getpid())})
             add.metric("streamer_connections_open", "gauge", "Open websocket streams.",
                        self.connections_open)
             add.metric("streamer_connections_total", "counter",
@@ -165,32 +172,50 @@ class ServerMetrics:
 
 
 class _Writer:
-    def __init__(self, lines: list[str]) -> None:
+    """Appends metric families to ``lines``; ``base`` (e.g. ``worker="1"``) is added to
+    the labels of every sample."""
+
+    def __init__(self, lines: list[str], base: str = "") -> None:
         self.lines = lines
+        self.base = base
 
     def _head(self, name: str, kind: str, help_text: str) -> None:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} {kind}")
 
+    def _labels(self, labels: str = "") -> str:
+        return ",".join(part for part in (self.base, labels) if part)
+
+    def _sample(self, name: str, labels: str, value: str) -> None:
+        text = self._labels(labels)
+        self.lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
     def metric(self, name: str, kind: str, help_text: str, value: float) -> None:
         self._head(name, kind, help_text)
-        self.lines.append(f"{name} {_number(value)}")
+        self._sample(name, "", _number(value))
 
     def labelled(self, name: str, kind: str, help_text: str, label: str,
                  values: dict[str, int]) -> None:
         self._head(name, kind, help_text)
         for key in sorted(values):
-            self.lines.append(f'{name}{{{label}="{_escape(key)}"}} {values[key]}')
+            self._sample(name, f'{label}="{_escape(key)}"', str(values[key]))
+
+    def info(self, name: str, help_text: str, labels: dict[str, str]) -> None:
+        """A gauge of value 1 whose labels carry the information."""
+        self._head(name, "gauge", help_text)
+        self._sample(name, ",".join(f'{key}="{_escape(value)}"'
+                                    for key, value in labels.items()), "1")
 
     def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
         self._head(name, "histogram", help_text)
-        self.lines.extend(histogram.lines(name))
+        self.lines.extend(histogram.lines(name, self._labels()))
 
     def histograms(self, name: str, help_text: str, label: str,
                    histograms: dict[str, Histogram]) -> None:
         self._head(name, "histogram", help_text)
         for key in sorted(histograms):
-            self.lines.extend(histograms[key].lines(name, f'{label}="{_escape(key)}"'))
+            labels = self._labels(f'{label}="{_escape(key)}"')
+            self.lines.extend(histograms[key].lines(name, labels))
 
 
 def _escape(value: str) -> str:
