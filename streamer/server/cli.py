@@ -113,9 +113,17 @@ def resolve_port(port: int | None) -> int:
     return int(value)
 
 
+def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:
+    """Log at ``level``; the websockets library's own line per HTTP request and
+    connection only at DEBUG (the server logs each stream's open and close itself)."""
+    logging.basicConfig(level=level, format=fmt)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit status."""
-    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format=LOG_FORMAT)
+    configure_logging(getattr(args, "log_level", "INFO"))
     try:
         settings = settings_from_args(args)
         port = resolve_port(args.port)
