@@ -115,9 +115,10 @@ class StreamingDiarizer:
         c = self.config
         local = np.asarray(analysis.activations, np.float64)
         frames, count = local.shape
-        speech = (local.max(axis=1) if analysis.speech is None and count
-                  else np.zeros(frames) if analysis.speech is None
-                  else np.asarray(analysis.speech, np.float64))
+        if analysis.speech is not None:
+            speech = np.asarray(analysis.speech, np.float64)
+        else:
+            speech = local.max(axis=1) if count else np.zeros(frames)
         result = np.zeros((frames, c.max_speakers))
         if count == 0:
             return result, speech
@@ -158,13 +159,11 @@ class StreamingDiarizer:
         return labels
 
     def _commit(self, end_sample: int, final: bool = False) -> list[Turn]:
-        if final:
-            end_frame = self._aggregator.available
-            end_frame = max(end_frame, int(np.ceil(end_sample / self.sample_rate / self.resolution)))
-        else:
-            end_frame = int(np.floor(end_sample / self.sample_rate / self.resolution))
-        end_frame = min(end_frame, int(np.ceil(self._buffer.received / self.sample_rate
-                                               / self.resolution)))
+        """Decide the frames before ``end_sample`` (all received frames if ``final``)
+        and feed their labels to the turn builder; returns the turns made final."""
+        received = int(np.ceil(self._buffer.received / self.sample_rate / self.resolution))
+        end_frame = received if final else min(
+            received, int(np.floor(end_sample / self.sample_rate / self.resolution)))
         if end_frame <= self._aggregator.first:
             return []
         first, activations, speech = self._aggregator.commit(end_frame)
