@@ -8,7 +8,10 @@ from streamer.config import StreamConfig
 from streamer.models.base import Frontend
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser,
+                        threads: bool = True) -> argparse._ArgumentGroup:
+    """Model flags; ``threads=False`` leaves out ``--threads`` (the server sets threads
+    per worker thread instead)."""
     group = parser.add_argument_group("models")
     group.add_argument("--preset", default=None, choices=["embedded", "pyannote"],
                        help="model preset (default: embedded, or pyannote when "
@@ -27,9 +30,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", default=None, help="hub download cache folder")
     group.add_argument("--hf-token", default=None,
                        help="Hugging Face token for gated repos (default: $HF_TOKEN)")
-    group.add_argument("--threads", type=int, default=1,
-                       help="torch threads for model calls (default 1: the models are "
-                            "small and sequential, one thread is fastest on a shared CPU)")
+    if threads:
+        group.add_argument("--threads", type=int, default=1,
+                           help="torch threads for model calls (default 1: the models are "
+                                "small and sequential, one thread is fastest on a shared "
+                                "CPU)")
+    return group
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:

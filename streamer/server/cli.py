@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+from streamer.cliargs import add_model_arguments, frontend_from_args
 from streamer.errors import StreamerError
 from streamer.server.processes import process_count, serve_processes
 from streamer.server.settings import ServerSettings
@@ -43,14 +44,7 @@ def _add_network_and_model_flags(parser: argparse.ArgumentParser) -> None:
                      help="interface to listen on (0.0.0.0 for all; default %(default)s)")
     net.add_argument("--port", type=int, default=None,
                      help=f"TCP port (default: $PORT, else {DEFAULT_PORT}; 0 picks a free one)")
-    models = parser.add_argument_group("models")
-    models.add_argument("--preset", default=None, help="embedded (default) or pyannote")
-    models.add_argument("--segmentation", default=None,
-                        help="pyannote segmentation model: file, folder or hub id")
-    models.add_argument("--embedding", default=None,
-                        help="pyannote embedding model: file, folder or hub id")
-    models.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    models.add_argument("--backend", default="torch", help="torch or onnx (default torch)")
+    models = add_model_arguments(parser, threads=False)
     models.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads of each worker thread, 0 for torch's "
                              "default (default 1: streams already run in parallel threads)")
@@ -133,12 +127,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if processes > 1:
         return serve_processes(args, processes, port)
-    from streamer.presets import load_frontend
-
     try:
-        frontend = load_frontend(preset=args.preset, segmentation=args.segmentation,
-                                 embedding=args.embedding, device=args.device,
-                                 backend=args.backend)
+        frontend = frontend_from_args(args)
     except StreamerError as error:
         logger.error("cannot load the models: %s", error)
         return 1

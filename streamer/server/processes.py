@@ -245,17 +245,15 @@ def worker_main(args: argparse.Namespace, index: int, port: int, barrier: Any,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C as SIGTERM
     signal.signal(signal.SIGTERM, _exit_before_serving)
     _stop_with_parent(parent)
+    from streamer.cliargs import frontend_from_args
     from streamer.errors import StreamerError
-    from streamer.presets import load_frontend
     from streamer.server.cli import configure_logging, settings_from_args
 
     configure_logging(getattr(args, "log_level", "INFO"),
                       f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
 
     try:
-        frontend = load_frontend(preset=args.preset, segmentation=args.segmentation,
-                                 embedding=args.embedding, device=args.device,
-                                 backend=args.backend)
+        frontend = frontend_from_args(args)
     except StreamerError as error:
         logger.error("cannot load the models: %s", error)
         raise SystemExit(1) from None
