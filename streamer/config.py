@@ -134,14 +134,6 @@ class StreamConfig:
             raise ConfigError(f"unknown config field(s): {', '.join(map(str, unknown))}")
         return cls(**dict(values))
 
-    def replace(self, **changes: Any) -> "StreamConfig":
-        """A copy with some fields changed (validated again)."""
-        values = self.to_dict()
-        values.update(changes)
-        if "num_speakers" not in changes and self.num_speakers is None:
-            values["num_speakers"] = None
-        return StreamConfig(**values)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

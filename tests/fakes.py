@@ -35,10 +35,8 @@ class FakeSegmentation:
 
     def __init__(self, chunk_duration: float = 10.0):
         self.chunk_duration = chunk_duration
-        self.calls = 0
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
-        self.calls += 1
         outputs = []
         for waveform in waveforms:
             active = (_band_energies(waveform) > 0.1).astype(np.float32)
