@@ -156,6 +156,63 @@ def test_synthetic_checkpoint_rejects_unknown_kind(tmp_path: Path) -> None:
         write_checkpoint(tmp_path / "x.bin", "whisper")
 
 
+def _rolling(cache, model, audio: np.ndarray, positions: list[int]) -> None:
+    """Feed ``cache`` the chunks of ``audio`` at ``positions``; each matches the full path."""
+    size = round(model.chunk_duration * RATE)
+    for position in positions:
+        chunk = audio[position:position + size]
+        responses, statistics = cache.update(chunk, position)
+        np.testing.assert_allclose(model.from_responses(responses[None], statistics[None], raw=True),
+                                   model.raw(chunk[None]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["seg3", "seg2"])
+def test_filter_response_cache_reuses_the_previous_step(models: dict, name: str) -> None:
+    model = models[name]
+    assert model.reuses_filter_responses
+    size = round(model.chunk_duration * RATE)
+    frames = (size - 251) // 10 + 1
+    audio = _speech_like(1, model.chunk_duration + 6.0, seed=3)[0] + 0.05  # with a DC offset
+    cache = model.response_cache()
+    positions = list(range(0, 12 * 4000 + 1, 4000))  # 13 chunks, past the store's wrap-around
+    _rolling(cache, model, audio, positions)
+    assert cache.computed_frames == frames + 12 * 400
+    assert cache.reused_frames == 12 * (frames - 400)
+
+
+def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dict) -> None:
+    model = models["seg3"]
+    audio = _speech_like(1, 16.0, seed=5)[0]
+    cache = model.response_cache()
+    _rolling(cache, model, audio, [0])
+
+    def recomputed(chunk: np.ndarray, position: int | None) -> bool:
+        before = cache.computed_frames
+        responses, statistics = cache.update(chunk, position)
+        np.testing.assert_allclose(model.from_responses(responses[None], statistics[None], raw=True),
+                                   model.raw(chunk[None]), atol=1e-5, rtol=0)
+        return cache.computed_frames - before == (chunk.size - 251) // 10 + 1
+
+    size = 160000
+    assert not recomputed(audio[8000:8000 + size], 8000)
+    edited = audio[16000:16000 + size].copy()
+    edited[1000] += 0.5  # same position, different audio: must not reuse
+    assert recomputed(edited, 16000)
+    assert recomputed(audio[24000:24000 + size], 20000)  # wrong position hint
+    assert recomputed(audio[24005:24005 + size], 24005)  # not a multiple of the stride
+    assert recomputed(audio[60000:60000 + size], 60000)  # moved too far to be worth it
+    assert recomputed(audio[64000:64000 + size], None)  # no position
+    assert recomputed(audio[64000:64000 + size - 800], 64000)  # another length
+    with pytest.raises(ValueError, match="1-D"):
+        cache.update(audio[None, :size], 0)
+    with pytest.raises(ValueError, match="at least"):
+        cache.update(audio[:100], 0)
+    with pytest.raises(ValueError, match="responses must be"):
+        model.from_responses(np.zeros((1, 10, 80), np.float32), np.zeros((2, 2), np.float32))
+    empty = model.from_responses(np.zeros((0, 15975, 80), np.float32), np.zeros((0, 2), np.float32))
+    assert empty.shape[0] == 0 and empty.shape[2] == model.num_speakers
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["segmentation-3.0", "wespeaker", "xvector"])
 def test_cuda_matches_cpu(tmp_path: Path, kind: str) -> None:
@@ -163,6 +220,8 @@ def test_cuda_matches_cpu(tmp_path: Path, kind: str) -> None:
     loader = load_segmentation if kind.startswith("segmentation") else load_embedding
     cpu, gpu = loader(path), loader(path, device="cuda")
     assert gpu.device.type == "cuda"
+    if kind.startswith("segmentation"):  # filter reuse is a CPU path
+        assert cpu.reuses_filter_responses and not gpu.reuses_filter_responses
     chunks = _speech_like(2, 10.0, seed=4)
     if kind.startswith("segmentation"):
         np.testing.assert_allclose(gpu.raw(chunks), cpu.raw(chunks), atol=1e-5)

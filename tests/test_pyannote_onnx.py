@@ -10,6 +10,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 pytest.importorskip("onnx", reason="onnx is not installed")
 
 from streamer.models.pyannote import load_embedding, load_segmentation  # noqa: E402
+from streamer.models.pyannote.onnx import cache_dir  # noqa: E402
 from streamer.models.pyannote.synthetic import write_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -46,6 +47,15 @@ def test_segmentation_onnx_matches_torch(checkpoints: dict[str, Path], kind: str
         audio = _audio(batch, seconds)
         np.testing.assert_allclose(onnx_model.raw(audio), torch_model.raw(audio), atol=1e-4)
         np.testing.assert_allclose(onnx_model(audio), torch_model(audio), atol=1e-4)
+    # the graph after the filterbank (streams reuse the filterbank's work): dynamic batch too
+    audio = _audio(2, torch_model.chunk_duration)
+    caches = [onnx_model.response_cache() for _ in audio]
+    outputs = [cache.update(row, 0) for cache, row in zip(caches, audio)]
+    responses = np.stack([r for r, _ in outputs])
+    statistics = np.stack([s for _, s in outputs])
+    np.testing.assert_allclose(onnx_model.from_responses(responses, statistics, raw=True),
+                               torch_model.raw(audio), atol=1e-4)
+    assert list(cache_dir().glob("segmentation-responses-*.onnx"))  # exported and cached
 
 
 @pytest.mark.parametrize("kind", ["wespeaker", "xvector"])

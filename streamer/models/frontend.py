@@ -42,11 +42,18 @@ class SegmentationEmbeddingFrontend:
         self.sources = dict(sources or {})
         self._segment: Callable[..., np.ndarray] = segmentation
         self._embed: Callable[..., np.ndarray] = embedding
+        #: Streams reuse the segmentation's first-layer work of their previous step when
+        #: the model offers it (pyannote models on CPU); same outputs, less compute.
+        self.reuse_responses = bool(getattr(segmentation, "reuses_filter_responses", False))
+        self._segment_responses: Callable[..., np.ndarray] | None = (
+            segmentation.from_responses if self.reuse_responses else None)  # type: ignore[attr-defined]
 
     def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
         """Wrap the batchable model calls (e.g. for cross-stream micro-batching)."""
         self._segment = wrapper("segmentation", self._segment)
         self._embed = wrapper("embedding", self._embed)
+        if self._segment_responses is not None:
+            self._segment_responses = wrapper("segmentation", self._segment_responses)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -68,11 +75,20 @@ class _Stream:
     def __init__(self, frontend: SegmentationEmbeddingFrontend, config: Any):
         self.frontend = frontend
         self.config = config
+        self.responses = (frontend.segmentation.response_cache()  # type: ignore[attr-defined]
+                          if frontend.reuse_responses else None)
+
+    def _activations(self, chunk: np.ndarray, start: float) -> np.ndarray:
+        f = self.frontend
+        if self.responses is None or f._segment_responses is None:
+            return np.asarray(f._segment(chunk[None]), np.float32)[0]
+        responses, statistics = self.responses.update(chunk, round(start * f.sample_rate))
+        return np.asarray(f._segment_responses(responses[None], statistics[None]), np.float32)[0]
 
     def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
         f = self.frontend
         chunk = np.ascontiguousarray(buffer, np.float32)[None]
-        activations = np.asarray(f._segment(chunk), np.float32)[0]
+        activations = self._activations(chunk[0], start)
         count = activations.shape[1]
         embeddings = np.full((count, f.embedding.dimension), np.nan, np.float32)
         active = np.flatnonzero(activations.max(axis=0) >= self.config.tau_active)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,16 +110,32 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
     model, spec, sample_rate = build_pyannet(checkpoint)
     num_samples = round(spec.duration * sample_rate)
     runner: Runner
+    from_responses = None
     if backend == "onnx":
         from streamer.models.pyannote.onnx import onnx_runner
-        graph = onnx_runner(_SegmentationGraph(model), checkpoint.path, "segmentation",
-                            num_samples, resolved, frame_axis=1)
+        example = 0.1 * torch.randn(1, num_samples, generator=torch.Generator().manual_seed(0))
+        graph = onnx_runner(
+            _SegmentationGraph(model), checkpoint.path, "segmentation", {"waveforms": example},
+            {"waveforms": {0: "batch", 1: "samples"}, "output": {0: "batch", 1: "frames"}},
+            resolved)
         runner = _numpy_runner(graph)
+        if resolved.type == "cpu":
+            with torch.inference_mode():
+                inputs = {"responses": model.sincnet.filter_responses(example),
+                          "statistics": model.sincnet.norm_statistics(example)}
+            responses_graph = onnx_runner(
+                _ResponsesGraph(model), checkpoint.path, "segmentation-responses", inputs,
+                {"responses": {0: "batch", 1: "frames"}, "statistics": {0: "batch"},
+                 "output": {0: "batch", 1: "frames"}}, resolved)
+            from_responses = _numpy_runner(responses_graph)
     else:
         model.to(resolved)
         runner = torch_runner(lambda x: model(x.unsqueeze(1)), resolved)
+        if resolved.type == "cpu":
+            from_responses = _torch_responses_runner(model)
     return PyannoteSegmentation(model, spec, sample_rate, runner, device=resolved,
-                                backend=backend, source=str(checkpoint.path))
+                                backend=backend, source=str(checkpoint.path),
+                                responses_runner=from_responses)
 
 
 def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
@@ -137,8 +155,12 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     runner: Runner
     if backend == "onnx":
         from streamer.models.pyannote.onnx import onnx_runner
-        graph = onnx_runner(_TrunkGraph(module), checkpoint.path, "embedding",
-                            10 * sample_rate, resolved, frame_axis=2)
+        example = 0.1 * torch.randn(1, 10 * sample_rate,
+                                    generator=torch.Generator().manual_seed(0))
+        graph = onnx_runner(
+            _TrunkGraph(module), checkpoint.path, "embedding", {"waveforms": example},
+            {"waveforms": {0: "batch", 1: "samples"}, "output": {0: "batch", 2: "frames"}},
+            resolved)
         runner = _numpy_runner(graph)
     else:
         module.to(resolved)
@@ -158,6 +180,17 @@ class _SegmentationGraph(nn.Module):
         return self.model(waveforms.unsqueeze(1))
 
 
+class _ResponsesGraph(nn.Module):
+    """``(responses, statistics) -> raw scores``: the network after the sinc filterbank."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_responses(responses, statistics)
+
+
 class _TrunkGraph(nn.Module):
     """``(batch, samples) -> frame features``; FFT as matrix products (exportable)."""
 
@@ -173,6 +206,14 @@ class _TrunkGraph(nn.Module):
 
 
 def _numpy_runner(graph: object) -> Runner:
-    def run(waveforms):  # type: ignore[no-untyped-def]
-        return torch.from_numpy(graph(waveforms))  # type: ignore[operator]
+    def run(*arrays):  # type: ignore[no-untyped-def]
+        return torch.from_numpy(graph(*arrays))  # type: ignore[operator]
+    return run
+
+
+def _torch_responses_runner(model: nn.Module) -> Callable[[np.ndarray, np.ndarray], torch.Tensor]:
+    def run(responses: np.ndarray, statistics: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.forward_responses(torch.from_numpy(responses),
+                                           torch.from_numpy(statistics))
     return run

@@ -65,18 +65,17 @@ def graph_key(checkpoint: Path, kind: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def export(module: nn.Module, example: torch.Tensor, path: Path, frame_axis: int) -> None:
-    """Export ``module(waveforms (batch, samples)) -> output`` with dynamic batch/length."""
+def export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
+           dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """Export ``module(*inputs) -> output`` (named inputs, one output) with dynamic axes."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     module = module.eval().cpu()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, (example,), str(tmp), dynamo=False, opset_version=_OPSET,
-                input_names=["waveforms"], output_names=["output"],
-                dynamic_axes={"waveforms": {0: "batch", 1: "samples"},
-                              "output": {0: "batch", frame_axis: "frames"}})
+                module, tuple(inputs.values()), str(tmp), dynamo=False, opset_version=_OPSET,
+                input_names=list(inputs), output_names=["output"], dynamic_axes=dynamic_axes)
         except Exception as exc:  # exporter failures come in many types
             tmp.unlink(missing_ok=True)
             detail = str(exc).splitlines()[0][:300] if str(exc) else ""
@@ -87,7 +86,7 @@ def export(module: nn.Module, example: torch.Tensor, path: Path, frame_axis: int
 
 
 class OnnxRunner:
-    """``np.ndarray (batch, samples) -> np.ndarray`` through an onnxruntime session."""
+    """``np.ndarray inputs (in the graph's order) -> np.ndarray`` through onnxruntime."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
         ort = _import_onnxruntime()
@@ -109,19 +108,21 @@ class OnnxRunner:
             raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.path = path
         self.providers = providers
+        self.input_names = [node.name for node in self.session.get_inputs()]
 
-    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"waveforms": np.ascontiguousarray(waveforms)})[0]
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        feeds = {name: np.ascontiguousarray(array) for name, array in zip(self.input_names, arrays)}
+        return self.session.run(None, feeds)[0]
 
 
-def onnx_runner(module: nn.Module, checkpoint: Path, kind: str, num_samples: int,
-                device: torch.device, frame_axis: int) -> OnnxRunner:
-    """Export ``module`` once (cached) and open it with onnxruntime."""
+def onnx_runner(module: nn.Module, checkpoint: Path, kind: str, inputs: dict[str, torch.Tensor],
+                dynamic_axes: dict[str, dict[int, str]], device: torch.device) -> OnnxRunner:
+    """Export ``module`` once (cached, keyed by checkpoint and ``kind``) and open it with
+    onnxruntime. ``inputs``: named example inputs; ``dynamic_axes``: as for torch.onnx."""
     _import_onnxruntime()
     path = cache_dir() / f"{kind}-{graph_key(checkpoint, kind)}.onnx"
     if not path.is_file():
-        example = 0.1 * torch.randn(1, num_samples, generator=torch.Generator().manual_seed(0))
-        export(module, example, path, frame_axis)
+        export(module, inputs, path, dynamic_axes)
     else:
         logger.debug("reusing ONNX graph %s", path)
     return OnnxRunner(path, device)

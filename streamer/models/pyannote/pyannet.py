@@ -85,7 +85,15 @@ class PyanNet(nn.Module):
         self.powerset = powerset
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        outputs = self.sincnet(waveforms).transpose(1, 2)
+        return self._after_sincnet(self.sincnet(waveforms))
+
+    def forward_responses(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
+        """Same output as :meth:`forward`, from the sinc filterbank's responses to the raw
+        audio and the chunk's normalisation statistics (see :class:`SincNet`)."""
+        return self._after_sincnet(self.sincnet.forward_responses(responses, statistics))
+
+    def _after_sincnet(self, features: torch.Tensor) -> torch.Tensor:
+        outputs = features.transpose(1, 2)
         if self.monolithic:
             outputs, _ = self.lstm(outputs)
         else:

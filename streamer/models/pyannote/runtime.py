@@ -95,7 +95,9 @@ class PyannoteSegmentation:
     """
 
     def __init__(self, model: PyanNet, spec: SegmentationSpec, sample_rate: int,
-                 runner: Runner, *, device: torch.device, backend: str, source: str) -> None:
+                 runner: Runner, *, device: torch.device, backend: str, source: str,
+                 responses_runner: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None,
+                 ) -> None:
         self.sample_rate = sample_rate
         self.chunk_duration = spec.duration
         self.classes = spec.classes
@@ -117,6 +119,9 @@ class PyannoteSegmentation:
         self._mapping = (powerset_mapping(self.num_speakers, spec.powerset_max_classes)
                          if spec.powerset_max_classes is not None else None)
         self._run = runner
+        self._run_responses = responses_runner
+        self._sincnet = model.sincnet
+        self._chunk_samples = round(spec.duration * sample_rate)
 
     @property
     def mapping(self) -> np.ndarray | None:
@@ -153,11 +158,123 @@ class PyannoteSegmentation:
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
         return self.activations(waveforms)
 
+    # -- streaming: reuse the first layer's work of the previous step --------------------
+
+    @property
+    def reuses_filter_responses(self) -> bool:
+        """Whether :meth:`response_cache` / :meth:`from_responses` are available (CPU)."""
+        return self._run_responses is not None
+
+    def response_cache(self) -> "FilterResponseCache":
+        """A per-stream cache of the first layer's responses (see :meth:`from_responses`)."""
+        if self._run_responses is None:
+            raise RuntimeError("filter-response reuse runs on the CPU backends only")
+        return FilterResponseCache(self._sincnet, self._chunk_samples)
+
+    def from_responses(self, responses: np.ndarray, statistics: np.ndarray, *,
+                       raw: bool = False) -> np.ndarray:
+        """Same as ``self(chunks)`` (or :meth:`raw` with ``raw=True``) from
+        :class:`FilterResponseCache` outputs stacked on a batch axis:
+        ``responses (batch, frames, filters)``, ``statistics (batch, 2)``."""
+        if self._run_responses is None:
+            raise RuntimeError("filter-response reuse runs on the CPU backends only")
+        responses = np.ascontiguousarray(responses, dtype=np.float32)
+        statistics = np.ascontiguousarray(statistics, dtype=np.float32)
+        if responses.ndim != 3 or statistics.shape != (responses.shape[0], 2):
+            raise ValueError(f"responses must be (batch, frames, filters) and statistics "
+                             f"(batch, 2), got {responses.shape} and {statistics.shape}")
+        with torch.inference_mode():
+            if not responses.shape[0]:
+                scores = self._raw_tensor(np.zeros((0, self.min_samples), np.float32))
+            else:
+                scores = self._run_responses(responses, statistics).float()
+            return scores.cpu().numpy() if raw else self.to_multilabel(scores)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "segmentation", "architecture": "PyanNet", "source": self.source,
                 "backend": self.backend, "device": str(self.device),
                 "chunk_duration": self.chunk_duration, "num_speakers": self.num_speakers,
                 "powerset": self.powerset, "frame_step": self.frames.step}
+
+
+class FilterResponseCache:
+    """One stream's responses of the sinc filterbank to its raw audio.
+
+    The segmentation network's first layer normalises the chunk and convolves it with the
+    sinc filters (80 filters x 251 taps at a 10-sample stride: the costliest layer). Both
+    steps are linear, so the filters can run on the raw audio and the normalisation be
+    applied afterwards (:meth:`SincNet.forward_responses`). When the next chunk is the
+    previous one moved by a multiple of the stride, as in a rolling stream buffer, only the
+    frames of the new samples are computed; any other chunk is computed in full. Reuse is
+    decided by comparing the audio itself, so a wrong position hint only costs time.
+    """
+
+    def __init__(self, sincnet: Any, num_samples: int) -> None:
+        self._sincnet = sincnet
+        self._stride = int(sincnet.stride)
+        self._kernel = int(sincnet.kernel_size)
+        self._chunk: np.ndarray | None = None
+        self._position = 0
+        self._store: torch.Tensor | None = None  # (capacity, filters), time-major
+        self._end = 0
+        #: Frames computed and frames reused so far (for tests and benchmarks).
+        self.computed_frames = 0
+        self.reused_frames = 0
+
+    def update(self, chunk: np.ndarray, position: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Responses ``(frames, filters)`` and normalisation statistics ``(2,)`` of ``chunk``
+        (1-D float32 audio). ``position``: index of its first sample in the stream."""
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1 or chunk.size < self._kernel:
+            raise ValueError(f"chunk must be 1-D with at least {self._kernel} samples, "
+                             f"got shape {chunk.shape}")
+        frames = (chunk.size - self._kernel) // self._stride + 1
+        shift = self._shift(chunk, position)
+        with torch.inference_mode():
+            audio = torch.from_numpy(chunk)
+            if shift is None:
+                self._restart(self._sincnet.filter_responses(audio[None])[0], frames)
+                self.computed_frames += frames
+            else:
+                new = shift // self._stride
+                start = self._stride * (frames - new)
+                self._append(self._sincnet.filter_responses(audio[None, start:])[0], frames)
+                self.computed_frames += new
+                self.reused_frames += frames - new
+            statistics = self._sincnet.norm_statistics(audio[None])[0]
+        self._chunk, self._position = chunk, (position if position is not None else 0)
+        assert self._store is not None
+        return self._store[self._end - frames:self._end].numpy(), statistics.numpy()
+
+    def _shift(self, chunk: np.ndarray, position: int | None) -> int | None:
+        """Samples the audio moved by since the previous chunk, when its frames are reusable."""
+        previous = self._chunk
+        if previous is None or position is None or previous.size != chunk.size:
+            return None
+        shift = position - self._position
+        frames = (chunk.size - self._kernel) // self._stride + 1
+        if shift <= 0 or shift % self._stride or shift // self._stride > frames // 4:
+            return None
+        if not np.array_equal(chunk[:chunk.size - shift], previous[shift:]):
+            return None
+        return shift
+
+    def _restart(self, responses: torch.Tensor, frames: int) -> None:
+        capacity = frames + frames // 4
+        if self._store is None or self._store.shape != (capacity, responses.shape[1]):
+            self._store = torch.empty(capacity, responses.shape[1])
+        self._store[:frames] = responses
+        self._end = frames
+
+    def _append(self, responses: torch.Tensor, frames: int) -> None:
+        assert self._store is not None
+        new = responses.shape[0]
+        keep = frames - new
+        if self._end + new > self._store.shape[0]:  # slide the window back to the start
+            self._store[:keep] = self._store[self._end - keep:self._end].clone()
+            self._end = keep
+        self._store[self._end:self._end + new] = responses
+        self._end += new
 
 
 class PyannoteEmbedding:

@@ -113,15 +113,54 @@ class SincNet(nn.Module):
         """Compute the sinc filters once (call after loading weights, for inference)."""
         self.frozen_filters = self.conv1d[0].filterbank.filters().detach().clone()
 
+    def _filters(self) -> torch.Tensor:
+        return (self.frozen_filters if self.frozen_filters.numel()
+                else self.conv1d[0].filterbank.filters())
+
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        filters = (self.frozen_filters if self.frozen_filters.numel()
-                   else self.conv1d[0].filterbank.filters())
         outputs = self.wav_norm1d(waveforms)
+        filters = self._filters()
         if torch.onnx.is_in_onnx_export() or outputs.shape[1] != 1:
-            outputs = F.conv1d(outputs, filters, stride=self.stride).abs()
-        else:  # as a matrix product over strided frames: ~1.5x faster than conv1d on CPU
-            frames = outputs[:, 0].unfold(-1, self.kernel_size, self.stride)
-            outputs = (frames @ filters[:, 0].T).transpose(1, 2).abs()
+            outputs = F.conv1d(outputs, filters, stride=self.stride)
+        else:
+            outputs = self._filter_frames(outputs[:, 0], filters).transpose(1, 2)
+        return self._after_filters(outputs.abs())
+
+    # -- streaming: the filterbank on raw audio, normalised afterwards ---------------------
+    #
+    # The first layer normalises the chunk (instance norm: x -> (x - mean) * a + b with
+    # a = weight / std) and convolves it with the sinc filters. Both are linear, so
+    #     filters * normalised = a * (filters * x) + (b - mean * a) * sum(filters)
+    # and ``filters * x`` on the raw audio does not depend on the rest of the chunk: when
+    # the chunk moves by a multiple of the stride, the previous chunk's responses are
+    # reused and only the new frames are computed (the costliest layer of the network).
+
+    def _filter_frames(self, audio: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples) -> (batch, frames, filters)``: the filterbank as a matrix
+        product over strided frames (~1.5x faster than conv1d on CPU)."""
+        return audio.unfold(-1, self.kernel_size, self.stride) @ filters[:, 0].T
+
+    def filter_responses(self, audio: torch.Tensor) -> torch.Tensor:
+        """Sinc filterbank applied to raw (not normalised) ``(batch, samples)`` audio:
+        ``(batch, frames, filters)``."""
+        return self._filter_frames(audio, self._filters())
+
+    def norm_statistics(self, audio: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples) -> (batch, 2)``: mean and 1/std of the input normalisation."""
+        mean = audio.mean(dim=-1)
+        variance = audio.var(dim=-1, unbiased=False)
+        return torch.stack([mean, torch.rsqrt(variance + self.wav_norm1d.eps)], dim=-1)
+
+    def forward_responses(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
+        """Same output as :meth:`forward` from :meth:`filter_responses` of the raw audio
+        ``(batch, frames, filters)`` and :meth:`norm_statistics` of the chunk."""
+        scale = self.wav_norm1d.weight * statistics[:, 1]
+        shift = self.wav_norm1d.bias - statistics[:, 0] * scale
+        sums = self._filters().sum(dim=(1, 2))
+        outputs = responses * scale[:, None, None] + shift[:, None, None] * sums[None, None, :]
+        return self._after_filters(outputs.abs().transpose(1, 2))
+
+    def _after_filters(self, outputs: torch.Tensor) -> torch.Tensor:
         outputs = F.leaky_relu(self.norm1d[0](F.max_pool1d(outputs, _POOL, _POOL)))
         for conv, norm in zip(self.conv1d[1:], self.norm1d[1:]):
             outputs = F.leaky_relu(norm(F.max_pool1d(conv(outputs), _POOL, _POOL)))

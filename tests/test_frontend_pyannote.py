@@ -1,0 +1,121 @@
+"""The pyannote front end in the streaming engine (small random weights made here).
+
+Streams reuse the segmentation's first-layer work of their previous step; that must change
+nothing but the compute: not the analysis of a buffer, not the engine's events, not under
+cross-stream micro-batching.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.audio import load_audio
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer
+from streamer.models.frontend import SegmentationEmbeddingFrontend
+from streamer.models.pyannote import load_embedding, load_segmentation
+from streamer.models.pyannote.synthetic import write_checkpoint
+from streamer.server.batching import BatcherSet
+
+AUDIO = Path(__file__).parent / "data" / "two_voices.wav"
+RATE = 16000
+#: The random segmentation's activations sit around 0.4-0.5: lower thresholds let local
+#: speakers count as active and speaking, so the embedding path runs and turns come out.
+CONFIG = StreamConfig(tau_active=0.3, speech_threshold=0.3)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+    root = tmp_path_factory.mktemp("frontend-models")
+    segmentation = load_segmentation(write_checkpoint(root / "seg" / "pytorch_model.bin",
+                                                      "segmentation-3.0"))
+    embedding = load_embedding(write_checkpoint(root / "emb" / "pytorch_model.bin", "wespeaker"))
+    return segmentation, embedding
+
+
+@pytest.fixture(scope="module")
+def audio() -> np.ndarray:
+    return load_audio(str(AUDIO))
+
+
+def _frontend(models: tuple[object, object], reuse: bool) -> SegmentationEmbeddingFrontend:
+    frontend = SegmentationEmbeddingFrontend(*models)
+    assert frontend.reuse_responses  # pyannote models on CPU offer it
+    frontend.reuse_responses = reuse
+    return frontend
+
+
+def _analyses(stream, audio: np.ndarray, steps: int, offset: int = 0) -> list:
+    size, hop = 10 * RATE, RATE // 2
+    return [stream.analyze(audio[offset + i * hop: offset + i * hop + size], i * hop / RATE)
+            for i in range(steps)]
+
+
+def _assert_same(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a.activations, b.activations, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-4, rtol=0)  # NaN == NaN
+        assert a.frames == b.frames
+
+
+def test_reuse_gives_the_same_analyses_and_events(models, audio: np.ndarray) -> None:
+    reused = _frontend(models, True).stream(CONFIG)
+    full = _frontend(models, False).stream(CONFIG)
+    assert full.responses is None
+    first, second = _analyses(reused, audio, 12), _analyses(full, audio, 12)
+    _assert_same(first, second)
+    assert reused.responses.reused_frames == 11 * (15975 - 800)
+    assert any(np.isfinite(a.embeddings).any() for a in first)  # embeddings were computed
+
+    events = {}
+    for reuse in (True, False):
+        engine = StreamingDiarizer(_frontend(models, reuse), CONFIG)
+        out = []
+        for start in range(0, len(audio), 5000):  # chunks that do not match the 0.5 s step
+            out += engine.feed(audio[start:start + 5000])
+        out += engine.flush()
+        events[reuse] = [turn.to_dict() for turn in out]
+    assert events[True] == events[False] and events[True]
+
+
+def test_reuse_under_cross_stream_micro_batching(models, audio: np.ndarray) -> None:
+    """Two streams whose calls are batched together get their own results."""
+    expected = [_analyses(_frontend(models, False).stream(CONFIG), audio, 6, offset)
+                for offset in (0, 5 * RATE)]
+    batches: list[tuple[str, int]] = []
+    batchers = BatcherSet(max_batch=8, max_wait=2.0,
+                          on_batch=lambda name, calls, rows, seconds: batches.append((name, rows)))
+    frontend = _frontend(models, True)
+    frontend.map_models(batchers.wrap)
+    streams = [frontend.stream(CONFIG) for _ in range(2)]
+    results: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            offset = (0, 5 * RATE)[index]
+            for step in range(6):
+                with batchers.group.caller():
+                    barrier.wait(timeout=30)
+                    start = offset + step * RATE // 2
+                    results[index].append(
+                        streams[index].analyze(audio[start:start + 10 * RATE], step / 2))
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    for got, want in zip(results, expected):
+        _assert_same(got, want)
+    assert ("segmentation", 2) in batches  # both streams' chunks went through one pass
+    assert all(stream.responses.reused_frames == 5 * (15975 - 800) for stream in streams)
