@@ -5,9 +5,22 @@
     python scripts/bench_models.py --threads 2 --repeats 20
     python scripts/bench_models.py --model seg=pyannote/segmentation-3.0 --backends torch
 
-Rows: one segmentation chunk; one embedding of a chunk (with weights); and the front end's
-real call for an embedding model, the same chunk once per local speaker (3 rows, distinct
-weights), which runs the trunk once.
+Rows: one segmentation chunk; one streaming step of segmentation (the buffer moved by
+0.5 s: the sinc filterbank's work of the previous step is reused); the same network computed
+as pyannote.audio's module computes it (sinc filters rebuilt on every call, conv1d on the
+normalised audio), a same-machine reference for the ratio; one embedding of a chunk (with
+weights); and the front end's real call for an embedding model, the same chunk once per
+local speaker (3 rows, distinct weights), which runs the trunk once.
+
+The whole streaming pipeline (segmentation + embedding, engine included), in CPU-seconds
+per second of audio:
+
+    python scripts/bench_models.py --pipeline --steps 60
+
+The checkpoints of ../shared/parity have random weights, under which the segmentation finds
+no speech and no embedding would ever be computed; ``--active N`` (default 2) therefore
+marks N local speakers active in every frame *after* running the network, so that every
+step pays for the embeddings as it would on speech with real weights.
 
 On a GPU machine:
 
@@ -27,6 +40,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -38,6 +52,7 @@ import torch  # noqa: E402
 from streamer.models.pyannote import load_embedding, load_segmentation  # noqa: E402
 
 PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
+RECIPE = "pyannote.audio's recipe (torch)"
 DEFAULT_MODELS = {
     "segmentation-3.0": ("seg", PARITY / "segmentation-3.0"),
     "segmentation-2": ("seg", PARITY / "segmentation-2"),
@@ -65,6 +80,25 @@ def median_ms(call: Callable[[], object], repeats: int,
     return statistics.median(wall), statistics.median(cpu), min(wall)
 
 
+def in_turns(calls: dict[str, Callable[[], object]], repeats: int,
+             warmup: int = 2) -> dict[str, tuple[float, float, float]]:
+    """:func:`median_ms` of several calls run in turns, so that a busy spell of a shared
+    machine slows them all alike and their ratios stay fair."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    wall: dict[str, list[float]] = {label: [] for label in calls}
+    cpu: dict[str, list[float]] = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, call in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            call()
+            wall[label].append((time.perf_counter() - start) * 1000)
+            cpu[label].append((time.process_time() - start_cpu) * 1000)
+    return {label: (statistics.median(wall[label]), statistics.median(cpu[label]),
+                    min(wall[label])) for label in calls}
+
+
 def speech(seconds: float, batch: int = 1) -> np.ndarray:
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * 16000)) / 16000
@@ -75,6 +109,114 @@ def speech(seconds: float, batch: int = 1) -> np.ndarray:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def streaming_step(model, chunk_seconds: float) -> Callable[[], object]:
+    """One step of a rolling buffer moving by 0.5 s, reusing the filterbank's work."""
+    size, hop = round(chunk_seconds * 16000), 8000
+    audio = speech(chunk_seconds + 60.0)[0]
+    cache = model.response_cache()
+    position = [0]
+
+    def step() -> object:
+        start = position[0] = (position[0] + hop) % (audio.size - size)
+        responses, statistics = cache.update(audio[start:start + size], start)
+        return model.from_responses(responses[None], statistics[None])
+    return step
+
+
+def reference_recipe(source: Path | str) -> Callable[[np.ndarray], object]:
+    """The network computed the way pyannote.audio's module does it: the sinc filters
+    rebuilt from their parameters on every call and applied with conv1d to the normalised
+    audio; the same LSTM and linear layers."""
+    import torch.nn.functional as F
+
+    from streamer.models.pyannote.checkpoint import read_checkpoint
+    from streamer.models.pyannote.pyannet import build_pyannet
+
+    path = Path(source)
+    model, _, _ = build_pyannet(read_checkpoint(path / "pytorch_model.bin" if path.is_dir()
+                                                else path))
+    sincnet = model.sincnet
+
+    def sincnet_forward(waveforms: torch.Tensor) -> torch.Tensor:
+        filters = sincnet.conv1d[0].filterbank.filters()
+        outputs = F.conv1d(sincnet.wav_norm1d(waveforms), filters, stride=sincnet.stride)
+        return sincnet._after_filters(outputs.abs())
+
+    sincnet.forward = sincnet_forward
+
+    def run(chunk: np.ndarray) -> object:
+        with torch.inference_mode():
+            return model(torch.from_numpy(chunk)[:, None])
+    return run
+
+
+class ActiveSpeakers:
+    """Runs the segmentation network, then reports ``active`` local speakers in every frame."""
+
+    def __init__(self, model, active: int) -> None:
+        self.model, self.active = model, active
+        self.reuses_filter_responses = model.reuses_filter_responses
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def _forced(self, activations: np.ndarray) -> np.ndarray:
+        forced = np.zeros_like(activations)
+        forced[..., :self.active] = 1.0
+        return forced
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._forced(self.model(waveforms))
+
+    def from_responses(self, responses: np.ndarray, statistics: np.ndarray) -> np.ndarray:
+        return self._forced(self.model.from_responses(responses, statistics))
+
+
+def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],
+             precisions: list[str], steps: int, active: int) -> None:
+    """CPU-seconds per second of audio of the streaming pipeline, per backend."""
+    from streamer.bench import time_steps
+    from streamer.config import StreamConfig
+    from streamer.models.frontend import SegmentationEmbeddingFrontend
+
+    sources = {kind: source for kind, source in models.values()}
+    if set(sources) != {"seg", "emb"}:
+        raise SystemExit("--pipeline needs one seg= and one emb= model")
+    audio = speech(30.0)[0]
+    sample = PARITY.parent / "eval" / "sample.wav"
+    if sample.is_file():
+        from streamer.audio import load_audio
+        audio = load_audio(str(sample))
+    print(f"streaming pipeline, {steps} steps of 0.5 s, {active} local speaker(s) active, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"{'backend':<8}{'precision':<11}{'filterbank':<12}{'p50 ms':>9}{'mean ms':>9}"
+          f"{'CPU-s per audio s':>20}{'embeddings/step':>17}")
+    segmentations: dict[str, object] = {}
+    for backend in backends:
+        for precision in precisions:
+            if precision != "fp32" and backend != "torch":
+                continue
+            if backend not in segmentations:
+                segmentations[backend] = load_segmentation(sources["seg"], backend=backend)
+            segmentation = segmentations[backend]
+            embedding = load_embedding(sources["emb"], backend=backend, precision=precision)
+            calls: list[int] = []
+            embed = embedding.__call__
+            for reuse in (False, True):
+                frontend = SegmentationEmbeddingFrontend(ActiveSpeakers(segmentation, active),
+                                                         embedding)
+                frontend._embed = lambda chunks, weights=None: (  # noqa: E731
+                    calls.append(len(chunks)), embed(chunks, weights))[1]
+                frontend.reuse_responses = reuse
+                calls.clear()
+                cpu: list[float] = []
+                timings = time_steps(frontend, audio, StreamConfig(), steps, cpu)
+                print(f"{backend:<8}{precision:<11}{'reused' if reuse else 'full':<12}"
+                      f"{np.percentile(timings, 50):>9.1f}{timings.mean():>9.1f}"
+                      f"{np.mean(cpu) / 1000 / 0.5:>20.3f}{sum(calls) / (steps + 1):>17.2f}",
+                      flush=True)
 
 
 def compare_cpu(name: str, kind: str, source: Path | str, device: str) -> None:
@@ -145,12 +287,25 @@ def main() -> None:
                         help="comma-separated batch sizes for a throughput test, e.g. 1,32,256")
     parser.add_argument("--tf32", action="store_true",
                         help="let cuDNN use TF32 in the throughput test (faster, less exact)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="time the whole streaming pipeline (needs one seg= and one emb=)")
+    parser.add_argument("--steps", type=int, default=60, help="steps for --pipeline")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="embedding precisions for --pipeline (bf16: torch backend only)")
+    parser.add_argument("--active", type=int, default=2,
+                        help="local speakers marked active in every frame for --pipeline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     chunk = speech(10.0)
+    if args.pipeline:
+        models = parse_models(args.model or [
+            f"seg={PARITY / 'segmentation-3.0'}", f"emb={PARITY / 'wespeaker-resnet34'}"])
+        pipeline(models, args.backends.split(","), args.precisions.split(","), args.steps,
+                 args.active)
+        return
     models = parse_models(args.model)
     if args.compare_cpu:
         for name, (kind, source) in models.items():
@@ -163,14 +318,24 @@ def main() -> None:
                            args.tf32)
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
-          f"median of {args.repeats} runs, ms per 10 s chunk\n(p50: median wall-clock, cpu: median process CPU time, min: fastest run)")
-    print(f"{'model':<22}{'backend':<8}{'call':<36}{'p50 ms':>9}{'cpu ms':>9}{'min ms':>9}")
+          f"median of {args.repeats} runs, ms per chunk (10 s; 5 s for segmentation 2.x)\n"
+          "(p50: median wall-clock, cpu: median process CPU time, min: fastest run; the rows "
+          "of one model and backend run in turns;\n x recipe: how many times faster than "
+          "pyannote.audio's recipe, p50 against p50)")
+    print(f"{'model':<22}{'backend':<8}{'call':<36}{'p50 ms':>9}{'cpu ms':>9}{'min ms':>9}"
+          f"{'x recipe':>10}")
     for name, (kind, source) in models.items():
         for backend in args.backends.split(","):
             try:
                 if kind == "seg":
                     model = load_segmentation(source, backend=backend, device=args.device)
-                    rows = {"segmentation (1 chunk)": lambda: model(chunk)}
+                    own = speech(model.chunk_duration)  # 10 s (5 s for segmentation 2.x)
+                    rows = {"segmentation (1 chunk)": partial(model, own)}
+                    if model.reuses_filter_responses:
+                        rows["segmentation (streaming step)"] = streaming_step(
+                            model, model.chunk_duration)
+                    if args.device == "cpu":
+                        rows[RECIPE] = partial(reference_recipe(source), own)
                 else:
                     model = load_embedding(source, backend=backend, device=args.device)
                     weights = np.random.default_rng(1).uniform(0, 1, (3, 589)).astype(np.float32)
@@ -180,10 +345,12 @@ def main() -> None:
             except Exception as error:  # report and go on with the other rows
                 print(f"{name:<22}{backend:<8}{'load failed: ' + str(error)[:60]}")
                 continue
-            for label, call in rows.items():
-                wall, cpu, fastest = median_ms(call, args.repeats)
-                print(f"{name:<22}{backend:<8}{label:<36}{wall:>9.1f}{cpu:>9.1f}{fastest:>9.1f}",
-                      flush=True)
+            results = in_turns(rows, args.repeats)
+            recipe = results.get(RECIPE, (0.0,))[0]
+            for label, (wall, cpu, fastest) in results.items():
+                ratio = f"{recipe / wall:>10.2f}" if recipe and label != RECIPE else ""
+                print(f"{name:<22}{backend:<8}{label:<36}{wall:>9.1f}{cpu:>9.1f}{fastest:>9.1f}"
+                      f"{ratio}", flush=True)
 
 
 if __name__ == "__main__":

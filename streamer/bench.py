@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
@@ -21,8 +24,10 @@ def _audio_path(explicit: str | None) -> str:
     raise AudioFileError("no speech file found: pass one with --audio FILE")
 
 
-def time_steps(frontend, samples: np.ndarray, config, steps: int) -> np.ndarray:
-    """Milliseconds of each ``feed`` call that completes one step (audio looped)."""
+def time_steps(frontend, samples: np.ndarray, config, steps: int,
+               cpu: list[float] | None = None) -> np.ndarray:
+    """Milliseconds of each ``feed`` call that completes one step (audio looped); ``cpu``
+    collects the process CPU milliseconds of each."""
     from streamer.engine import StreamingDiarizer
 
     engine = StreamingDiarizer(frontend, config)
@@ -33,9 +38,11 @@ def time_steps(frontend, samples: np.ndarray, config, steps: int) -> np.ndarray:
     timings = []
     for index in range(1, steps + 1):
         chunk = audio[index * size: (index + 1) * size]
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         engine.feed(chunk)
         timings.append((time.perf_counter() - started) * 1000)
+        if cpu is not None:
+            cpu.append((time.process_time() - started_cpu) * 1000)
     return np.asarray(timings)
 
 
@@ -47,10 +54,30 @@ def run_step_benchmark(args: argparse.Namespace) -> str:
     samples = load_audio(path)
     frontend = frontend_from_args(args)
     config = config_from_args(args)
-    timings = time_steps(frontend, samples, config, args.steps)
+    rows: Counter[str] = Counter()
+    if hasattr(frontend, "map_models"):
+        frontend.map_models(partial(_counting, rows))
+    cpu: list[float] = []
+    timings = time_steps(frontend, samples, config, args.steps, cpu)
     step = config.step
     p50, p95 = np.percentile(timings, [50, 95])
-    return (f"preset={frontend.name} audio={os.path.basename(path)} steps={len(timings)} "
-            f"threads={args.threads} step={step}s\n"
-            f"step compute: p50 {p50:.1f} ms, p95 {p95:.1f} ms, mean {timings.mean():.1f} ms "
-            f"(real-time factor {timings.mean() / 1000 / step:.3f})")
+    calls = ", ".join(f"{name} {count / (len(timings) + 1):.2f}" for name, count in rows.items())
+    report = (f"preset={frontend.name} audio={os.path.basename(path)} steps={len(timings)} "
+              f"threads={args.threads} step={step}s\n"
+              f"step compute: p50 {p50:.1f} ms, p95 {p95:.1f} ms, mean {timings.mean():.1f} ms "
+              f"(real-time factor {timings.mean() / 1000 / step:.3f}; "
+              f"{np.mean(cpu) / 1000 / step:.3f} CPU-seconds per second of audio)\n"
+              f"model rows per step: {calls or 'none'}")
+    if not set(rows) - {"segmentation"}:
+        report += ("\nwarning: the embedding model never ran (no speech found in these steps), "
+                   "so these figures leave it out")
+    return report
+
+
+def _counting(rows: Counter[str], name: str, fn: Callable) -> Callable:
+    """Wraps a model call to count the rows (chunks or windows) it is given."""
+    def call(*args: object, **kwargs: object) -> object:
+        if args and isinstance(args[0], np.ndarray) and args[0].ndim:
+            rows[name] += args[0].shape[0]
+        return fn(*args, **kwargs)
+    return call

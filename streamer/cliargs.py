@@ -26,6 +26,10 @@ def add_model_arguments(parser: argparse.ArgumentParser,
                        help="where torch models run (default %(default)s)")
     group.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                        help="torch, or ONNX Runtime for pyannote models (default %(default)s)")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                       help="bf16 runs the WeSpeaker ResNet embedding model in bfloat16 "
+                            "with torch: ~3.5x faster on CPUs with AMX, embeddings within "
+                            "~0.4%% of fp32 (default %(default)s: exact)")
     group.add_argument("--revision", default=None, help="hub revision of pyannote models")
     group.add_argument("--cache-dir", default=None, help="hub download cache folder")
     group.add_argument("--hf-token", default=None,
@@ -68,7 +72,7 @@ def frontend_from_args(args: argparse.Namespace) -> Frontend:
     if getattr(args, "hf_token", None):
         hub["token"] = args.hf_token
     return load_frontend(args.preset, args.segmentation, args.embedding, args.device,
-                         args.backend, **hub)
+                         args.backend, precision=getattr(args, "precision", "fp32"), **hub)
 
 
 def config_from_args(args: argparse.Namespace) -> StreamConfig:

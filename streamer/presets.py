@@ -24,16 +24,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx")
 
 
 def load_frontend(preset: str | None = None, segmentation: str | None = None,
                   embedding: str | None = None, device: str = "cpu",
-                  backend: str = "torch", **hub: Any) -> Frontend:
+                  backend: str = "torch", precision: str = "fp32", **hub: Any) -> Frontend:
     """Load the models of a preset once; the result is shared by every stream.
 
     ``segmentation`` / ``embedding`` (a file, a folder or a hub repo id) select pyannote
     models and imply ``preset="pyannote"``; the missing one takes the preset's default.
+    ``precision="bf16"`` runs the pyannote embedding model in bfloat16 (torch backend).
     ``hub`` passes ``revision``, ``cache_dir`` and ``token`` to hub downloads.
     """
     if preset is None:
@@ -44,18 +46,26 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and backend != "torch":
+        raise ConfigError("--precision bf16 runs with --backend torch only")
     if preset == "embedded":
         if segmentation or embedding:
             raise ConfigError("--segmentation/--embedding need the pyannote preset")
+        if precision != "fp32":
+            raise ConfigError("--precision bf16 applies to the pyannote embedding models; "
+                              "the embedded preset runs in fp32")
         from streamer.models.embedded import EmbeddedFrontend
 
         return EmbeddedFrontend()
     return _load_pyannote(segmentation or PRESETS["pyannote"]["segmentation"],
-                          embedding or PRESETS["pyannote"]["embedding"], device, backend, hub)
+                          embedding or PRESETS["pyannote"]["embedding"], device, backend,
+                          precision, hub)
 
 
 def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
-                   hub: dict[str, Any]) -> Frontend:
+                   precision: str, hub: dict[str, Any]) -> Frontend:
     try:
         from streamer.models.pyannote import load_embedding, load_segmentation
     except ImportError as error:  # pragma: no cover - the package ships with streamer
@@ -63,7 +73,7 @@ def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
     from streamer.models.frontend import SegmentationEmbeddingFrontend
 
     seg = load_segmentation(segmentation, device=device, backend=backend, **hub)
-    emb = load_embedding(embedding, device=device, backend=backend, **hub)
+    emb = load_embedding(embedding, device=device, backend=backend, precision=precision, **hub)
     logger.info("loaded segmentation %s and embedding %s (%s, %s)", segmentation, embedding,
                 device, backend)
     return SegmentationEmbeddingFrontend(

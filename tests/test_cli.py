@@ -111,3 +111,26 @@ def test_bench_prints_step_percentiles():
     result = streamer("bench", "--audio", str(SAMPLE), "--steps", "10")
     assert result.returncode == 0, result.stderr
     assert "p50" in result.stdout and "p95" in result.stdout
+
+
+def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
+    """--segmentation/--embedding files (small random weights made here), both precisions,
+    and the JSON says which models ran."""
+    from streamer.models.pyannote.synthetic import write_checkpoint
+
+    seg = write_checkpoint(tmp_path / "seg" / "pytorch_model.bin", "segmentation-3.0")
+    emb = write_checkpoint(tmp_path / "emb" / "pytorch_model.bin", "wespeaker")
+    audio = tmp_path / "talk.wav"
+    data, rate = sf.read(Path(__file__).parent / "data" / "two_voices.wav", dtype="float32")
+    sf.write(audio, data[:12 * rate], rate)
+    for precision in ("fp32", "bf16"):
+        document = tmp_path / f"{precision}.json"
+        result = streamer("diarize", str(audio), "--segmentation", str(seg.parent),
+                          "--embedding", str(emb), "--precision", precision,
+                          "--set", "tau_active=0.3", "--set", "speech_threshold=0.3",
+                          "--json", str(document))
+        assert result.returncode == 0, result.stderr
+        out = json.loads(document.read_text())
+        assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
+    result = streamer("diarize", str(audio), "--precision", "bf16")
+    assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr

@@ -155,7 +155,7 @@ def running_server(extra_args: list[str] | None = None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stream_url() -> Iterator[str]:
-    with running_server(["--token", TOKEN]) as base:
+    with running_server([f"--token={TOKEN}"]) as base:  # a token may start with "-"
         yield base.replace("http://", "ws://") + "/v1/stream"
 
 

@@ -213,6 +213,30 @@ def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dic
     assert empty.shape[0] == 0 and empty.shape[2] == model.num_speakers
 
 
+def test_bf16_embeddings_stay_close_to_fp32(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker", seed=3)
+    exact, fast = load_embedding(path), load_embedding(path, precision="bf16")
+    assert exact.describe()["precision"] == "fp32" and fast.describe()["precision"] == "bf16"
+    chunks = _speech_like(2, 10.0, seed=6)
+    weights = np.random.default_rng(4).uniform(0, 1, (2, 300)).astype(np.float32)
+    a, b = exact(chunks, weights), fast(chunks, weights)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert 0 < np.abs(a - b).max() < 0.02 * np.abs(a).max()  # bf16 did run, and stays close
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_bad_precision_is_refused(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        load_embedding(path, precision="fp16")
+    with pytest.raises(ValueError, match="torch backend only"):
+        load_embedding(path, precision="bf16", backend="onnx")
+    xvector = write_checkpoint(tmp_path / "xvector.bin", "xvector")
+    with pytest.raises(ValueError, match="offered for the WeSpeaker ResNet"):
+        load_embedding(xvector, precision="bf16")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["segmentation-3.0", "wespeaker", "xvector"])
 def test_cuda_matches_cpu(tmp_path: Path, kind: str) -> None:

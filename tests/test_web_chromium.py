@@ -225,7 +225,7 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     profile.mkdir()
     screenshot = tmp_path / "page.png"
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
-    with running_server(["--token", token]) as base:
+    with running_server([f"--token={token}"]) as base:  # a token may start with "-"
         page_url = f"{base}/?token={token}"
         state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 150))
 

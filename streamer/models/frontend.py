@@ -65,6 +65,8 @@ class SegmentationEmbeddingFrontend:
             "frame_step": self.frame_step,
             "local_speakers": int(self.segmentation.num_speakers),
             "embedding_dimension": int(self.embedding.dimension),
+            "embedding_precision": str(getattr(self.embedding, "precision", "fp32")),
+            "reuses_filterbank": self.reuse_responses,
         }
 
     def stream(self, config: Any) -> "_Stream":

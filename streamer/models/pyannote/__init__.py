@@ -28,7 +28,8 @@ from streamer.models.pyannote.hub import resolve_checkpoint
 from streamer.models.pyannote.pyannet import build_pyannet
 from streamer.models.pyannote.resnet import build_wespeaker
 from streamer.models.pyannote.runtime import (
-    PyannoteEmbedding, PyannoteSegmentation, Runner, resolve_device, torch_runner)
+    PyannoteEmbedding, PyannoteSegmentation, Runner, check_precision, resolve_device,
+    torch_runner, warn_slow_bf16)
 from streamer.models.pyannote.xvector import build_xvector
 
 logger = logging.getLogger(__name__)
@@ -140,14 +141,22 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
 
 def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
                    backend: str = "torch", revision: str | None = None,
-                   cache_dir: str | Path | None = None,
-                   token: str | None = None) -> PyannoteEmbedding:
+                   cache_dir: str | Path | None = None, token: str | None = None,
+                   precision: str = "fp32") -> PyannoteEmbedding:
     """Load a pyannote speaker embedding model (WeSpeaker ResNet or x-vector SincNet).
 
-    Same arguments and errors as :func:`load_segmentation`.
+    Same arguments and errors as :func:`load_segmentation`, plus ``precision``: ``"fp32"``
+    (exact) or ``"bf16"`` (WeSpeaker ResNet with the torch backend: the trunk under bfloat16
+    autocast, ~3.5x faster on CPUs with AMX; ValueError otherwise).
     """
+    check_precision(precision, backend)
     checkpoint, architecture, resolved = _prepare(source, "embedding", device, backend,
                                                   revision, cache_dir, token)
+    if precision == "bf16" and architecture == "XVectorSincNet":
+        raise ValueError("precision 'bf16' is offered for the WeSpeaker ResNet, whose "
+                         "convolutions it speeds up ~3.5x; the x-vector's SincNet drifts by "
+                         "~3 % in bf16 and the model is cheap in fp32: use precision 'fp32'")
+    warn_slow_bf16(precision, resolved)
     if architecture == "XVectorSincNet":
         module, sample_rate, dimension = build_xvector(checkpoint)
     else:
@@ -165,8 +174,10 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     else:
         module.to(resolved)
         runner = torch_runner(module.trunk, resolved)
-    return PyannoteEmbedding(architecture, module, sample_rate, dimension, runner,
-                             device=resolved, backend=backend, source=str(checkpoint.path))
+    embedding = PyannoteEmbedding(architecture, module, sample_rate, dimension, runner,
+                                  device=resolved, backend=backend, source=str(checkpoint.path))
+    embedding.precision = precision
+    return embedding
 
 
 class _SegmentationGraph(nn.Module):

@@ -59,6 +59,32 @@ def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = previous
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, backend: str) -> str:
+    """Validate an embedding precision for ``backend``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and backend != "torch":
+        raise ValueError("precision 'bf16' runs with the torch backend only; "
+                         f"got backend {backend!r}")
+    return precision
+
+
+def warn_slow_bf16(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        logger.warning("this CPU has no AVX-512 BF16/AMX instructions: bf16 embeddings will be "
+                       "slower than fp32 here")
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+        return False
+
+
 def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
     """Validate ``(batch, samples)`` (or ``(batch, 1, samples)``) audio -> float32 2-D."""
     array = np.asarray(waveforms, dtype=np.float32)
@@ -294,6 +320,9 @@ class PyannoteEmbedding:
         self.device, self.backend, self.source = device, backend, source
         #: Let cuDNN use TF32 on GPUs (~2x faster ResNet; outputs drift ~1e-4 from the CPU's).
         self.allow_tf32 = False
+        #: ``"bf16"`` runs the trunk under bfloat16 autocast (torch backend): ~3.5x faster
+        #: ResNet34 on CPUs with AMX, embeddings within ~0.4 % of fp32 (see the README).
+        self.precision = "fp32"
         #: Largest number of distinct chunks per trunk pass.
         self.max_batch = max_batch
         self._module = module
@@ -303,7 +332,9 @@ class PyannoteEmbedding:
         self._run = runner
 
     def _trunk(self, batch: np.ndarray) -> torch.Tensor:
-        with cudnn_tf32(self.device, self.allow_tf32):
+        bf16 = self.precision == "bf16"
+        with cudnn_tf32(self.device, self.allow_tf32), \
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             parts = [self._run(batch[i:i + self.max_batch]).float()
                      for i in range(0, batch.shape[0], self.max_batch)]
         return torch.cat(parts).to(self._head_device)
@@ -334,4 +365,4 @@ class PyannoteEmbedding:
     def describe(self) -> dict[str, Any]:
         return {"kind": "embedding", "architecture": self.architecture, "source": self.source,
                 "backend": self.backend, "device": str(self.device),
-                "dimension": self.dimension}
+                "dimension": self.dimension, "precision": self.precision}
