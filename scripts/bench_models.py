@@ -241,10 +241,12 @@ def compare_cpu(name: str, kind: str, source: Path | str, device: str) -> None:
 
 
 def throughput(name: str, kind: str, source: Path | str, device: str, backend: str,
-               batches: list[int], repeats: int, tf32: bool) -> None:
+               batches: list[int], repeats: int, tf32: bool, precision: str = "fp32") -> None:
     """Chunks per second for batches of distinct 10 s chunks."""
-    model = (load_segmentation if kind == "seg" else load_embedding)(
-        source, device=device, backend=backend)
+    if kind == "seg":
+        model = load_segmentation(source, device=device, backend=backend)
+    else:
+        model = load_embedding(source, device=device, backend=backend, precision=precision)
     model.allow_tf32 = tf32
     if kind == "emb":
         model.max_batch = max(batches)
@@ -257,7 +259,8 @@ def throughput(name: str, kind: str, source: Path | str, device: str, backend: s
         except RuntimeError as error:  # e.g. out of memory
             print(f"{name:<22}{backend:<8}batch {batch:<5} failed: {str(error)[:60]}")
             continue
-        print(f"{name:<22}{backend:<8}batch {batch:<5}{batch / wall * 1000:>10.1f} chunks/s"
+        label = f"{backend}/{precision}" if kind == "emb" else backend
+        print(f"{name:<22}{label:<12}batch {batch:<5}{batch / wall * 1000:>10.1f} chunks/s"
               f"{wall:>10.1f} ms/batch", flush=True)
 
 
@@ -291,7 +294,8 @@ def main() -> None:
                         help="time the whole streaming pipeline (needs one seg= and one emb=)")
     parser.add_argument("--steps", type=int, default=60, help="steps for --pipeline")
     parser.add_argument("--precisions", default="fp32,bf16",
-                        help="embedding precisions for --pipeline (bf16: torch backend only)")
+                        help="embedding precisions for --pipeline and --batches "
+                             "(bf16: torch backend, ResNet only)")
     parser.add_argument("--active", type=int, default=2,
                         help="local speakers marked active in every frame for --pipeline")
     args = parser.parse_args()
@@ -314,8 +318,12 @@ def main() -> None:
         sizes = [int(b) for b in args.batches.split(",")]
         for name, (kind, source) in models.items():
             for backend in args.backends.split(","):
-                throughput(name, kind, source, args.device, backend, sizes, args.repeats,
-                           args.tf32)
+                for precision in args.precisions.split(","):
+                    if precision != "fp32" and (kind == "seg" or backend != "torch"
+                                                or "xvector" in name):
+                        continue
+                    throughput(name, kind, source, args.device, backend, sizes, args.repeats,
+                               args.tf32, precision)
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
           f"median of {args.repeats} runs, ms per chunk (10 s; 5 s for segmentation 2.x)\n"

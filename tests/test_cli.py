@@ -108,9 +108,12 @@ def test_models_lists_the_presets():
 
 @needs_shared
 def test_bench_prints_step_percentiles():
-    result = streamer("bench", "--audio", str(SAMPLE), "--steps", "10")
+    result = streamer("bench", "--audio", str(SAMPLE), "--steps", "40")
     assert result.returncode == 0, result.stderr
     assert "p50" in result.stdout and "p95" in result.stdout
+    assert "CPU-seconds per second of audio" in result.stdout
+    assert "model rows per step: ge2e" in result.stdout  # sample.wav has speech by 20 s
+    assert "never ran" not in result.stdout
 
 
 def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
