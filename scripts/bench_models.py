@@ -120,8 +120,8 @@ def streaming_step(model, chunk_seconds: float) -> Callable[[], object]:
 
     def step() -> object:
         start = position[0] = (position[0] + hop) % (audio.size - size)
-        responses, statistics = cache.update(audio[start:start + size], start)
-        return model.from_responses(responses[None], statistics[None])
+        inputs = cache.update(audio[start:start + size], start)
+        return model.from_responses(*(x[None] for x in inputs))
     return step
 
 
@@ -170,8 +170,8 @@ class ActiveSpeakers:
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
         return self._forced(self.model(waveforms))
 
-    def from_responses(self, responses: np.ndarray, statistics: np.ndarray) -> np.ndarray:
-        return self._forced(self.model.from_responses(responses, statistics))
+    def from_responses(self, *inputs: np.ndarray) -> np.ndarray:
+        return self._forced(self.model.from_responses(*inputs))
 
 
 def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],

@@ -161,8 +161,8 @@ def _rolling(cache, model, audio: np.ndarray, positions: list[int]) -> None:
     size = round(model.chunk_duration * RATE)
     for position in positions:
         chunk = audio[position:position + size]
-        responses, statistics = cache.update(chunk, position)
-        np.testing.assert_allclose(model.from_responses(responses[None], statistics[None], raw=True),
+        inputs = cache.update(chunk, position)
+        np.testing.assert_allclose(model.from_responses(*(x[None] for x in inputs), raw=True),
                                    model.raw(chunk[None]), atol=1e-5, rtol=0)
 
 
@@ -188,8 +188,8 @@ def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dic
 
     def recomputed(chunk: np.ndarray, position: int | None) -> bool:
         before = cache.computed_frames
-        responses, statistics = cache.update(chunk, position)
-        np.testing.assert_allclose(model.from_responses(responses[None], statistics[None], raw=True),
+        inputs = cache.update(chunk, position)
+        np.testing.assert_allclose(model.from_responses(*(x[None] for x in inputs), raw=True),
                                    model.raw(chunk[None]), atol=1e-5, rtol=0)
         return cache.computed_frames - before == (chunk.size - 251) // 10 + 1
 
@@ -207,9 +207,12 @@ def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dic
         cache.update(audio[None, :size], 0)
     with pytest.raises(ValueError, match="at least"):
         cache.update(audio[:100], 0)
-    with pytest.raises(ValueError, match="responses must be"):
-        model.from_responses(np.zeros((1, 10, 80), np.float32), np.zeros((2, 2), np.float32))
-    empty = model.from_responses(np.zeros((0, 15975, 80), np.float32), np.zeros((0, 2), np.float32))
+    windows = np.zeros((1, 5325, 80), np.float32)
+    with pytest.raises(ValueError, match="maxima and minima must be"):
+        model.from_responses(windows, windows, np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="maxima and minima must be"):
+        model.from_responses(windows, windows[:, :10], np.zeros((1, 2), np.float32))
+    empty = model.from_responses(windows[:0], windows[:0], np.zeros((0, 2), np.float32))
     assert empty.shape[0] == 0 and empty.shape[2] == model.num_speakers
 
 

@@ -84,8 +84,8 @@ class _Stream:
         f = self.frontend
         if self.responses is None or f._segment_responses is None:
             return np.asarray(f._segment(chunk[None]), np.float32)[0]
-        responses, statistics = self.responses.update(chunk, round(start * f.sample_rate))
-        return np.asarray(f._segment_responses(responses[None], statistics[None]), np.float32)[0]
+        inputs = self.responses.update(chunk, round(start * f.sample_rate))
+        return np.asarray(f._segment_responses(*(x[None] for x in inputs)), np.float32)[0]
 
     def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
         f = self.frontend

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from streamer.errors import ModelLoadError
@@ -122,12 +123,14 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
         runner = _numpy_runner(graph)
         if resolved.type == "cpu":
             with torch.inference_mode():
-                inputs = {"responses": model.sincnet.filter_responses(example),
+                pooled = F.max_pool1d(model.sincnet.filter_responses(example).transpose(1, 2),
+                                      model.sincnet.first_pool).transpose(1, 2)
+                inputs = {"maxima": pooled, "minima": -pooled,
                           "statistics": model.sincnet.norm_statistics(example)}
             responses_graph = onnx_runner(
-                _ResponsesGraph(model), checkpoint.path, "segmentation-responses", inputs,
-                {"responses": {0: "batch", 1: "frames"}, "statistics": {0: "batch"},
-                 "output": {0: "batch", 1: "frames"}}, resolved)
+                _PooledGraph(model), checkpoint.path, "segmentation-pooled", inputs,
+                {"maxima": {0: "batch", 1: "windows"}, "minima": {0: "batch", 1: "windows"},
+                 "statistics": {0: "batch"}, "output": {0: "batch", 1: "frames"}}, resolved)
             from_responses = _numpy_runner(responses_graph)
     else:
         model.to(resolved)
@@ -191,15 +194,17 @@ class _SegmentationGraph(nn.Module):
         return self.model(waveforms.unsqueeze(1))
 
 
-class _ResponsesGraph(nn.Module):
-    """``(responses, statistics) -> raw scores``: the network after the sinc filterbank."""
+class _PooledGraph(nn.Module):
+    """``(maxima, minima, statistics) -> raw scores``: the network from the first layer's
+    pooled raw responses (see :class:`FilterbankCache`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_responses(responses, statistics)
+    def forward(self, maxima: torch.Tensor, minima: torch.Tensor,
+                statistics: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_pooled(maxima, minima, statistics)
 
 
 class _TrunkGraph(nn.Module):
@@ -222,9 +227,9 @@ def _numpy_runner(graph: object) -> Runner:
     return run
 
 
-def _torch_responses_runner(model: nn.Module) -> Callable[[np.ndarray, np.ndarray], torch.Tensor]:
-    def run(responses: np.ndarray, statistics: np.ndarray) -> torch.Tensor:
+def _torch_responses_runner(model: nn.Module) -> Callable[..., torch.Tensor]:
+    def run(maxima: np.ndarray, minima: np.ndarray, statistics: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
-            return model.forward_responses(torch.from_numpy(responses),
-                                           torch.from_numpy(statistics))
+            return model.forward_pooled(torch.from_numpy(maxima), torch.from_numpy(minima),
+                                        torch.from_numpy(statistics))
     return run

@@ -87,10 +87,11 @@ class PyanNet(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         return self._after_sincnet(self.sincnet(waveforms))
 
-    def forward_responses(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
-        """Same output as :meth:`forward`, from the sinc filterbank's responses to the raw
-        audio and the chunk's normalisation statistics (see :class:`SincNet`)."""
-        return self._after_sincnet(self.sincnet.forward_responses(responses, statistics))
+    def forward_pooled(self, maxima: torch.Tensor, minima: torch.Tensor,
+                       statistics: torch.Tensor) -> torch.Tensor:
+        """Same output as :meth:`forward`, from the first layer's pooled raw responses and
+        the chunk's normalisation statistics (see :meth:`SincNet.forward_pooled`)."""
+        return self._after_sincnet(self.sincnet.forward_pooled(maxima, minima, statistics))
 
     def _after_sincnet(self, features: torch.Tensor) -> torch.Tensor:
         outputs = features.transpose(1, 2)

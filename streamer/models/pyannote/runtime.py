@@ -122,7 +122,7 @@ class PyannoteSegmentation:
 
     def __init__(self, model: PyanNet, spec: SegmentationSpec, sample_rate: int,
                  runner: Runner, *, device: torch.device, backend: str, source: str,
-                 responses_runner: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None,
+                 responses_runner: Callable[..., torch.Tensor] | None = None,
                  ) -> None:
         self.sample_rate = sample_rate
         self.chunk_duration = spec.duration
@@ -191,65 +191,118 @@ class PyannoteSegmentation:
         """Whether :meth:`response_cache` / :meth:`from_responses` are available (CPU)."""
         return self._run_responses is not None
 
-    def response_cache(self) -> "FilterResponseCache":
-        """A per-stream cache of the first layer's responses (see :meth:`from_responses`)."""
+    def response_cache(self) -> "FilterbankCache":
+        """A per-stream cache of the first layer's work (see :meth:`from_responses`)."""
         if self._run_responses is None:
             raise RuntimeError("filter-response reuse runs on the CPU backends only")
-        return FilterResponseCache(self._sincnet, self._chunk_samples)
+        return FilterbankCache(self._sincnet, self._chunk_samples)
 
-    def from_responses(self, responses: np.ndarray, statistics: np.ndarray, *,
-                       raw: bool = False) -> np.ndarray:
+    def from_responses(self, maxima: np.ndarray, minima: np.ndarray, statistics: np.ndarray,
+                       *, raw: bool = False) -> np.ndarray:
         """Same as ``self(chunks)`` (or :meth:`raw` with ``raw=True``) from
-        :class:`FilterResponseCache` outputs stacked on a batch axis:
-        ``responses (batch, frames, filters)``, ``statistics (batch, 2)``."""
+        :class:`FilterbankCache` outputs stacked on a batch axis: ``maxima`` and ``minima``
+        ``(batch, windows, filters)``, ``statistics (batch, 2)``."""
         if self._run_responses is None:
             raise RuntimeError("filter-response reuse runs on the CPU backends only")
-        responses = np.ascontiguousarray(responses, dtype=np.float32)
+        maxima = np.ascontiguousarray(maxima, dtype=np.float32)
+        minima = np.ascontiguousarray(minima, dtype=np.float32)
         statistics = np.ascontiguousarray(statistics, dtype=np.float32)
-        if responses.ndim != 3 or statistics.shape != (responses.shape[0], 2):
-            raise ValueError(f"responses must be (batch, frames, filters) and statistics "
-                             f"(batch, 2), got {responses.shape} and {statistics.shape}")
+        if (maxima.ndim != 3 or minima.shape != maxima.shape
+                or statistics.shape != (maxima.shape[0], 2)):
+            raise ValueError(f"maxima and minima must be (batch, windows, filters) and "
+                             f"statistics (batch, 2), got {maxima.shape}, {minima.shape} "
+                             f"and {statistics.shape}")
         with torch.inference_mode():
-            if not responses.shape[0]:
+            if not maxima.shape[0]:
                 scores = self._raw_tensor(np.zeros((0, self.min_samples), np.float32))
             else:
-                scores = self._run_responses(responses, statistics).float()
+                scores = self._run_responses(maxima, minima, statistics).float()
             return scores.cpu().numpy() if raw else self.to_multilabel(scores)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "segmentation", "architecture": "PyanNet", "source": self.source,
                 "backend": self.backend, "device": str(self.device),
                 "chunk_duration": self.chunk_duration, "num_speakers": self.num_speakers,
-                "powerset": self.powerset, "frame_step": self.frames.step}
+                "powerset": self.powerset, "frame_step": self.frames.step,
+                "reuses_filterbank": self.reuses_filter_responses}
 
 
-class FilterResponseCache:
-    """One stream's responses of the sinc filterbank to its raw audio.
+class _WindowSeries:
+    """Max and min of consecutive pooling windows of one phase: rows are windows whose
+    first frames are ``first, first + pool, ...`` (absolute frame indices)."""
 
-    The segmentation network's first layer normalises the chunk and convolves it with the
-    sinc filters (80 filters x 251 taps at a 10-sample stride: the costliest layer). Both
-    steps are linear, so the filters can run on the raw audio and the normalisation be
-    applied afterwards (:meth:`SincNet.forward_responses`). When the next chunk is the
-    previous one moved by a multiple of the stride, as in a rolling stream buffer, only the
-    frames of the new samples are computed; any other chunk is computed in full. Reuse is
-    decided by comparing the audio itself, so a wrong position hint only costs time.
+    def __init__(self, capacity: int, filters: int) -> None:
+        self.maxima = torch.empty(capacity, filters)
+        self.minima = torch.empty(capacity, filters)
+        self.first = 0
+        self.count = 0
+
+    def next_start(self, pool: int) -> int | None:
+        return self.first + pool * self.count if self.count else None
+
+    def append(self, maxima: torch.Tensor, minima: torch.Tensor, start: int, pool: int,
+               keep_from: int) -> None:
+        if not self.count:
+            self.first = start
+        new = maxima.shape[0]
+        if self.count + new > self.maxima.shape[0]:  # drop windows before ``keep_from``
+            drop = min(self.count, max(0, -(-(keep_from - self.first) // pool)))
+            keep = self.count - drop
+            self.maxima[:keep] = self.maxima[drop:self.count].clone()
+            self.minima[:keep] = self.minima[drop:self.count].clone()
+            self.first += pool * drop
+            self.count = keep
+            if self.count + new > self.maxima.shape[0]:
+                raise RuntimeError("window store too small for this chunk")  # not reached
+        self.maxima[self.count:self.count + new] = maxima
+        self.minima[self.count:self.count + new] = minima
+        self.count += new
+
+    def windows(self, start: int, count: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row, misaligned = divmod(start - self.first, pool)
+        if misaligned or row < 0 or row + count > self.count:
+            raise RuntimeError(f"windows from frame {start} are not in the store")  # a bug
+        return self.maxima[row:row + count], self.minima[row:row + count]
+
+
+class FilterbankCache:
+    """One stream's first-layer work of the segmentation network, kept across steps.
+
+    The network's first layer normalises the chunk, convolves it with the sinc filters (80
+    filters x 251 taps at a 10-sample stride: its costliest layer), takes absolute values
+    and max-pools them by 3. Normalising and filtering are linear, so the filters can run on
+    the raw audio with the normalisation applied afterwards; and as ``|a x + b|`` is convex
+    in ``x``, the largest of a window is reached at the window's largest or smallest raw
+    response. This cache keeps, for the three window phases, the maxima and minima of the
+    windows of the raw responses (:meth:`SincNet.forward_pooled` finishes the layer). When
+    the next chunk is the previous one moved by a multiple of the stride, as in a rolling
+    stream buffer, only the new samples are filtered and pooled; any other chunk is
+    computed in full. Reuse is decided by comparing the audio itself, so a wrong position
+    hint only costs time.
     """
 
     def __init__(self, sincnet: Any, num_samples: int) -> None:
         self._sincnet = sincnet
         self._stride = int(sincnet.stride)
         self._kernel = int(sincnet.kernel_size)
+        self._pool = int(sincnet.first_pool)
         self._chunk: np.ndarray | None = None
         self._position = 0
-        self._store: torch.Tensor | None = None  # (capacity, filters), time-major
-        self._end = 0
-        #: Frames computed and frames reused so far (for tests and benchmarks).
+        self._frame0 = 0  # absolute index (in frames since the last full computation)
+        self._tail = torch.empty(0)  # raw responses of the last frames (< one window)
+        self._end = 0  # absolute index after the last filtered frame
+        self._series: list[_WindowSeries] = []
+        #: Frames filtered and frames reused so far (for tests and benchmarks).
         self.computed_frames = 0
         self.reused_frames = 0
 
-    def update(self, chunk: np.ndarray, position: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Responses ``(frames, filters)`` and normalisation statistics ``(2,)`` of ``chunk``
-        (1-D float32 audio). ``position``: index of its first sample in the stream."""
+    def update(self, chunk: np.ndarray, position: int | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(maxima, minima)`` of the raw responses over the chunk's pooling windows, each
+        ``(windows, filters)``, and the chunk's normalisation statistics ``(2,)``: the
+        inputs of :meth:`PyannoteSegmentation.from_responses` (stack them on a batch axis).
+        ``chunk``: 1-D float32 audio; ``position``: index of its first sample in the stream.
+        The arrays are valid until the next update."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if chunk.ndim != 1 or chunk.size < self._kernel:
             raise ValueError(f"chunk must be 1-D with at least {self._kernel} samples, "
@@ -259,21 +312,25 @@ class FilterResponseCache:
         with torch.inference_mode():
             audio = torch.from_numpy(chunk)
             if shift is None:
-                self._restart(self._sincnet.filter_responses(audio[None])[0], frames)
+                self._restart(frames)
+                self._extend(self._sincnet.filter_responses(audio[None])[0])
                 self.computed_frames += frames
             else:
                 new = shift // self._stride
+                self._frame0 += new
                 start = self._stride * (frames - new)
-                self._append(self._sincnet.filter_responses(audio[None, start:])[0], frames)
+                self._extend(self._sincnet.filter_responses(audio[None, start:])[0])
                 self.computed_frames += new
                 self.reused_frames += frames - new
+            windows = frames // self._pool
+            series = self._series[self._frame0 % self._pool]
+            maxima, minima = series.windows(self._frame0, windows, self._pool)
             statistics = self._sincnet.norm_statistics(audio[None])[0]
         self._chunk, self._position = chunk, (position if position is not None else 0)
-        assert self._store is not None
-        return self._store[self._end - frames:self._end].numpy(), statistics.numpy()
+        return maxima.numpy(), minima.numpy(), statistics.numpy()
 
     def _shift(self, chunk: np.ndarray, position: int | None) -> int | None:
-        """Samples the audio moved by since the previous chunk, when its frames are reusable."""
+        """Samples the audio moved by since the previous chunk, when its work is reusable."""
         previous = self._chunk
         if previous is None or position is None or previous.size != chunk.size:
             return None
@@ -285,22 +342,35 @@ class FilterResponseCache:
             return None
         return shift
 
-    def _restart(self, responses: torch.Tensor, frames: int) -> None:
-        capacity = frames + frames // 4
-        if self._store is None or self._store.shape != (capacity, responses.shape[1]):
-            self._store = torch.empty(capacity, responses.shape[1])
-        self._store[:frames] = responses
-        self._end = frames
+    def _restart(self, frames: int) -> None:
+        windows = frames // self._pool
+        capacity = windows + windows // 4 + 2
+        filters = self._sincnet.num_filters
+        if not self._series or self._series[0].maxima.shape != (capacity, filters):
+            self._series = [_WindowSeries(capacity, filters) for _ in range(self._pool)]
+        for series in self._series:
+            series.count = 0
+        self._frame0 = self._end = 0
+        self._tail = torch.empty(0, filters)
 
-    def _append(self, responses: torch.Tensor, frames: int) -> None:
-        assert self._store is not None
-        new = responses.shape[0]
-        keep = frames - new
-        if self._end + new > self._store.shape[0]:  # slide the window back to the start
-            self._store[:keep] = self._store[self._end - keep:self._end].clone()
-            self._end = keep
-        self._store[self._end:self._end + new] = responses
-        self._end += new
+    def _extend(self, responses: torch.Tensor) -> None:
+        """Add the raw responses of the frames after ``self._end`` and pool every phase."""
+        segment = torch.cat([self._tail, responses]) if self._tail.shape[0] else responses
+        first = self._end - self._tail.shape[0]
+        self._end += responses.shape[0]
+        pool = self._pool
+        for phase, series in enumerate(self._series):
+            start = series.next_start(pool)
+            if start is None:  # the first window of this phase in the segment
+                start = first + (phase - first) % pool
+            count = (self._end - start) // pool
+            if count <= 0:
+                continue
+            offset = start - first
+            windows = segment[offset:offset + pool * count].reshape(count, pool, -1)
+            series.append(windows.amax(dim=1), windows.amin(dim=1), start, pool,
+                          keep_from=self._frame0)
+        self._tail = segment[-(pool - 1):].clone() if pool > 1 else segment[:0]
 
 
 class PyannoteEmbedding:

@@ -86,6 +86,9 @@ class SincNet(nn.Module):
         ])
         self.register_buffer("frozen_filters", torch.empty(0), persistent=False)
         self.out_channels = conv_channels[1]
+        self.num_filters = num_filters
+        #: Kernel (= stride) of the max-pool after the filterbank.
+        self.first_pool = _POOL
 
     @property
     def kernels_and_strides(self) -> list[tuple[int, int]]:
@@ -141,17 +144,26 @@ class SincNet(nn.Module):
         variance = audio.var(dim=-1, unbiased=False)
         return torch.stack([mean, torch.rsqrt(variance + self.wav_norm1d.eps)], dim=-1)
 
-    def forward_responses(self, responses: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
-        """Same output as :meth:`forward` from :meth:`filter_responses` of the raw audio
-        ``(batch, frames, filters)`` and :meth:`norm_statistics` of the chunk."""
-        scale = self.wav_norm1d.weight * statistics[:, 1]
-        shift = self.wav_norm1d.bias - statistics[:, 0] * scale
-        sums = self._filters().sum(dim=(1, 2))
-        outputs = responses * scale[:, None, None] + shift[:, None, None] * sums[None, None, :]
-        return self._after_filters(outputs.abs().transpose(1, 2))
+    def forward_pooled(self, maxima: torch.Tensor, minima: torch.Tensor,
+                       statistics: torch.Tensor) -> torch.Tensor:
+        """Same output as :meth:`forward` from the maxima and minima of
+        :meth:`filter_responses` of the raw audio over the first max-pool's windows
+        ``(batch, windows, filters)``, and :meth:`norm_statistics` of the chunk.
+
+        ``|scale * x + offset|`` is convex in ``x``: its largest value over a window is
+        reached at the window's largest or smallest response.
+        """
+        scale = (self.wav_norm1d.weight * statistics[:, 1])[:, None, None]
+        shift = self.wav_norm1d.bias - statistics[:, 0] * scale[:, 0, 0]
+        offset = shift[:, None, None] * self._filters().sum(dim=(1, 2))[None, None, :]
+        pooled = torch.maximum((maxima * scale + offset).abs(), (minima * scale + offset).abs())
+        return self._after_pool(pooled.transpose(1, 2))
 
     def _after_filters(self, outputs: torch.Tensor) -> torch.Tensor:
-        outputs = F.leaky_relu(self.norm1d[0](F.max_pool1d(outputs, _POOL, _POOL)))
+        return self._after_pool(F.max_pool1d(outputs, _POOL, _POOL))
+
+    def _after_pool(self, outputs: torch.Tensor) -> torch.Tensor:
+        outputs = F.leaky_relu(self.norm1d[0](outputs))
         for conv, norm in zip(self.conv1d[1:], self.norm1d[1:]):
             outputs = F.leaky_relu(norm(F.max_pool1d(conv(outputs), _POOL, _POOL)))
         return outputs
