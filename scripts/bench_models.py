@@ -18,9 +18,11 @@ per second of audio:
     python scripts/bench_models.py --pipeline --steps 60
 
 The checkpoints of ../shared/parity have random weights, under which the segmentation finds
-no speech and no embedding would ever be computed; ``--active N`` (default 2) therefore
-marks N local speakers active in every frame *after* running the network, so that every
-step pays for the embeddings as it would on speech with real weights.
+no speech and no embedding would ever be computed. The network still runs, but its output
+is replaced: ``--activity all`` (default) marks ``--active N`` (default 2) local speakers
+active in every frame, the costliest case (every step embeds the whole buffer);
+``--activity reference`` marks the speakers of sample.wav's reference turns, frame by
+frame, as a trained segmentation would (sample.wav looped: 0.5-2 s turns with pauses).
 
 On a GPU machine:
 
@@ -153,18 +155,32 @@ def reference_recipe(source: Path | str) -> Callable[[np.ndarray], object]:
 
 
 class ActiveSpeakers:
-    """Runs the segmentation network, then reports ``active`` local speakers in every frame."""
+    """Runs the segmentation network, then reports local speakers as active: the first
+    ``active`` ones in every frame, or, given reference ``turns`` of the streamed audio
+    (looped), the reference speakers of each frame (an oracle segmentation)."""
 
-    def __init__(self, model, active: int) -> None:
-        self.model, self.active = model, active
+    def __init__(self, model, active: int, turns: list | None = None,
+                 duration: float = 0.0) -> None:
+        self.model, self.active, self.turns, self.duration = model, active, turns, duration
         self.reuses_filter_responses = model.reuses_filter_responses
+        self.start = 0.0  # stream time of the buffer being analysed (set by the stream)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
     def _forced(self, activations: np.ndarray) -> np.ndarray:
         forced = np.zeros_like(activations)
-        forced[..., :self.active] = 1.0
+        if self.turns is None:
+            forced[..., :self.active] = 1.0
+            return forced
+        step = self.model.frames.step
+        stream = self.start + (np.arange(activations.shape[-2]) + 0.5) * step
+        times = np.where(stream >= 0, stream % self.duration, -1.0)  # < 0: left padding
+        slots: dict[str, int] = {}
+        for start, end, speaker in self.turns:
+            inside = (times >= start) & (times < end)
+            if inside.any() and len(slots) < activations.shape[-1]:
+                forced[..., inside, slots.setdefault(speaker, len(slots))] = 1.0
         return forced
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
@@ -174,8 +190,23 @@ class ActiveSpeakers:
         return self._forced(self.model.from_responses(*inputs))
 
 
+def _tracking_streams(frontend, segmentation: ActiveSpeakers) -> None:
+    """Let ``segmentation`` know the stream time of each buffer its front end analyses."""
+    make = frontend.stream
+
+    class Stream:
+        def __init__(self, config) -> None:
+            self.inner = make(config)
+
+        def analyze(self, buffer: np.ndarray, start: float):
+            segmentation.start = start
+            return self.inner.analyze(buffer, start)
+
+    frontend.stream = Stream
+
+
 def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],
-             precisions: list[str], steps: int, active: int) -> None:
+             precisions: list[str], steps: int, active: int, activity: str) -> None:
     """CPU-seconds per second of audio of the streaming pipeline, per backend."""
     from streamer.bench import time_steps
     from streamer.config import StreamConfig
@@ -186,10 +217,18 @@ def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],
         raise SystemExit("--pipeline needs one seg= and one emb= model")
     audio = speech(30.0)[0]
     sample = PARITY.parent / "eval" / "sample.wav"
+    turns = None
     if sample.is_file():
         from streamer.audio import load_audio
         audio = load_audio(str(sample))
-    print(f"streaming pipeline, {steps} steps of 0.5 s, {active} local speaker(s) active, "
+        if activity == "reference":
+            from streamer.rttm import read_rttm
+            turns = read_rttm(sample.parent / "reference.rttm")["sample"]
+    elif activity == "reference":
+        raise SystemExit(f"--activity reference needs {sample} and its reference.rttm")
+    what = (f"{active} local speaker(s) active in every frame" if turns is None else
+            f"the reference speakers of {sample.name} active (an oracle segmentation)")
+    print(f"streaming pipeline, {steps} steps of 0.5 s, {what}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"{'backend':<8}{'precision':<11}{'filterbank':<12}{'p50 ms':>9}{'mean ms':>9}"
           f"{'CPU-s per audio s':>20}{'embeddings/step':>17}")
@@ -205,8 +244,9 @@ def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],
             calls: list[int] = []
             embed = embedding.__call__
             for reuse in (False, True):
-                frontend = SegmentationEmbeddingFrontend(ActiveSpeakers(segmentation, active),
-                                                         embedding)
+                oracle = ActiveSpeakers(segmentation, active, turns, len(audio) / 16000)
+                frontend = SegmentationEmbeddingFrontend(oracle, embedding)
+                _tracking_streams(frontend, oracle)
                 frontend._embed = lambda chunks, weights=None: (  # noqa: E731
                     calls.append(len(chunks)), embed(chunks, weights))[1]
                 frontend.reuse_responses = reuse
@@ -296,6 +336,10 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="embedding precisions for --pipeline and --batches "
                              "(bf16: torch backend, ResNet only)")
+    parser.add_argument("--activity", default="all", choices=["all", "reference"],
+                        help="--pipeline: 'all' marks --active local speakers active in "
+                             "every frame; 'reference' follows the reference turns of "
+                             "sample.wav (an oracle segmentation)")
     parser.add_argument("--active", type=int, default=2,
                         help="local speakers marked active in every frame for --pipeline")
     args = parser.parse_args()
@@ -308,7 +352,7 @@ def main() -> None:
         models = parse_models(args.model or [
             f"seg={PARITY / 'segmentation-3.0'}", f"emb={PARITY / 'wespeaker-resnet34'}"])
         pipeline(models, args.backends.split(","), args.precisions.split(","), args.steps,
-                 args.active)
+                 args.active, args.activity)
         return
     models = parse_models(args.model)
     if args.compare_cpu:

@@ -216,6 +216,50 @@ def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dic
     assert empty.shape[0] == 0 and empty.shape[2] == model.num_speakers
 
 
+def test_resnet_runs_only_where_the_weights_matter(models: dict) -> None:
+    """Speakers active in part of a chunk: the ResNet runs over that part (plus its
+    receptive field) and the embeddings equal those of the whole chunk."""
+    model = models["wespeaker"]
+    assert model.crop_threshold is not None and models["xvector"].crop_threshold is None
+    chunks = _speech_like(2, 10.0, seed=8)
+    frames = model.num_frames(chunks.shape[1])
+    weights = np.full((3, 589), 1e-8, np.float32)  # the front end's floor where silent
+    weights[0, 400:] = np.linspace(0.2, 1.0, 189)  # chunk 0: speaker A at the end
+    weights[1, 30:90] = 0.9  # chunk 0: speaker B early on (the union is cropped)
+    weights[2, 250:300] = 1.0  # chunk 1: a short turn in the middle
+    batch = chunks[[0, 0, 1]]
+    spans: list[tuple[int, int]] = []
+    trunk_span = model._module.trunk_span
+    model._module.trunk_span = lambda w, a, b: (spans.append((a, b)), trunk_span(w, a, b))[1]
+    try:
+        cropped = model(batch, weights)
+    finally:
+        model._module.trunk_span = trunk_span
+    assert len(spans) == 2 and all(stop - start < frames for start, stop in spans)
+    threshold, model.crop_threshold = model.crop_threshold, None
+    try:
+        full = model(batch, weights)
+    finally:
+        model.crop_threshold = threshold
+    np.testing.assert_allclose(cropped, full, atol=1e-5 * np.abs(full).max(), rtol=0)
+    # weights that matter everywhere: the whole chunk, one batched pass
+    spans.clear()
+    np.testing.assert_allclose(model(batch, np.ones((3, 589), np.float32)),
+                               models["wespeaker"](batch), atol=1e-6)
+    assert not spans
+
+
+def test_resnet_trunk_span_equals_the_whole_trunk(models: dict) -> None:
+    module = models["wespeaker"]._module
+    audio = torch.from_numpy(_speech_like(1, 10.0, seed=9))
+    with torch.inference_mode():
+        whole = module.trunk(audio)
+        for start, stop in [(0, whole.shape[-1]), (0, 7), (40, 60), (60, 61),
+                            (whole.shape[-1] - 9, whole.shape[-1])]:
+            torch.testing.assert_close(module.trunk_span(audio, start, stop),
+                                       whole[..., start:stop], atol=1e-6, rtol=0)
+
+
 def test_bf16_embeddings_stay_close_to_fp32(tmp_path: Path) -> None:
     path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker", seed=3)
     exact, fast = load_embedding(path), load_embedding(path, precision="bf16")

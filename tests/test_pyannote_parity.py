@@ -162,3 +162,26 @@ def test_bf16_resnet_embeddings_near_reference() -> None:
     cosine = (weighted * ref["output"]).sum(1) / (
         np.linalg.norm(weighted, axis=1) * np.linalg.norm(ref["output"], axis=1))
     assert cosine.min() > 0.9999
+
+
+def test_resnet34_cropped_to_active_frames_matches_the_whole_chunk() -> None:
+    """With the real ResNet34 layout (receptive field of 225 fbank frames): the trunk over
+    part of a chunk gives the same frames, and embeddings of speakers active in part of a
+    chunk are those of the whole chunk."""
+    import torch
+
+    ref = _reference("wespeaker-resnet34")
+    model = load_embedding(PARITY / "wespeaker-resnet34")
+    audio = torch.from_numpy(ref["input"][:1, 0])
+    with torch.inference_mode():
+        whole = model._module.trunk(audio)
+        for start, stop in [(0, 20), (30, 70), (100, 125)]:
+            torch.testing.assert_close(model._module.trunk_span(audio, start, stop),
+                                       whole[..., start:stop], atol=1e-6, rtol=0)
+    weights = np.full((2, 589), 1e-8, np.float32)
+    weights[0, -177:] = ref["weights"][0, -177:]  # the last 3 s
+    weights[1, :118] = ref["weights"][1, :118]  # the first 2 s
+    cropped = model(ref["input"][:, 0], weights)
+    model.crop_threshold = None
+    full = model(ref["input"][:, 0], weights)
+    np.testing.assert_allclose(cropped, full, atol=1e-5 * np.abs(full).max(), rtol=0)

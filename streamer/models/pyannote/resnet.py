@@ -126,6 +126,18 @@ class ResNet(nn.Module):
             out = getattr(self, f"layer{index + 1}")(out)
         return out.flatten(1, 2)
 
+    def time_context(self) -> int:
+        """Input frames on each side that one output frame depends on (time axis)."""
+        size, jump = 1, 1
+        convs = [self.conv1] + [getattr(block, f"conv{i}")
+                                for index in range(self.num_layers)
+                                for block in getattr(self, f"layer{index + 1}")
+                                for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+        for conv in convs:
+            size += (conv.kernel_size[1] - 1) * jump
+            jump *= conv.stride[1]
+        return (size - 1) // 2
+
     def embed(self, frames: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         embedding = self.seg_1(stats_pool(frames, weights))
         if self.two_emb_layer:
@@ -152,6 +164,22 @@ class WeSpeakerResNet(nn.Module):
         if waveforms.dim() == 3:
             waveforms = waveforms[:, 0]
         return self.resnet.frames(self.fbank(waveforms))
+
+    def trunk_span(self, waveforms: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Output frames ``[start, stop)`` of :meth:`trunk`, computing the ResNet only over
+        the fbank frames they depend on. The fbank (and its mean normalisation) covers the
+        whole chunk as in :meth:`trunk`; the crop starts on the ResNet's stride grid and
+        keeps the full receptive field on both sides, so the frames are the same."""
+        if waveforms.dim() == 3:
+            waveforms = waveforms[:, 0]
+        features = self.fbank(waveforms)
+        stride = 2 ** (self.resnet.num_layers - 1)
+        margin = -(-self.resnet.time_context() // stride) * stride
+        low = max(0, stride * start - margin)
+        high = min(features.shape[1], stride * stop + margin)
+        frames = self.resnet.frames(features[:, low:high])
+        offset = start - low // stride
+        return frames[..., offset:offset + stop - start]
 
     def head(self, frames: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.resnet.embed(frames, weights)

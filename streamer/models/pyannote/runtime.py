@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from streamer.models.base import FrameTiming
+from streamer.models.pyannote.pooling import resize_weights
 from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
 from streamer.models.pyannote.pyannet import PyanNet, SegmentationSpec
 
@@ -60,6 +61,8 @@ def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
 
 
 PRECISIONS = ("fp32", "bf16")
+#: See :attr:`PyannoteEmbedding.crop_threshold`.
+CROP_THRESHOLD = 1e-7
 
 
 def check_precision(precision: str, backend: str) -> str:
@@ -395,6 +398,13 @@ class PyannoteEmbedding:
         self.precision = "fp32"
         #: Largest number of distinct chunks per trunk pass.
         self.max_batch = max_batch
+        #: With torch on CPU, the WeSpeaker ResNet runs only over the part of a chunk where
+        #: some speaker's weight is above this share of its largest (plus the network's
+        #: receptive field): the frames it leaves out would add less than ~1e-5 to the
+        #: weighted statistics. ``None`` turns it off.
+        self.crop_threshold: float | None = (
+            CROP_THRESHOLD if device.type == "cpu" and backend == "torch"
+            and hasattr(module, "trunk_span") else None)
         self._module = module
         self._head_device = device if backend == "torch" else torch.device("cpu")
         self.num_frames: Callable[[int], int] = module.num_frames
@@ -426,11 +436,42 @@ class PyannoteEmbedding:
         inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
         unique = batch if len(rows) == size else batch[[inverse.index(i) for i in range(len(rows))]]
         with torch.inference_mode():
+            if weight_tensor is not None and self.crop_threshold is not None:
+                cropped = self._cropped(unique, inverse, weight_tensor)
+                if cropped is not None:
+                    return cropped
             frames = self._trunk(unique)
             if len(rows) != size:
                 frames = frames[torch.tensor(inverse, device=frames.device)]
             embeddings = self._module.head(frames, weight_tensor)
         return embeddings.float().cpu().numpy()
+
+    def _cropped(self, unique: np.ndarray, inverse: list[int],
+                 weights: torch.Tensor) -> np.ndarray | None:
+        """Embeddings with the ResNet cropped to where the weights matter, or None when no
+        chunk of the batch is worth cropping."""
+        frames = self.num_frames(unique.shape[1])
+        full = resize_weights(weights, frames)
+        keep = full > self.crop_threshold * full.amax(dim=1, keepdim=True)
+        members = [[row for row, u in enumerate(inverse) if u == index]
+                   for index in range(len(unique))]
+        spans = []
+        for rows in members:
+            used = torch.nonzero(keep[rows].any(dim=0)).flatten()
+            start, stop = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, frames)
+            spans.append((start, stop))
+        context = self._module.resnet.time_context() * 2 // (2 ** (
+            self._module.resnet.num_layers - 1))  # in output frames, both sides together
+        if all(stop - start + context >= 0.8 * frames for start, stop in spans):
+            return None
+        out = torch.empty(len(inverse), self.dimension)
+        bf16 = self.precision == "bf16"
+        for chunk, rows, (start, stop) in zip(unique, members, spans):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                trunk = self._module.trunk_span(torch.from_numpy(chunk)[None], start, stop)
+            trunk = trunk.float().expand(len(rows), -1, -1)
+            out[rows] = self._module.head(trunk, full[rows, start:stop]).float()
+        return out.numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "embedding", "architecture": self.architecture, "source": self.source,
