@@ -134,14 +134,12 @@ def test_powerset_mapping_order() -> None:
         powerset_mapping(2, 3)
 
 
-def test_fbank_convolution_path_matches_fft_path() -> None:
+def test_fbank_is_mean_normalised_per_chunk() -> None:
     waveform = torch.from_numpy(_speech_like(2, 2.0))
-    fft, conv = KaldiFbank(), KaldiFbank(matmul_dft=True)
     with torch.inference_mode():
-        a, b = fft(waveform), conv(waveform)
-    assert a.shape == (2, 1 + (32000 - 400) // 160, 80)
-    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-3)
-    np.testing.assert_allclose(a.mean(dim=1).numpy(), 0.0, atol=1e-4)  # mean-normalised
+        features = KaldiFbank()(waveform)
+    assert features.shape == (2, 1 + (32000 - 400) // 160, 80)
+    np.testing.assert_allclose(features.mean(dim=1).numpy(), 0.0, atol=1e-4)
 
 
 def test_device_names() -> None:
@@ -230,7 +228,8 @@ def test_resnet_runs_only_where_the_weights_matter(models: dict) -> None:
     batch = chunks[[0, 0, 1]]
     spans: list[tuple[int, int]] = []
     trunk_span = model._module.trunk_span
-    model._module.trunk_span = lambda w, a, b: (spans.append((a, b)), trunk_span(w, a, b))[1]
+    model._module.trunk_span = lambda w, a, b, **kw: (spans.append((a, b)),
+                                                      trunk_span(w, a, b, **kw))[1]
     try:
         cropped = model(batch, weights)
     finally:

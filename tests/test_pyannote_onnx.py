@@ -71,6 +71,23 @@ def test_embedding_onnx_matches_torch(checkpoints: dict[str, Path], kind: str) -
                                    atol=1e-4 * scale)
 
 
+def test_onnx_resnet_runs_only_where_the_weights_matter(checkpoints: dict[str, Path]) -> None:
+    torch_model = load_embedding(checkpoints["wespeaker"])
+    onnx_model = load_embedding(checkpoints["wespeaker"], backend="onnx")
+    assert onnx_model.crop_threshold is not None
+    audio = _audio(1, 10.0)
+    weights = np.full((1, 589), 1e-8, np.float32)
+    weights[0, 450:] = 1.0
+    spans = []
+    trunk_span = onnx_model._module.trunk_span
+    onnx_model._module.trunk_span = lambda w, a, b, **kw: (spans.append((a, b)),
+                                                           trunk_span(w, a, b, **kw))[1]
+    cropped = onnx_model(audio, weights)
+    assert len(spans) == 1
+    scale = np.abs(torch_model(audio, weights)).max()
+    np.testing.assert_allclose(cropped, torch_model(audio, weights), atol=1e-4 * scale)
+
+
 def test_exported_graph_is_cached_and_reused(checkpoints: dict[str, Path], cache: Path) -> None:
     first = load_embedding(checkpoints["xvector"], backend="onnx")
     graphs = sorted(cache.glob("embedding-*.onnx"))

@@ -165,20 +165,33 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     else:
         module, sample_rate, dimension = build_wespeaker(checkpoint)
     runner: Runner
+    frames = None  # fbank -> ResNet frames, for running the ResNet on part of a chunk
     if backend == "onnx":
         from streamer.models.pyannote.onnx import onnx_runner
         example = 0.1 * torch.randn(1, 10 * sample_rate,
                                     generator=torch.Generator().manual_seed(0))
-        graph = onnx_runner(
-            _TrunkGraph(module), checkpoint.path, "embedding", {"waveforms": example},
-            {"waveforms": {0: "batch", 1: "samples"}, "output": {0: "batch", 2: "frames"}},
-            resolved)
-        runner = _numpy_runner(graph)
+        if architecture == "XVectorSincNet":
+            graph = onnx_runner(
+                _TrunkGraph(module), checkpoint.path, "embedding", {"waveforms": example},
+                {"waveforms": {0: "batch", 1: "samples"}, "output": {0: "batch", 2: "frames"}},
+                resolved)
+            runner = _numpy_runner(graph)
+        else:  # the fbank stays in torch (cheap); the ResNet runs in ONNX Runtime
+            with torch.inference_mode():
+                features = module.fbank(example)
+            graph = onnx_runner(
+                _FramesGraph(module.resnet), checkpoint.path, "embedding-resnet",
+                {"features": features},
+                {"features": {0: "batch", 1: "frames"}, "output": {0: "batch", 2: "frames"}},
+                resolved)
+            frames = _numpy_frames(graph)
+            runner = _fbank_runner(module.fbank, frames)
     else:
         module.to(resolved)
         runner = torch_runner(module.trunk, resolved)
     embedding = PyannoteEmbedding(architecture, module, sample_rate, dimension, runner,
-                                  device=resolved, backend=backend, source=str(checkpoint.path))
+                                  device=resolved, backend=backend, source=str(checkpoint.path),
+                                  frames_runner=frames)
     embedding.precision = precision
     return embedding
 
@@ -208,17 +221,38 @@ class _PooledGraph(nn.Module):
 
 
 class _TrunkGraph(nn.Module):
-    """``(batch, samples) -> frame features``; FFT as matrix products (exportable)."""
+    """``(batch, samples) -> frame features`` (x-vector: SincNet and TDNN layers)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        fbank = getattr(module, "fbank", None)
-        if fbank is not None:
-            fbank.matmul_dft = True
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         return self.module.trunk(waveforms)
+
+
+class _FramesGraph(nn.Module):
+    """``(batch, fbank frames, features) -> ResNet frame features``."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        self.resnet = resnet
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.resnet.frames(features)
+
+
+def _numpy_frames(graph: object) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(features: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(graph(features.contiguous().numpy()))  # type: ignore[operator]
+    return run
+
+
+def _fbank_runner(fbank: nn.Module, frames: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
+    def run(waveforms: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return frames(fbank(torch.from_numpy(waveforms)))
+    return run
 
 
 def _numpy_runner(graph: object) -> Runner:

@@ -3,8 +3,8 @@
 Matches ``torchaudio.compliance.kaldi.fbank`` with its defaults (DC offset removal,
 pre-emphasis 0.97, power spectrum, 20 Hz .. Nyquist mel bands, snip_edges) as used by
 pyannote's WeSpeaker wrapper, followed by per-chunk mean normalisation. The window and the
-mel matrix are computed once; with ``matmul_dft`` framing and FFT become one strided
-convolution (DC removal, pre-emphasis and window folded in), which exports to ONNX.
+mel matrix are computed once. (With the ONNX backend the fbank still runs in torch: only the
+ResNet is exported.)
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class KaldiFbank(nn.Module):
     def __init__(self, sample_rate: int = 16000, num_mel_bins: int = 80,
                  frame_length: float = 25.0, frame_shift: float = 10.0,
                  window_type: str = "hamming", use_energy: bool = False,
-                 preemphasis: float = 0.97, matmul_dft: bool = False) -> None:
+                 preemphasis: float = 0.97) -> None:
         super().__init__()
         self.window_size = int(sample_rate * frame_length * 0.001)
         self.window_shift = int(sample_rate * frame_shift * 0.001)
@@ -70,40 +70,15 @@ class KaldiFbank(nn.Module):
         self.fft_size = 1 << (self.window_size - 1).bit_length()
         self.preemphasis = preemphasis
         self.use_energy = use_energy
-        self.matmul_dft = matmul_dft
         window = _window(window_type, self.window_size)
         self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("mel_banks", kaldi_mel_banks(
             num_mel_bins, self.fft_size, sample_rate).float(), persistent=False)
-        # Framing, DC removal, pre-emphasis, window and DFT are all linear in the samples
-        # of a frame: as one strided convolution they export to ONNX (no unfold / FFT).
-        size = self.window_size
-        dc = torch.eye(size, dtype=torch.float64) - 1.0 / size
-        shift = torch.diag(torch.ones(size - 1, dtype=torch.float64), -1)
-        shift[0, 0] = 1.0
-        emphasis = torch.eye(size, dtype=torch.float64) - preemphasis * shift
-        bins = torch.arange(self.fft_size // 2 + 1, dtype=torch.float64)
-        phase = 2 * math.pi * bins[:, None] * torch.arange(size, dtype=torch.float64) / self.fft_size
-        dft = torch.cat([torch.cos(phase), torch.sin(phase)]) * window
-        self.register_buffer("dft_kernel", (dft @ emphasis @ dc).float().unsqueeze(1),
-                             persistent=False)
-        self.register_buffer("dc_kernel", dc.float().unsqueeze(1), persistent=False)
 
     def num_frames(self, num_samples: int) -> int:
         if num_samples < self.window_size:
             return 0
         return 1 + (num_samples - self.window_size) // self.window_shift
-
-    def _power_by_convolution(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        signal = scaled.unsqueeze(1)
-        spectrum = torch.nn.functional.conv1d(signal, self.dft_kernel, stride=self.window_shift)
-        bins = spectrum.shape[1] // 2
-        power = (spectrum[:, :bins].square() + spectrum[:, bins:].square()).transpose(1, 2)
-        energy = None
-        if self.use_energy:
-            centered = torch.nn.functional.conv1d(signal, self.dc_kernel, stride=self.window_shift)
-            energy = centered.square().sum(dim=1).clamp_min(_EPSILON).log().clamp_min(0.0)
-        return power, energy
 
     def _power_by_fft(self, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         frames = scaled.unfold(-1, self.window_size, self.window_shift)
@@ -118,11 +93,7 @@ class KaldiFbank(nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """``(batch, samples)`` -> ``(batch, frames, features)``."""
-        scaled = waveforms * 32768.0
-        if self.matmul_dft:
-            power, energy = self._power_by_convolution(scaled)
-        else:
-            power, energy = self._power_by_fft(scaled)
+        power, energy = self._power_by_fft(waveforms * 32768.0)
         features = (power @ self.mel_banks).clamp_min(_EPSILON).log()
         if energy is not None:
             features = torch.cat([energy.unsqueeze(-1), features], dim=-1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,11 +166,13 @@ class WeSpeakerResNet(nn.Module):
             waveforms = waveforms[:, 0]
         return self.resnet.frames(self.fbank(waveforms))
 
-    def trunk_span(self, waveforms: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def trunk_span(self, waveforms: torch.Tensor, start: int, stop: int,
+                   frames: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Output frames ``[start, stop)`` of :meth:`trunk`, computing the ResNet only over
         the fbank frames they depend on. The fbank (and its mean normalisation) covers the
         whole chunk as in :meth:`trunk`; the crop starts on the ResNet's stride grid and
-        keeps the full receptive field on both sides, so the frames are the same."""
+        keeps the full receptive field on both sides, so the frames are the same.
+        ``frames`` runs the ResNet on fbank features (default: this module's)."""
         if waveforms.dim() == 3:
             waveforms = waveforms[:, 0]
         features = self.fbank(waveforms)
@@ -177,9 +180,9 @@ class WeSpeakerResNet(nn.Module):
         margin = -(-self.resnet.time_context() // stride) * stride
         low = max(0, stride * start - margin)
         high = min(features.shape[1], stride * stop + margin)
-        frames = self.resnet.frames(features[:, low:high])
+        output = (frames or self.resnet.frames)(features[:, low:high])
         offset = start - low // stride
-        return frames[..., offset:offset + stop - start]
+        return output[..., offset:offset + stop - start]
 
     def head(self, frames: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.resnet.embed(frames, weights)

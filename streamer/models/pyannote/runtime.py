@@ -386,7 +386,8 @@ class PyannoteEmbedding:
 
     def __init__(self, architecture: str, module: torch.nn.Module, sample_rate: int,
                  dimension: int, runner: Runner, *, device: torch.device, backend: str,
-                 source: str, max_batch: int = 32) -> None:
+                 source: str, max_batch: int = 32,
+                 frames_runner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.architecture = architecture
         self.sample_rate = sample_rate
         self.dimension = dimension
@@ -398,13 +399,14 @@ class PyannoteEmbedding:
         self.precision = "fp32"
         #: Largest number of distinct chunks per trunk pass.
         self.max_batch = max_batch
-        #: With torch on CPU, the WeSpeaker ResNet runs only over the part of a chunk where
-        #: some speaker's weight is above this share of its largest (plus the network's
+        #: On CPU, the WeSpeaker ResNet runs only over the part of a chunk where some
+        #: speaker's weight is above this share of its largest (plus the network's
         #: receptive field): the frames it leaves out would add less than ~1e-5 to the
         #: weighted statistics. ``None`` turns it off.
         self.crop_threshold: float | None = (
-            CROP_THRESHOLD if device.type == "cpu" and backend == "torch"
-            and hasattr(module, "trunk_span") else None)
+            CROP_THRESHOLD if device.type == "cpu" and hasattr(module, "trunk_span")
+            and (backend == "torch" or frames_runner is not None) else None)
+        self._frames = frames_runner
         self._module = module
         self._head_device = device if backend == "torch" else torch.device("cpu")
         self.num_frames: Callable[[int], int] = module.num_frames
@@ -468,7 +470,8 @@ class PyannoteEmbedding:
         bf16 = self.precision == "bf16"
         for chunk, rows, (start, stop) in zip(unique, members, spans):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                trunk = self._module.trunk_span(torch.from_numpy(chunk)[None], start, stop)
+                trunk = self._module.trunk_span(torch.from_numpy(chunk)[None], start, stop,
+                                                frames=self._frames)
             trunk = trunk.float().expand(len(rows), -1, -1)
             out[rows] = self._module.head(trunk, full[rows, start:stop]).float()
         return out.numpy()
