@@ -119,3 +119,28 @@ def test_reuse_under_cross_stream_micro_batching(models, audio: np.ndarray) -> N
         _assert_same(got, want)
     assert ("segmentation", 2) in batches  # both streams' chunks went through one pass
     assert all(stream.responses.reused_frames == 5 * (15975 - 800) for stream in streams)
+
+
+def test_pyannote_models_through_the_server(models, audio: np.ndarray) -> None:
+    """Two concurrent streams through a real server (micro-batched model calls, streams
+    reusing their first-layer work): each gets the turns of file mode."""
+    import asyncio
+
+    from streamer.engine import diarize_array
+    from tests.test_server_support import finals, run, running_server, stream
+
+    clip = audio[:15 * RATE]
+    config = {"tau_active": 0.3, "speech_threshold": 0.3}
+    expected, _ = diarize_array(_frontend(models, False), clip, StreamConfig(**config))
+    expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
+    assert expected_turns
+
+    async def body():
+        async with running_server(_frontend(models, True)) as server:
+            return await asyncio.gather(*(stream(server, clip, chunk=0.37, config=config)
+                                          for _ in range(2)))
+
+    for ready, events, code in run(body(), timeout=180):
+        assert ready["models"]["reuses_filterbank"] is True
+        assert ready["models"]["embedding_precision"] == "fp32"
+        assert code == 1000 and finals(events) == expected_turns
