@@ -204,7 +204,13 @@ def test_filter_response_cache_recomputes_whatever_does_not_continue(models: dic
     with pytest.raises(ValueError, match="1-D"):
         cache.update(audio[None, :size], 0)
     with pytest.raises(ValueError, match="at least"):
-        cache.update(audio[:100], 0)
+        cache.update(audio[:model.min_samples - 1], 0)
+    with pytest.raises(ValueError, match="NaN"):
+        cache.update(np.full(size, np.nan, np.float32), 0)
+    shortest = audio[:model.min_samples]  # the shortest chunk the network takes
+    np.testing.assert_allclose(
+        model.from_responses(*(x[None] for x in cache.update(shortest, 0)), raw=True),
+        model.raw(shortest[None]), atol=1e-5, rtol=0)
     windows = np.zeros((1, 5325, 80), np.float32)
     with pytest.raises(ValueError, match="maxima and minima must be"):
         model.from_responses(windows, windows, np.zeros((2, 2), np.float32))

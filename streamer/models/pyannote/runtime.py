@@ -144,13 +144,13 @@ class PyannoteSegmentation:
         #: Span and hop of the audio that one output frame actually sees.
         self.receptive_field = FrameTiming(start=0.0, duration=size / sample_rate,
                                            step=hop / sample_rate)
-        self.min_samples = size
+        #: The network's instance norms need at least two output frames.
+        self.min_samples = _min_samples(self._num_frames, 2)
         self._mapping = (powerset_mapping(self.num_speakers, spec.powerset_max_classes)
                          if spec.powerset_max_classes is not None else None)
         self._run = runner
         self._run_responses = responses_runner
         self._sincnet = model.sincnet
-        self._chunk_samples = round(spec.duration * sample_rate)
 
     @property
     def mapping(self) -> np.ndarray | None:
@@ -198,7 +198,7 @@ class PyannoteSegmentation:
         """A per-stream cache of the first layer's work (see :meth:`from_responses`)."""
         if self._run_responses is None:
             raise RuntimeError("filter-response reuse runs on the CPU backends only")
-        return FilterbankCache(self._sincnet, self._chunk_samples)
+        return FilterbankCache(self._sincnet, self.min_samples)
 
     def from_responses(self, maxima: np.ndarray, minima: np.ndarray, statistics: np.ndarray,
                        *, raw: bool = False) -> np.ndarray:
@@ -284,8 +284,9 @@ class FilterbankCache:
     hint only costs time.
     """
 
-    def __init__(self, sincnet: Any, num_samples: int) -> None:
+    def __init__(self, sincnet: Any, min_samples: int) -> None:
         self._sincnet = sincnet
+        self._min_samples = max(int(min_samples), int(sincnet.kernel_size))
         self._stride = int(sincnet.stride)
         self._kernel = int(sincnet.kernel_size)
         self._pool = int(sincnet.first_pool)
@@ -307,9 +308,11 @@ class FilterbankCache:
         ``chunk``: 1-D float32 audio; ``position``: index of its first sample in the stream.
         The arrays are valid until the next update."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        if chunk.ndim != 1 or chunk.size < self._kernel:
-            raise ValueError(f"chunk must be 1-D with at least {self._kernel} samples, "
+        if chunk.ndim != 1 or chunk.size < self._min_samples:
+            raise ValueError(f"chunk must be 1-D with at least {self._min_samples} samples, "
                              f"got shape {chunk.shape}")
+        if not np.isfinite(chunk).all():
+            raise ValueError("chunk contains NaN or infinite values")
         frames = (chunk.size - self._kernel) // self._stride + 1
         shift = self._shift(chunk, position)
         with torch.inference_mode():
