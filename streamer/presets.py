@@ -24,7 +24,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEVICES = ("cpu", "cuda", "auto")
-PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx")
 
 
@@ -46,10 +45,9 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and backend != "torch":
-        raise ConfigError("--precision bf16 runs with --backend torch only")
+    from streamer.models.pyannote.runtime import check_precision
+
+    check_precision(precision, backend)
     if preset == "embedded":
         if segmentation or embedding:
             raise ConfigError("--segmentation/--embedding need the pyannote preset")

@@ -82,10 +82,11 @@ class _Stream:
 
     def _activations(self, chunk: np.ndarray, start: float) -> np.ndarray:
         f = self.frontend
-        if self.responses is None or f._segment_responses is None:
+        if self.responses is None:
             return np.asarray(f._segment(chunk[None]), np.float32)[0]
         inputs = self.responses.update(chunk, round(start * f.sample_rate))
-        return np.asarray(f._segment_responses(*(x[None] for x in inputs)), np.float32)[0]
+        return np.asarray(f._segment_responses(*(x[None] for x in inputs)),  # type: ignore[misc]
+                          np.float32)[0]
 
     def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
         f = self.frontend

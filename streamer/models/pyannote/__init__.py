@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamer.errors import ModelLoadError
+from streamer.errors import ConfigError, ModelLoadError
 from streamer.models.pyannote.checkpoint import Checkpoint, read_checkpoint
 from streamer.models.pyannote.hub import resolve_checkpoint
 from streamer.models.pyannote.pyannet import build_pyannet
@@ -156,9 +156,9 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     checkpoint, architecture, resolved = _prepare(source, "embedding", device, backend,
                                                   revision, cache_dir, token)
     if precision == "bf16" and architecture == "XVectorSincNet":
-        raise ValueError("precision 'bf16' is offered for the WeSpeaker ResNet, whose "
-                         "convolutions it speeds up ~3.5x; the x-vector's SincNet drifts by "
-                         "~3 % in bf16 and the model is cheap in fp32: use precision 'fp32'")
+        raise ConfigError("precision 'bf16' is offered for the WeSpeaker ResNet, whose "
+                          "convolutions it speeds up ~3.5x; the x-vector's SincNet drifts by "
+                          "~3 % in bf16 and the model is cheap in fp32: use precision 'fp32'")
     warn_slow_bf16(precision, resolved)
     if architecture == "XVectorSincNet":
         module, sample_rate, dimension = build_xvector(checkpoint)
@@ -184,7 +184,7 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
                 {"features": features},
                 {"features": {0: "batch", 1: "frames"}, "output": {0: "batch", 2: "frames"}},
                 resolved)
-            frames = _numpy_frames(graph)
+            frames = _numpy_runner(graph)
             runner = _fbank_runner(module.fbank, frames)
     else:
         module.to(resolved)
@@ -242,12 +242,6 @@ class _FramesGraph(nn.Module):
         return self.resnet.frames(features)
 
 
-def _numpy_frames(graph: object) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(features: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(graph(features.contiguous().numpy()))  # type: ignore[operator]
-    return run
-
-
 def _fbank_runner(fbank: nn.Module, frames: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
     def run(waveforms: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
@@ -256,6 +250,7 @@ def _fbank_runner(fbank: nn.Module, frames: Callable[[torch.Tensor], torch.Tenso
 
 
 def _numpy_runner(graph: object) -> Runner:
+    """Arrays (numpy, or CPU tensors) in, a tensor of the graph's output back."""
     def run(*arrays):  # type: ignore[no-untyped-def]
         return torch.from_numpy(graph(*arrays))  # type: ignore[operator]
     return run

@@ -111,6 +111,20 @@ class ResNet(nn.Module):
         if two_emb_layer:
             self.seg_bn_1 = nn.BatchNorm1d(embed_dim, affine=False)
             self.seg_2 = nn.Linear(embed_dim, embed_dim)
+        #: On the time axis: input frames on each side that one output frame depends on,
+        #: and input frames per output frame.
+        self.time_context, self.time_stride = self._time_geometry()
+
+    def _time_geometry(self) -> tuple[int, int]:
+        size, jump = 1, 1
+        convs = [self.conv1] + [getattr(block, f"conv{i}")
+                                for index in range(self.num_layers)
+                                for block in getattr(self, f"layer{index + 1}")
+                                for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+        for conv in convs:
+            size += (conv.kernel_size[1] - 1) * jump
+            jump *= conv.stride[1]
+        return (size - 1) // 2, jump
 
     def fuse(self) -> None:
         self.conv1 = _fold(self.conv1, self.bn1)
@@ -126,18 +140,6 @@ class ResNet(nn.Module):
         for index in range(self.num_layers):
             out = getattr(self, f"layer{index + 1}")(out)
         return out.flatten(1, 2)
-
-    def time_context(self) -> int:
-        """Input frames on each side that one output frame depends on (time axis)."""
-        size, jump = 1, 1
-        convs = [self.conv1] + [getattr(block, f"conv{i}")
-                                for index in range(self.num_layers)
-                                for block in getattr(self, f"layer{index + 1}")
-                                for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
-        for conv in convs:
-            size += (conv.kernel_size[1] - 1) * jump
-            jump *= conv.stride[1]
-        return (size - 1) // 2
 
     def embed(self, frames: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         embedding = self.seg_1(stats_pool(frames, weights))
@@ -166,6 +168,13 @@ class WeSpeakerResNet(nn.Module):
             waveforms = waveforms[:, 0]
         return self.resnet.frames(self.fbank(waveforms))
 
+    @property
+    def crop_margin(self) -> int:
+        """Fbank frames :meth:`trunk_span` keeps on each side: the receptive field, rounded
+        up to the ResNet's stride grid."""
+        stride = self.resnet.time_stride
+        return -(-self.resnet.time_context // stride) * stride
+
     def trunk_span(self, waveforms: torch.Tensor, start: int, stop: int,
                    frames: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Output frames ``[start, stop)`` of :meth:`trunk`, computing the ResNet only over
@@ -176,8 +185,7 @@ class WeSpeakerResNet(nn.Module):
         if waveforms.dim() == 3:
             waveforms = waveforms[:, 0]
         features = self.fbank(waveforms)
-        stride = 2 ** (self.resnet.num_layers - 1)
-        margin = -(-self.resnet.time_context() // stride) * stride
+        stride, margin = self.resnet.time_stride, self.crop_margin
         low = max(0, stride * start - margin)
         high = min(features.shape[1], stride * stop + margin)
         output = (frames or self.resnet.frames)(features[:, low:high])

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from streamer.errors import ConfigError
 from streamer.models.base import FrameTiming
 from streamer.models.pyannote.pooling import resize_weights
 from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
@@ -65,14 +66,13 @@ PRECISIONS = ("fp32", "bf16")
 CROP_THRESHOLD = 1e-7
 
 
-def check_precision(precision: str, backend: str) -> str:
-    """Validate an embedding precision for ``backend``."""
+def check_precision(precision: str, backend: str) -> None:
+    """Validate an embedding precision for ``backend`` (:class:`ConfigError`)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and backend != "torch":
-        raise ValueError("precision 'bf16' runs with the torch backend only; "
-                         f"got backend {backend!r}")
-    return precision
+        raise ConfigError("precision 'bf16' runs with the torch backend only; "
+                          f"got backend {backend!r}")
 
 
 def warn_slow_bf16(precision: str, device: torch.device) -> None:
@@ -314,7 +314,7 @@ class FilterbankCache:
         if not np.isfinite(chunk).all():
             raise ValueError("chunk contains NaN or infinite values")
         frames = (chunk.size - self._kernel) // self._stride + 1
-        shift = self._shift(chunk, position)
+        shift = self._shift(chunk, position, frames)
         with torch.inference_mode():
             audio = torch.from_numpy(chunk)
             if shift is None:
@@ -335,13 +335,12 @@ class FilterbankCache:
         self._chunk, self._position = chunk, (position if position is not None else 0)
         return maxima.numpy(), minima.numpy(), statistics.numpy()
 
-    def _shift(self, chunk: np.ndarray, position: int | None) -> int | None:
+    def _shift(self, chunk: np.ndarray, position: int | None, frames: int) -> int | None:
         """Samples the audio moved by since the previous chunk, when its work is reusable."""
         previous = self._chunk
         if previous is None or position is None or previous.size != chunk.size:
             return None
         shift = position - self._position
-        frames = (chunk.size - self._kernel) // self._stride + 1
         if shift <= 0 or shift % self._stride or shift // self._stride > frames // 4:
             return None
         if not np.array_equal(chunk[:chunk.size - shift], previous[shift:]):
@@ -416,10 +415,16 @@ class PyannoteEmbedding:
         self.min_samples = _min_samples(module.num_frames, 2)
         self._run = runner
 
-    def _trunk(self, batch: np.ndarray) -> torch.Tensor:
+    @contextlib.contextmanager
+    def _numerics(self) -> Iterator[None]:
+        """The TF32 and bf16 settings of a trunk call."""
         bf16 = self.precision == "bf16"
         with cudnn_tf32(self.device, self.allow_tf32), \
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            yield
+
+    def _trunk(self, batch: np.ndarray) -> torch.Tensor:
+        with self._numerics():
             parts = [self._run(batch[i:i + self.max_batch]).float()
                      for i in range(0, batch.shape[0], self.max_batch)]
         return torch.cat(parts).to(self._head_device)
@@ -465,14 +470,13 @@ class PyannoteEmbedding:
             used = torch.nonzero(keep[rows].any(dim=0)).flatten()
             start, stop = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, frames)
             spans.append((start, stop))
-        context = self._module.resnet.time_context() * 2 // (2 ** (
-            self._module.resnet.num_layers - 1))  # in output frames, both sides together
+        # output frames the margins add, both sides together
+        context = 2 * self._module.crop_margin // self._module.resnet.time_stride
         if all(stop - start + context >= 0.8 * frames for start, stop in spans):
             return None
         out = torch.empty(len(inverse), self.dimension)
-        bf16 = self.precision == "bf16"
         for chunk, rows, (start, stop) in zip(unique, members, spans):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with self._numerics():
                 trunk = self._module.trunk_span(torch.from_numpy(chunk)[None], start, stop,
                                                 frames=self._frames)
             trunk = trunk.float().expand(len(rows), -1, -1)

@@ -130,8 +130,9 @@ class SincNet(nn.Module):
     # a = weight / std) and convolves it with the sinc filters. Both are linear, so
     #     filters * normalised = a * (filters * x) + (b - mean * a) * sum(filters)
     # and ``filters * x`` on the raw audio does not depend on the rest of the chunk: when
-    # the chunk moves by a multiple of the stride, the previous chunk's responses are
-    # reused and only the new frames are computed (the costliest layer of the network).
+    # the chunk moves by a multiple of the stride, the previous chunk's work is reused and
+    # only the new frames are filtered (the costliest layer of the network). The runtime's
+    # FilterbankCache keeps them max/min-pooled; :meth:`forward_pooled` finishes the layer.
 
     def filter_responses(self, audio: torch.Tensor) -> torch.Tensor:
         """Sinc filterbank applied to raw (not normalised) ``(batch, samples)`` audio:
