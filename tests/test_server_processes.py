@@ -2,8 +2,9 @@
 
 The end-to-end tests run the real CLI with the embedded preset and two workers: real
 speech streams get ``ready``, final turns and ``end`` from both workers, SIGTERM to the
-parent flushes every open stream before it exits 0, and a worker killed outright stops
-the other one and makes the parent exit 1.
+parent flushes every open stream before it exits 0, a worker killed outright is replaced
+while the other one's streams go on, and workers that cannot start make the parent give
+up instead of restarting them forever.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from tests.test_server_support import (
 TWO_VOICES = Path(__file__).resolve().parent / "data" / "two_voices.wav"
 CLIP_SECONDS = 11.0  # alice, then bob
 WORKER_INFO = re.compile(r'streamer_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$')
+RESTARTS = re.compile(r'streamer_worker_restarts_total\{worker="(\d+)"\} (\d+)$')
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -123,15 +127,44 @@ async def _workers_reached(port: int, tries: int = 24) -> set[int]:
 
 def _metrics_workers(port: int, requests: int = 24) -> dict[str, int]:
     """Worker index -> pid, from ``streamer_worker_info`` of whichever worker answers."""
+    return {index: pid for index, (pid, _) in _scrape(port, requests).items()}
+
+
+def _scrape(port: int, requests: int = 24) -> dict[str, tuple[int, int]]:
+    """Worker index -> (pid, ``streamer_worker_restarts_total``) of the workers that
+    answered ``requests`` scrapes of ``/metrics``."""
     found = {}
     for _ in range(requests):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
+        pid = restarts = None
         for line in text.splitlines():
-            match = WORKER_INFO.match(line)
-            if match:
-                found[match.group(1)] = int(match.group(2))
+            info, count = WORKER_INFO.match(line), RESTARTS.match(line)
+            if info:
+                index, pid = info.group(1), int(info.group(2))
+            if count:
+                restarts = int(count.group(2))
+        if pid is not None:
+            found[index] = (pid, restarts)
     return found
+
+
+def _rest_of_log(server: _Server, quiet: float = 1.0) -> str:
+    """Every log line of ``server`` so far, once none came for ``quiet`` seconds."""
+    while True:
+        try:
+            server.log.append(server.lines.get(timeout=quiet))
+        except queue.Empty:
+            return "".join(server.log)
+
+
+def test_restart_policy_doubles_the_pause_and_checks_its_values() -> None:
+    policy = processes.RestartPolicy(first_delay=0.5)
+    assert [policy.delay(crashes) for crashes in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    with pytest.raises(ValueError):
+        processes.RestartPolicy(crash_limit=0)
+    with pytest.raises(ValueError):
+        processes.RestartPolicy(first_delay=float("nan"))
 
 
 @pytest.mark.slow
@@ -197,15 +230,87 @@ def test_sigterm_to_the_parent_flushes_every_stream_and_exits_0(speech) -> None:
         assert 0 < events[-1]["duration"] < CLIP_SECONDS
 
 
-def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1() -> None:
+async def _one_stream_per_worker(port: int, tries: int = 24) -> dict[int, ClientConnection]:
+    """An open (started) stream on each of the two workers; extra ones are stopped."""
+    streams: dict[int, ClientConnection] = {}
+    for _ in range(tries):
+        ws, ready = await _open(port)
+        worker = ready["models"]["worker"]
+        if worker in streams:
+            await ws.send('{"type":"stop"}')
+            await read_all(ws)
+        else:
+            streams[worker] = ws
+        if len(streams) == 2:
+            break
+    return streams
+
+
+async def _send_until_closed(ws: ClientConnection, audio: np.ndarray, stop: bool) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await send_audio(ws, audio, chunk=0.25, speed=1.0, stop=stop)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_the_other_streams_go_on(speech) -> None:
     server, port = _start_server()
     try:
         pids = _metrics_workers(port)
         assert set(pids) == {"0", "1"}
-        os.kill(pids["1"], signal.SIGKILL)
-        assert server.process.wait(scaled(30)) == 1
-        with pytest.raises(OSError):  # worker 0 is gone too
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+        async def body():
+            streams = await _one_stream_per_worker(port)
+            assert set(streams) == {0, 1}
+            started = {worker: asyncio.Event() for worker in streams}
+            readers = {worker: asyncio.create_task(read_all(
+                ws, lambda event, worker=worker: started[worker].set()))
+                for worker, ws in streams.items()}
+            senders = [asyncio.create_task(_send_until_closed(streams[0], speech, True)),
+                       asyncio.create_task(_send_until_closed(streams[1], speech, False))]
+            for event in started.values():  # both streams are under way
+                await event.wait()
+            os.kill(pids["1"], signal.SIGKILL)
+            await readers[1]
+            senders[1].cancel()
+            events = await readers[0]
+            await senders[0]
+            return events, streams[0].close_code, streams[1].close_code
+
+        events, survivor_code, victim_code = run(body(), timeout=60)
+        assert victim_code == 1006  # cut off: the process is gone
+        assert survivor_code == 1000, "the other worker's stream was ended"
+        check_turn_invariants(events)
+        assert finals(events), "no final turn"
+        assert events[-1]["type"] == "end"
+        assert events[-1]["duration"] == pytest.approx(CLIP_SECONDS, abs=0.01)
+
+        deadline = time.monotonic() + scaled(90)
+        while (workers := _scrape(port)).get("1", (pids["1"],))[0] == pids["1"]:
+            assert time.monotonic() < deadline, "worker 1 was not replaced"
+            time.sleep(0.5)
+        assert server.process.poll() is None, "the parent exited"
+        assert workers["1"][1] == 1 and workers["0"] == (pids["0"], 0)
+        assert run(_workers_reached(port), timeout=60) == {0, 1}
+        assert "restarting it in" in _rest_of_log(server, quiet=0.2)
+    finally:
+        assert server.stop() == 0
+
+
+def test_workers_that_cannot_start_make_the_parent_give_up(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "segmentation.bin"
+    checkpoint.write_text("not a checkpoint")
+    server = _Server([sys.executable, "-m", "streamer", "serve", "--processes", "2",
+                      "--host", "127.0.0.1", "--port", "0",
+                      "--segmentation", str(checkpoint)])
+    try:
+        code = server.process.wait(scaled(150))
     finally:
         if server.process.poll() is None:
             server.process.kill()
+    log = _rest_of_log(server)
+    assert code == 1
+    limit = processes.RestartPolicy().crash_limit
+    assert log.count("cannot load the models") >= limit, log
+    assert "restarted worker" in log
+    assert re.search(rf"{limit} times in a row: giving up", log), log
+    assert "streamer serving on" not in log

@@ -58,6 +58,7 @@ class ServerMetrics:
     def __init__(self, worker: int | None = None) -> None:
         self._lock = threading.Lock()
         self.worker = worker
+        self.restarts = 0  # processes that filled this worker's slot before this one
         self.connections_open = 0
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
@@ -133,6 +134,9 @@ class ServerMetrics:
                 add.info("streamer_worker_info", "The worker process of streamer serve "
                          "--processes N that answered (metrics are per worker).",
                          {"pid": str(os.getpid())})
+                add.metric("streamer_worker_restarts_total", "counter",
+                           "Times the parent replaced this worker's process after it died "
+                           "(sum over worker for the service).", self.restarts)
             add.metric("streamer_connections_open", "gauge", "Open websocket streams.",
                        self.connections_open)
             add.metric("streamer_connections_total", "counter",

@@ -5,14 +5,21 @@ work), so N > 1 starts N *worker processes*, each the single-process server with
 own models, engine threads, micro-batching and metrics, listening on the same
 ``host:port`` with ``SO_REUSEPORT``: the kernel spreads new connections over them.
 
-The parent loads no model and serves nothing. It reserves the port when ``--port 0``
-asks for a free one, starts the workers with multiprocessing's ``spawn`` context (a
-fresh interpreter each: no fork after torch or CUDA is initialised), lets them start
-listening together once all have loaded their models, then logs the same
-``streamer serving on http://HOST:PORT`` line as the single-process server. SIGTERM or
-SIGINT to the parent is forwarded to every worker as SIGTERM (each finishes its streams
-as usual) and the parent exits 0 once they have; a second one kills them. A worker that
-dies unexpectedly is logged, the others are stopped and the parent exits 1 (no restarts).
+The parent loads no model and serves nothing: it supervises. It reserves the port when
+``--port 0`` asks for a free one, starts the workers with multiprocessing's ``spawn``
+context (a fresh interpreter each: no fork after torch or CUDA is initialised), tells
+them to listen together once all have loaded their models, then logs the same
+``streamer serving on http://HOST:PORT`` line as the single-process server.
+
+A worker that dies unexpectedly (a crash, ``kill -9``, the OOM killer) is replaced in its
+slot after a pause that doubles with each crash in a row, while the other workers go on
+serving their streams; the replacement listens as soon as its models are loaded. A slot
+that crashes :attr:`RestartPolicy.crash_limit` times in a row, each time before its
+worker served for :attr:`RestartPolicy.healthy_after` seconds (models that cannot load, a
+port taken), is a crash loop: the parent gives up, stops the other workers gracefully
+and exits 1. SIGTERM or SIGINT to the parent is forwarded to every worker as SIGTERM
+(each finishes its streams as usual) and the parent exits 0 once they have; a second one
+kills them.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -68,7 +76,8 @@ def worker_args(args: argparse.Namespace, count: int) -> argparse.Namespace:
 
 def reserve_port(host: str, port: int) -> tuple[int, socket.socket | None]:
     """``port``, or for 0 a free port held by a bound (not listening) SO_REUSEPORT
-    socket, which the caller closes once the workers listen on it."""
+    socket, which the caller keeps while its workers run (so that a worker restarted
+    when no other one listens still finds the port free) and then closes."""
     if port != 0:
         return port, None
     family, kind, proto, _, address = socket.getaddrinfo(
@@ -101,33 +110,93 @@ def serve_processes(args: argparse.Namespace, count: int, port: int) -> int:
 # -- the parent --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When the parent replaces a dead worker, and when it gives up.
+
+    Attributes:
+        first_delay: seconds before a slot's first restart; the pause doubles with each
+            further crash in a row, so a crash loop does not keep the CPUs busy loading
+            models.
+        healthy_after: seconds a worker must have been serving for its death to start a
+            new count of crashes (a rare crash is restarted forever).
+        crash_limit: crashes in a row of one slot at which the parent gives up: the cause
+            (models that cannot load, a port taken) will not go away by itself.
+    """
+
+    first_delay: float = 1.0
+    healthy_after: float = 60.0
+    crash_limit: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.first_delay >= 0 or not self.healthy_after >= 0:
+            raise ValueError("first_delay and healthy_after must be >= 0, got "
+                             f"{self.first_delay!r} and {self.healthy_after!r}")
+        if self.crash_limit < 1:
+            raise ValueError(f"crash_limit must be >= 1, got {self.crash_limit!r}")
+
+    def delay(self, crashes: int) -> float:
+        """The pause before restarting a slot after ``crashes`` crashes in a row."""
+        return self.first_delay * 2 ** max(0, crashes - 1)
+
+
 @dataclass
 class _Worker:
+    """One worker process."""
+
     index: int
     process: BaseProcess
-    report: Connection
-    reported: bool = False  # its report pipe said something (or closed)
-    listening: bool = False
+    channel: Connection  # "loaded" and "listening" come up, "listen" goes down
+    channel_open: bool = True
+    loaded: bool = False
+    told_to_listen: bool = False
+    listening_since: float | None = None
     done: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index} (pid {self.process.pid})"
+
+
+@dataclass
+class _Slot:
+    """Worker ``index``, across the processes that fill it in turn."""
+
+    index: int
+    worker: _Worker | None = None
+    restarts: int = 0
+    crashes: int = 0  # in a row, each before its worker served ``healthy_after`` s
+    restart_at: float | None = None  # time.monotonic() of a pending restart
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and not self.worker.done
 
 
 class Supervisor:
-    """Starts the workers, forwards stop signals to them and waits for them."""
+    """Starts the workers, replaces those that die, forwards stop signals to them and
+    waits for them."""
 
     def __init__(self, args: argparse.Namespace, count: int, port: int,
-                 holder: socket.socket | None) -> None:
+                 holder: socket.socket | None, policy: RestartPolicy = RestartPolicy(),
+                 ) -> None:
         self.args, self.count, self.port, self.holder = args, count, port, holder
-        self.workers: list[_Worker] = []
-        self.barrier: Any = None
+        self.policy = policy
+        self.slots = [_Slot(index) for index in range(count)]
         self.signals: list[int] = []
+        self.serving = False  # every worker has listened once: the service is up
         self.stopping = False
         self.failed = False
 
     def run(self) -> int:
         previous = {number: signal.signal(number, self._on_signal) for number in _STOP_SIGNALS}
         try:
-            self._start_workers()
-            while not all(worker.done for worker in self.workers):
+            for slot in self.slots:
+                if not self.signals:
+                    self._start(slot)
+            pids = [str(s.worker.process.pid) for s in self.slots if s.worker is not None]
+            logger.info("started %d worker processes (pids %s)", len(pids), ", ".join(pids))
+            while any(s.running or s.restart_at is not None for s in self.slots):
                 self._wait_once()
         finally:
             for number, handler in previous.items():
@@ -138,71 +207,131 @@ class Supervisor:
     def _on_signal(self, number: int, frame: Any) -> None:
         self.signals.append(number)  # handled by the loop: logging is not signal-safe
 
-    def _start_workers(self) -> None:
+    def _start(self, slot: _Slot) -> None:
         context = multiprocessing.get_context("spawn")
-        self.barrier = context.Barrier(self.count)  # kept: the workers unpickle it later
-        for index in range(self.count):
-            if self.signals:
-                break
-            reader, writer = context.Pipe(duplex=False)
-            process = context.Process(
-                target=worker_main, name=f"streamer-worker-{index}",
-                args=(self.args, index, self.port, self.barrier, writer,
-                      os.getpid()))
-            process.start()
-            writer.close()
-            self.workers.append(_Worker(index, process, reader))
-        logger.info("started %d worker processes (pids %s)", len(self.workers),
-                    ", ".join(str(w.process.pid) for w in self.workers))
+        channel, child = context.Pipe()
+        process = context.Process(
+            target=worker_main, name=f"streamer-worker-{slot.index}",
+            args=(self.args, slot.index, self.port, child, os.getpid(), slot.restarts))
+        process.start()
+        child.close()
+        slot.worker = _Worker(slot.index, process, channel)
 
     def _wait_once(self) -> None:
         waiting: dict[Any, _Worker] = {}
-        for worker in self.workers:
-            if not worker.done:
+        for slot in self.slots:
+            if slot.running:
+                worker = slot.worker
                 waiting[worker.process.sentinel] = worker
-                if not worker.reported:
-                    waiting[worker.report] = worker
-        for ready in wait(list(waiting), timeout=0.1):
-            worker = waiting[ready]
-            if ready is worker.report:
-                self._on_report(worker)
+                if worker.channel_open:
+                    waiting[worker.channel] = worker
+        ready = wait(list(waiting), timeout=0.1)
+        # Signals first: a worker ending because of a SIGTERM sent to the whole process
+        # group (systemd, timeout(1)) is then not taken for a crash and restarted.
+        self._forward_signals()
+        for item in ready:
+            worker = waiting[item]
+            if worker.done:
+                continue
+            if item is worker.channel:
+                self._on_message(worker)
             else:
                 self._on_exit(worker)
-        self._forward_signals()
+        self._restart_due()
 
-    def _on_report(self, worker: _Worker) -> None:
-        worker.reported = True
+    def _on_message(self, worker: _Worker) -> None:
         try:
-            worker.report.recv()
-        except EOFError:  # it died before listening: its sentinel says how
+            message = worker.channel.recv()
+        except (EOFError, OSError):  # it is exiting: its sentinel says how
+            worker.channel_open = False
             return
-        worker.listening = True
-        everyone = len(self.workers) == self.count and all(w.listening for w in self.workers)
-        if everyone and not self.stopping:
-            self._release_port()
+        if message == "loaded":
+            worker.loaded = True
+            self._tell_to_listen()
+        elif message == "listening":
+            worker.listening_since = time.monotonic()
+            self._on_listening(worker)
+
+    def _tell_to_listen(self) -> None:
+        """Let loaded workers listen: at start, once all are loaded (so that the kernel
+        balances from the first connection on); later, a replacement right away."""
+        loaded = [slot.worker for slot in self.slots if slot.running and slot.worker.loaded]
+        if self.stopping or not (self.serving or len(loaded) == self.count):
+            return
+        for worker in loaded:
+            if not worker.told_to_listen:
+                worker.told_to_listen = True
+                try:
+                    worker.channel.send("listen")
+                except OSError:  # it just died: its sentinel says how
+                    pass
+
+    def _on_listening(self, worker: _Worker) -> None:
+        if self.serving:
+            logger.info("%s serving again after restart %d", worker.name,
+                        self.slots[worker.index].restarts)
+        elif all(s.worker is not None and s.worker.listening_since is not None
+                 for s in self.slots) and not self.stopping:
+            self.serving = True
             logger.info("streamer serving on http://%s:%d (websocket /v1/stream, "
                         "%d worker processes)", self.args.host, self.port, self.count)
 
     def _on_exit(self, worker: _Worker) -> None:
         worker.process.join()
         worker.done = True
+        worker.channel.close()
+        worker.channel_open = False
         code = worker.process.exitcode
-        name = f"worker {worker.index} (pid {worker.process.pid})"
-        if code == 0 and self.stopping:
-            logger.info("%s finished", name)
-            return
-        self.failed = True
         if self.stopping:
-            logger.error("%s exited with %s", name, _describe(code))
+            # -SIGTERM: ours, before the worker set its handler or after the interpreter
+            # reset it while exiting; nothing was being served then.
+            if code in (0, -signal.SIGTERM):
+                logger.info("%s finished", worker.name)
+            else:
+                self.failed = True
+                logger.error("%s exited with %s", worker.name, _describe(code))
             return
-        logger.error("%s exited unexpectedly with %s: stopping the others", name,
-                     _describe(code))
-        self._stop()
+        served = (worker.listening_since is not None and
+                  time.monotonic() - worker.listening_since >= self.policy.healthy_after)
+        when = "" if worker.listening_since is not None else ", before serving"
+        self._crashed(self.slots[worker.index], served,
+                      f"exited unexpectedly (pid {worker.process.pid}, {_describe(code)}"
+                      f"{when})")
+
+    def _crashed(self, slot: _Slot, served: bool, what: str) -> None:
+        """Restart ``slot`` after a pause, or give up on a crash loop."""
+        slot.crashes = 1 if served else slot.crashes + 1
+        if slot.crashes >= self.policy.crash_limit:
+            logger.error("worker %d %s, %d times in a row: giving up, it would only "
+                         "crash again (see the errors above); stopping the other workers",
+                         slot.index, what, slot.crashes)
+            self.failed = True
+            self._stop()
+            return
+        delay = self.policy.delay(slot.crashes)
+        slot.restart_at = time.monotonic() + delay
+        logger.error("worker %d %s: restarting it in %g s; the other workers go on",
+                     slot.index, what, delay)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is None or now < slot.restart_at:
+                continue
+            slot.restart_at = None
+            slot.restarts += 1
+            try:
+                self._start(slot)
+            except OSError as error:  # out of memory or processes: maybe not for long
+                self._crashed(slot, False, f"could not be started ({error})")
+                continue
+            logger.info("restarted worker %d (pid %d, restart %d)", slot.index,
+                        slot.worker.process.pid, slot.restarts)
 
     def _forward_signals(self) -> None:
         while self.signals:
             name = signal.Signals(self.signals.pop(0)).name
-            running = sum(not w.done for w in self.workers)
+            running = sum(slot.running for slot in self.slots)
             if self.stopping:
                 logger.warning("%s received again: killing %d worker process(es)", name,
                                running)
@@ -213,13 +342,15 @@ class Supervisor:
 
     def _stop(self) -> None:
         self.stopping = True
+        for slot in self.slots:
+            slot.restart_at = None
         self._send(signal.SIGTERM)
 
     def _send(self, number: int) -> None:
-        for worker in self.workers:
-            if not worker.done:
+        for slot in self.slots:
+            if slot.running:
                 try:
-                    os.kill(worker.process.pid, number)
+                    os.kill(slot.worker.process.pid, number)
                 except ProcessLookupError:
                     pass
 
@@ -238,10 +369,11 @@ def _describe(code: int | None) -> str:
 # -- a worker ----------------------------------------------------------------------------
 
 
-def worker_main(args: argparse.Namespace, index: int, port: int, barrier: Any,
-                report: Connection, parent: int) -> None:
-    """Entry point of worker ``index`` (a spawned process): load the models, wait for the
-    other workers, serve on ``port`` with SO_REUSEPORT until SIGTERM."""
+def worker_main(args: argparse.Namespace, index: int, port: int, channel: Connection,
+                parent: int, restarts: int = 0) -> None:
+    """Entry point of worker ``index`` (a spawned process; ``restarts``: how many
+    processes filled this slot before): load the models, say so, listen on ``port`` with
+    SO_REUSEPORT when the parent says so, serve until SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C as SIGTERM
     signal.signal(signal.SIGTERM, _exit_before_serving)
     _stop_with_parent(parent)
@@ -257,10 +389,14 @@ def worker_main(args: argparse.Namespace, index: int, port: int, barrier: Any,
     except StreamerError as error:
         logger.error("cannot load the models: %s", error)
         raise SystemExit(1) from None
-    barrier.wait()  # listen together: the kernel balances from the first connection on
+    try:
+        channel.send("loaded")
+        channel.recv()  # "listen", once every worker is loaded
+    except (EOFError, OSError):  # the parent is gone
+        raise SystemExit(0) from None
     try:
         asyncio.run(_serve(frontend, settings_from_args(args), args.host, port, index,
-                           report))
+                           channel, restarts))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # done: a late one changes nothing
     except OSError as error:
         logger.error("cannot listen on %s:%s: %s", args.host, port, error)
@@ -268,10 +404,11 @@ def worker_main(args: argparse.Namespace, index: int, port: int, barrier: Any,
 
 
 async def _serve(frontend: Any, settings: Any, host: str, port: int, index: int,
-                 report: Connection) -> None:
+                 channel: Connection, restarts: int) -> None:
     from streamer.server.app import DiarizationServer
 
     server = DiarizationServer(frontend, settings, worker=index)
+    server.metrics.restarts = restarts
     try:
         await server.start(host, port, reuse_port=True)
     except BaseException:
@@ -283,7 +420,7 @@ async def _serve(frontend: Any, settings: Any, host: str, port: int, index: int,
     # streams: it may get one from the parent and one sent to the whole process group
     # (systemd, timeout(1)). The parent turns a second signal into SIGKILL.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    report.send(os.getpid())
+    channel.send("listening")
     await stop.wait()
     logger.info("signal received")
     await server.shutdown()
@@ -304,5 +441,5 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-__all__ = ["MAX_AUTO_PROCESSES", "Supervisor", "process_count", "reserve_port",
-           "serve_processes", "worker_args", "worker_main"]
+__all__ = ["MAX_AUTO_PROCESSES", "RestartPolicy", "Supervisor", "process_count",
+           "reserve_port", "serve_processes", "worker_args", "worker_main"]
