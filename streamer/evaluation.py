@@ -35,7 +35,6 @@ class DerComponents:
     missed: float = 0.0
     false_alarm: float = 0.0
     confusion: float = 0.0
-    files: dict[str, "DerComponents"] = field(default_factory=dict, repr=False)
 
     @property
     def der(self) -> float:
@@ -232,8 +231,8 @@ class EvalSet:
     uem: dict[str, list[tuple[float, float]]]
 
 
-def load_eval_set(directory: str, rttm: str | None = None, uem: str | None = None,
-                  name: str | None = None) -> EvalSet:
+def load_eval_set(directory: str, rttm: str | None = None,
+                  uem: str | None = None) -> EvalSet:
     """The audio of ``directory`` whose file ids are in ``rttm``, scored on ``uem`` (none:
     whole files). Without ``rttm``, the folder's ``reference.rttm`` and, when it exists,
     its ``reference.uem``."""
@@ -253,7 +252,7 @@ def load_eval_set(directory: str, rttm: str | None = None, uem: str | None = Non
     missing = sorted(set(reference) - set(audio))
     if missing:
         logger.warning("%s: no audio for %s of %s", directory, ", ".join(missing), rttm)
-    return EvalSet(name or os.path.basename(os.path.abspath(directory)), audio, reference,
+    return EvalSet(os.path.basename(os.path.abspath(directory)), audio, reference,
                    read_uem(uem) if uem else {})
 
 
