@@ -41,10 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_arguments(diarize)
     diarize.set_defaults(run=_run_diarize)
 
-    evaluate = commands.add_parser("eval", help="diarize a folder and score it (DER)")
-    evaluate.add_argument("--audio", required=True, metavar="DIR", help="folder of audio files")
-    evaluate.add_argument("--rttm", required=True, metavar="REF", help="reference RTTM")
-    evaluate.add_argument("--uem", metavar="UEM", help="scored regions (default: whole files)")
+    evaluate = commands.add_parser(
+        "eval", help="diarize evaluation sets and score them (DER, JER, speaker counts)",
+        description="Diarize every file of one or more evaluation sets and print, per file, "
+                    "per set and in total: DER and its parts, JER, the speaker count found "
+                    "and the reference's, and the real-time factor.")
+    evaluate.add_argument("sets", nargs="*", metavar="DIR",
+                          help="evaluation set: a folder of audio files with reference.rttm "
+                               "(and reference.uem, optional)")
+    evaluate.add_argument("--audio", metavar="DIR", help="one more set: a folder of audio "
+                                                         "files scored against --rttm")
+    evaluate.add_argument("--rttm", metavar="REF", help="reference RTTM of --audio")
+    evaluate.add_argument("--uem", metavar="UEM", help="scored regions of --audio (default: "
+                                                       "whole files)")
+    evaluate.add_argument("--shift", action="append", type=_shift_list, default=[],
+                          metavar="SECONDS",
+                          help="score each file as a stream that starts SECONDS into it "
+                               "and wraps around (audio rotated left, reference and UEM "
+                               "alike); repeat it or give a list, e.g. --shift 0,0.9,3.3 "
+                               "(0: as recorded)")
+    evaluate.add_argument("--json", metavar="OUT", help="write every figure (per file, per "
+                                                        "set, total) as JSON")
     add_model_arguments(evaluate)
     add_stream_arguments(evaluate)
     evaluate.set_defaults(run=_run_eval)
@@ -151,54 +168,117 @@ def diarization_document(audio: str, duration: float, turns: list, engine) -> di
 
 
 # ---------------------------------------------------------------------------- eval
+def _shift_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+
+
+def _eval_sets(args: argparse.Namespace) -> list:
+    from streamer.evaluation import load_eval_set
+
+    if (args.rttm or args.uem) and not args.audio:
+        raise ValueError("--rttm and --uem describe --audio DIR; give it too")
+    sets = [load_eval_set(directory) for directory in args.sets]
+    if args.audio:
+        sets.append(load_eval_set(args.audio, args.rttm, args.uem))
+    if not sets:
+        raise ValueError("nothing to evaluate: give folders (streamer eval DIR ...) or "
+                         "--audio DIR --rttm REF")
+    names: set[str] = set()
+    for eval_set in sets:  # two folders of the same name get "-2", "-3"
+        name, n = eval_set.name, 1
+        while name in names:
+            n += 1
+            name = f"{eval_set.name}-{n}"
+        eval_set.name = name
+        names.add(name)
+    return sets
+
+
+def _score_start_point(frontend, config, samples, reference: list, uem: list | None,
+                       shift: float | None):
+    """Diarize ``samples`` as a stream that starts ``shift`` seconds into them (``None``:
+    as recorded) and score it against the reference moved alike."""
+    from streamer.engine import diarize_array
+    from streamer.evaluation import rotate_samples, rotate_segments, rotate_uem, score_file
+
+    duration = len(samples) / 16000
+    if shift is not None:
+        samples, applied = rotate_samples(samples, shift)
+        reference = rotate_segments(reference, applied, duration)
+        uem = rotate_uem(uem, applied, duration)
+    started = time.perf_counter()
+    turns, _ = diarize_array(frontend, samples, config, chunk=5.0)
+    elapsed = time.perf_counter() - started
+    return score_file(reference, [(t.start, t.end, t.speaker) for t in turns], uem,
+                      duration, elapsed)
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from streamer.audio import load_audio
-    from streamer.engine import diarize_array
-    from streamer.evaluation import DerComponents, der_components
-    from streamer.rttm import read_rttm, read_uem
+    from streamer.evaluation import Score
 
-    reference = read_rttm(args.rttm)
-    uem = read_uem(args.uem) if args.uem else {}
-    files = sorted(name for name in os.listdir(args.audio)
-                   if os.path.splitext(name)[0] in reference)
-    if not files:
-        raise ValueError(f"no audio file in {args.audio} matches a file id of {args.rttm}")
+    sets = _eval_sets(args)
+    shifts = list(dict.fromkeys(s for group in args.shift for s in group)) or [None]
     config = config_from_args(args)
     frontend = frontend_from_args(args)
-    total, no_overlap = DerComponents(), DerComponents()
-    compute = audio_seconds = 0.0
-    print(f"{'file':12s} {'DER':>6s} {'miss':>6s} {'FA':>6s} {'conf':>6s} {'DER-ov':>7s} "
-          f"{'spk':>4s} {'ref':>4s} {'RTF':>6s}")
-    for name in files:
-        uri = os.path.splitext(name)[0]
-        samples = load_audio(os.path.join(args.audio, name))
-        started = time.perf_counter()
-        turns, engine = diarize_array(frontend, samples, config, chunk=5.0)
-        elapsed = time.perf_counter() - started
-        compute += elapsed
-        audio_seconds += len(samples) / 16000
-        hyp = [(t.start, t.end, t.speaker) for t in turns]
-        scored = uem.get(uri)
-        d = der_components(reference[uri], hyp, scored)
-        o = der_components(reference[uri], hyp, scored, skip_overlap=True)
-        total.add(d)
-        no_overlap.add(o)
-        print(_row(uri, d, o, len({t.speaker for t in turns}),
-                   len({s for *_, s in reference[uri]}), elapsed / (len(samples) / 16000)))
-    print(_row("TOTAL", total, no_overlap, None, None, compute / audio_seconds))
+
+    def label(set_name: str, uri: str, shift: float | None) -> str:
+        return ((f"{set_name}/" if len(sets) > 1 else "") + uri
+                + (f"@{shift:g}" if shift is not None else ""))
+
+    width = max([12] + [len(label(s.name, uri, shift)) for s in sets for uri in s.audio
+                        for shift in shifts] + [len(f"{s.name}/TOTAL") for s in sets])
+    print(f"{'file':{width}s} {'DER':>6s} {'miss':>6s} {'FA':>6s} {'conf':>6s} "
+          f"{'DER-ov':>7s} {'JER':>6s} {'spk':>4s} {'ref':>4s} {'RTF':>6s}", flush=True)
+    total, document = Score(), {"files": [], "sets": {}}
+    for eval_set in sets:
+        subtotal = Score()
+        for uri, path in eval_set.audio.items():
+            samples = load_audio(path)
+            for shift in shifts:
+                score = _score_start_point(frontend, config, samples, eval_set.reference[uri],
+                                           eval_set.uem.get(uri), shift)
+                subtotal.add(score)
+                print(_row(label(eval_set.name, uri, shift), score, width), flush=True)
+                document["files"].append({"set": eval_set.name, "file": uri, "shift": shift,
+                                          **score.to_dict()})
+        total.add(subtotal)
+        document["sets"][eval_set.name] = subtotal.to_dict()
+        if len(sets) > 1:
+            print(_row(f"{eval_set.name}/TOTAL", subtotal, width), flush=True)
+    print(_row("TOTAL", total, width))
     print("DER: no collar, overlapped speech scored; DER-ov: regions of overlapped reference "
-          "speech excluded; RTF: compute time / audio time")
+          "speech excluded; JER: Jaccard error rate, mean over reference speakers; spk, ref: "
+          "speakers found and in the reference, in TOTAL rows the files where they agree; "
+          "RTF: compute time / audio time")
+    if shifts != [None]:
+        print("FILE@S: the file streamed from S seconds on, wrapping around (audio rotated "
+              "left by S s, reference and scored region alike)")
+    if args.json:
+        document.update(total=total.to_dict(), shifts=shifts if shifts != [None] else [],
+                        model=frontend.describe(), config=config.to_dict())
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=1)
     return 0
 
 
-def _row(uri: str, d, o, speakers, refs, rtf: float) -> str:
+def _row(name: str, score, width: int) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:5.1f}%"
 
-    total = d.total or 1.0
-    return (f"{uri:12s} {pct(d.der)} {pct(d.missed / total)} {pct(d.false_alarm / total)} "
-            f"{pct(d.confusion / total)} {pct(o.der):>7s} {speakers if speakers is not None else '':>4} "
-            f"{refs if refs is not None else '':>4} {rtf:6.3f}")
+    d, total = score.der, score.der.total or 1.0
+    if score.speakers is None:
+        counts = f"{score.right_count}/{score.files}"
+        counts = f"{counts:>9s}"
+    else:
+        counts = f"{score.speakers:>4} {score.reference_speakers:>4}"
+    return (f"{name:{width}s} {pct(d.der)} {pct(d.missed / total)} "
+            f"{pct(d.false_alarm / total)} {pct(d.confusion / total)} "
+            f"{pct(score.der_no_overlap.der):>7s} {pct(score.jer.jer)} {counts} "
+            f"{score.rtf:6.3f}")
 
 
 # ---------------------------------------------------------------------------- bench

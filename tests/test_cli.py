@@ -57,9 +57,87 @@ def test_eval_prints_der_per_file_and_total(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
     assert {"sample", "TOTAL"} <= set(rows)
-    assert rows["sample"][1] == rows["TOTAL"][1]
+    assert rows["file"] == ["file", "DER", "miss", "FA", "conf", "DER-ov", "JER", "spk", "ref",
+                            "RTF"]
+    assert rows["sample"][1:7] == rows["TOTAL"][1:7]
     assert 0.0 < float(rows["TOTAL"][1].rstrip("%")) < 50.0
+    assert rows["sample"][-2] == "2"  # speakers of the reference
+    assert rows["TOTAL"][-2] == f"{int(rows['sample'][-3] == '2')}/1"  # files counted right
     assert float(rows["TOTAL"][-1]) < 1.0  # real-time factor
+
+
+def eval_set(folder: Path, seconds: float | None, uem: bool) -> Path:
+    """A folder holding tests/data/two_voices.wav (``whole.wav``) or its first ``seconds``
+    (``part.wav``), its hand-made reference clipped alike and, optionally, a UEM."""
+    data, rate = sf.read(Path(__file__).parent / "data" / "two_voices.wav", dtype="float32")
+    folder.mkdir()
+    uri = "whole" if seconds is None else "part"
+    seconds = len(data) / rate if seconds is None else seconds
+    sf.write(folder / f"{uri}.wav", data[:round(seconds * rate)], rate)
+    lines = []
+    for start, end, speaker in read_rttm(Path(__file__).parent / "data" / "two_voices.rttm")[
+            "two_voices"]:
+        if start < seconds:
+            lines.append(f"SPEAKER {uri} 1 {start:.3f} {min(end, seconds) - start:.3f} <NA> <NA> "
+                         f"{speaker} <NA> <NA>")
+    (folder / "reference.rttm").write_text("\n".join(lines) + "\n")
+    if uem:
+        (folder / "reference.uem").write_text(f"{uri} NA 0.000 {len(data) / rate:.3f}\n")
+    return folder
+
+
+def test_eval_scores_several_sets_from_several_start_points(tmp_path):
+    one = eval_set(tmp_path / "one", None, uem=True)
+    two = eval_set(tmp_path / "two", 12.0, uem=False)
+    document = tmp_path / "scores.json"
+    result = streamer("eval", str(one), str(two), "--shift", "0,5.5", "--json", str(document))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    files = ["one/whole@0", "one/whole@5.5", "two/part@0", "two/part@5.5"]
+    assert [name for name in rows if "/" in name] == \
+        files[:2] + ["one/TOTAL"] + files[2:] + ["two/TOTAL"]
+    assert all(rows[name][-2] == "2" for name in files)  # reference speakers
+    right = sum(rows[name][-3] == "2" for name in files)
+    assert rows["TOTAL"][-2] == f"{right}/4"
+    assert rows["one/TOTAL"][-2] == f"{sum(rows[n][-3] == '2' for n in files[:2])}/2"
+    # a shifted reference that did not follow the rotated audio would be ~50 % wrong
+    for name in files[:2]:
+        assert float(rows[name][1].rstrip("%")) < 25.0, rows[name]
+
+    data = json.loads(document.read_text())
+    assert [(f["set"], f["file"], f["shift"]) for f in data["files"]] == \
+        [("one", "whole", 0.0), ("one", "whole", 5.5), ("two", "part", 0.0), ("two", "part", 5.5)]
+    for name, figures in zip(files, data["files"]):
+        printed = [float(x.rstrip("%")) for x in rows[name][1:7]]
+        keys = ["der", "missed", "false_alarm", "confusion", "der_no_overlap", "jer"]
+        assert printed == pytest.approx([100 * figures[k] for k in keys], abs=0.051)
+        assert figures["reference_speakers"] == 2 and figures["jer_speakers"] == 2
+    total = data["total"]
+    assert (total["files"], total["right_count"]) == (4, right)
+    assert total["jer"] == pytest.approx(
+        sum(f["jer"] * f["jer_speakers"] for f in data["files"]) / 8)
+    assert total["der"] == pytest.approx(
+        sum(f["der"] * f["speech"] for f in data["files"]) / total["speech"])
+    assert data["sets"]["two"]["files"] == 2 and data["shifts"] == [0.0, 5.5]
+
+    # the old one-set form gives the unshifted figures, with rows named as the files
+    old = streamer("eval", "--audio", str(one), "--rttm", str(one / "reference.rttm"),
+                   "--uem", str(one / "reference.uem"))
+    assert old.returncode == 0, old.stderr
+    old_rows = {line.split()[0]: line.split() for line in old.stdout.splitlines() if line}
+    assert old_rows["whole"][1:-1] == rows["one/whole@0"][1:-1]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "nothing to evaluate"),
+    (("--rttm", "ref.rttm"), "--rttm and --uem describe --audio"),
+    ((".",), "has no reference.rttm"),
+    (("--shift", "1,x", "."), "not a list of seconds"),
+])
+def test_eval_refuses_what_it_cannot_score(tmp_path, args, message):
+    result = streamer("eval", *[str(tmp_path) if a == "." else a for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_diarize_reads_stereo_44k_files(tmp_path):
