@@ -103,13 +103,19 @@ def test_first_interim_comes_after_the_first_step_not_after_the_buffer():
 
 
 def test_final_decisions_wait_for_latency():
+    # the first turn ends at 4 s, so both latencies let it become final while audio still
+    # comes in: a run without any final turn before flush() would prove nothing
     audio = tone_conversation([(A, 4.0), (B, 6.0)])
     for latency in (0.5, 3.0):
         engine = StreamingDiarizer(fake_frontend(), StreamConfig(latency=latency))
+        decided = []
         for offset in range(0, len(audio), 8000):
             for event in engine.feed(audio[offset: offset + 8000]):
                 if event.final:
-                    assert event.end <= engine.position - latency + 1e-6
+                    assert event.end <= engine.position - latency + 1e-6, (latency, event)
+                    decided.append(event)
+        assert decided, f"no final turn before the end of the stream at latency {latency}"
+        assert decided[0].end == pytest.approx(4.0, abs=0.05)
 
 
 def test_min_duration_on_drops_blips_and_min_duration_off_bridges_gaps():
