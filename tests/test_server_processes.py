@@ -2,9 +2,10 @@
 
 The end-to-end tests run the real CLI with the embedded preset and two workers: real
 speech streams get ``ready``, final turns and ``end`` from both workers, SIGTERM to the
-parent flushes every open stream before it exits 0, a worker killed outright is replaced
-while the other one's streams go on, and workers that cannot start make the parent give
-up instead of restarting them forever.
+parent flushes every open stream before it exits 0 (also when the signal comes twice at
+once, as timeout(1) sends it), a worker killed outright is replaced while the other one's
+streams go on, and workers that cannot start make the parent give up instead of
+restarting them forever.
 """
 from __future__ import annotations
 
@@ -228,6 +229,62 @@ def test_sigterm_to_the_parent_flushes_every_stream_and_exits_0(speech) -> None:
     for _, events, close_code in results:
         assert events[-1]["type"] == "end" and close_code == 1001
         assert 0 < events[-1]["duration"] < CLIP_SECONDS
+
+
+def _signalled_supervisor(*signals: tuple[int, float]) -> list[int]:
+    """The signals a parent sends its workers after receiving ``signals`` (number,
+    time received) while serving."""
+    supervisor = processes.Supervisor(_parse(), 2, 0, None)
+    sent: list[int] = []
+    supervisor._send = sent.append
+    supervisor.signals = list(signals)
+    supervisor._forward_signals()
+    return sent
+
+
+def test_a_sigterm_repeated_at_once_is_the_same_stop_request() -> None:
+    term, interrupt, kill = signal.SIGTERM, signal.SIGINT, signal.SIGKILL
+    window = processes.REPEAT_WINDOW
+    # timeout(1) and systemd signal the parent, then its whole process group
+    assert _signalled_supervisor((term, 100.0), (term, 100.0 + window / 4)) == [term]
+    assert _signalled_supervisor((interrupt, 100.0), (term, 100.0 + window / 4)) == [term]
+    # a second request a moment later, or a second Ctrl-C, still means "kill now"
+    assert _signalled_supervisor((term, 100.0), (term, 100.0 + window * 1.5)) == [term, kill]
+    assert _signalled_supervisor((term, 100.0), (interrupt, 100.0 + window / 4)) == [term, kill]
+    assert _signalled_supervisor((interrupt, 100.0), (interrupt, 100.2)) == [term, kill]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_and_its_group_still_flushes_every_stream(speech) -> None:
+    server, port = _start_server()
+    workers = _metrics_workers(port)
+
+    async def body():
+        events = [asyncio.Event() for _ in range(4)]
+        streams = [asyncio.create_task(_stream_until_signal(port, speech, started))
+                   for started in events]
+        for started in events:
+            await started.wait()
+        # what timeout(1) does: SIGTERM to its child, then to the child's process group
+        server.process.send_signal(signal.SIGTERM)
+        for pid in workers.values():
+            os.kill(pid, signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.process.wait, scaled(30))
+        return code, await asyncio.gather(*streams)
+
+    try:
+        assert set(workers) == {"0", "1"}
+        exit_code, results = run(body(), timeout=60)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    log = _rest_of_log(server, quiet=0.2)
+    assert exit_code == 0, log
+    for _, events, close_code in results:
+        assert events[-1]["type"] == "end" and close_code == 1001, log
+        assert 0 < events[-1]["duration"] < CLIP_SECONDS
+    assert "killing" not in log
 
 
 async def _one_stream_per_worker(port: int, tries: int = 24) -> dict[int, ClientConnection]:

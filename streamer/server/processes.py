@@ -19,7 +19,9 @@ worker served for :attr:`RestartPolicy.healthy_after` seconds (models that canno
 port taken), is a crash loop: the parent gives up, stops the other workers gracefully
 and exits 1. SIGTERM or SIGINT to the parent is forwarded to every worker as SIGTERM
 (each finishes its streams as usual) and the parent exits 0 once they have; a second one
-kills them.
+kills them. A SIGTERM within :data:`REPEAT_WINDOW` of the first stop signal is not a
+second one but the same request arriving twice: ``timeout(1)`` and systemd signal the
+main process and then its whole process group.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: ``--processes 0`` means one per CPU core, at most this many.
 MAX_AUTO_PROCESSES = 16
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Seconds after a stop signal during which a SIGTERM is taken for the same request.
+REPEAT_WINDOW = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -183,7 +187,8 @@ class Supervisor:
         self.args, self.count, self.port, self.holder = args, count, port, holder
         self.policy = policy
         self.slots = [_Slot(index) for index in range(count)]
-        self.signals: list[int] = []
+        self.signals: list[tuple[int, float]] = []  # number, time.monotonic() received
+        self.stop_requested_at: float | None = None  # when the first stop signal came
         self.serving = False  # every worker has listened once: the service is up
         self.stopping = False
         self.failed = False
@@ -205,7 +210,9 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def _on_signal(self, number: int, frame: Any) -> None:
-        self.signals.append(number)  # handled by the loop: logging is not signal-safe
+        # handled by the loop (logging is not signal-safe), which may see it late: keep
+        # when it came
+        self.signals.append((number, time.monotonic()))
 
     def _start(self, slot: _Slot) -> None:
         context = multiprocessing.get_context("spawn")
@@ -330,14 +337,21 @@ class Supervisor:
 
     def _forward_signals(self) -> None:
         while self.signals:
-            name = signal.Signals(self.signals.pop(0)).name
+            number, received = self.signals.pop(0)
+            name = signal.Signals(number).name
             running = sum(slot.running for slot in self.slots)
-            if self.stopping:
+            if (number == signal.SIGTERM and self.stop_requested_at is not None
+                    and received - self.stop_requested_at < REPEAT_WINDOW):
+                logger.info("%s received again at once: the same stop request "
+                            "(sent to the process group too), still stopping gracefully",
+                            name)
+            elif self.stopping:
                 logger.warning("%s received again: killing %d worker process(es)", name,
                                running)
                 self._send(signal.SIGKILL)
             else:
                 logger.info("%s received: stopping %d worker process(es)", name, running)
+                self.stop_requested_at = received
                 self._stop()
 
     def _stop(self) -> None:
@@ -418,7 +432,7 @@ async def _serve(frontend: Any, settings: Any, host: str, port: int, index: int,
     stop = asyncio.Event()
     # Unlike one server process, a worker keeps ignoring SIGTERM while it finishes its
     # streams: it may get one from the parent and one sent to the whole process group
-    # (systemd, timeout(1)). The parent turns a second signal into SIGKILL.
+    # (systemd, timeout(1)). The parent turns a second stop request into SIGKILL.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     channel.send("listening")
     await stop.wait()
@@ -441,5 +455,5 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-__all__ = ["MAX_AUTO_PROCESSES", "RestartPolicy", "Supervisor", "process_count",
+__all__ = ["MAX_AUTO_PROCESSES", "REPEAT_WINDOW", "RestartPolicy", "Supervisor", "process_count",
            "reserve_port", "serve_processes", "worker_args", "worker_main"]
