@@ -1,8 +1,9 @@
 """End to end: the browser page in headless Chromium, a fake microphone, the real server.
 
 Chromium plays a wav file of two people talking as its fake microphone (looped); the test
-clicks Start, waits for a final turn on the page, clicks Stop, waits for the ``end`` event,
-and takes a screenshot. Chromium is driven over the DevTools protocol with ``websockets``.
+clicks Start, lets the page stream one whole pass of the conversation, clicks Stop, waits
+for the ``end`` event, checks that the page shows the two people as two speakers, and
+takes a screenshot. Chromium is driven over the DevTools protocol with ``websockets``.
 Needs the Debian packages ``chromium`` (and ``espeak-ng`` when ../shared/eval is absent).
 """
 from __future__ import annotations
@@ -191,13 +192,17 @@ STATE_JS = (
     " error: streamerState.error, sampleRate: streamerState.sampleRate, ready: streamerState.ready,"
     " end: streamerState.end, finals: streamerState.finals, audioSeconds: streamerState.audioSeconds,"
     " firstEvent: streamerState.events[0],"
-    " rows: document.querySelectorAll('#timeline .row').length,"
-    " summaryRows: document.querySelectorAll('#summary tr').length}))"
+    " summaryRows: document.querySelectorAll('#summary tr').length,"
+    " speakerRows: [...document.querySelectorAll('#timeline .row')].map((row) =>"
+    "   ({speaker: row.dataset.speaker, finals: row.querySelectorAll('.turn.final').length}))}))"
 )
 
 
 async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path) -> list[dict[str, Any]]:
-    """Two rounds of Start ... Stop on one page; returns the page state after each."""
+    """Two rounds of Start ... Stop on one page, the first over the whole of ``fake_audio``;
+    returns the page state after each."""
+    # both voices must have been heard, wherever in the looped file the stream started
+    duration = sf.info(fake_audio).duration
     async with chromium(fake_audio, profile) as page:
         await page.call("Page.navigate", url=page_url)
         await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
@@ -206,6 +211,7 @@ async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot:
         await page.wait_until("streamerState.phase === 'live'", 30)
         await page.wait_until("streamerState.finals.length >= 1", 40)
         await page.wait_until("document.querySelectorAll('#timeline .turn.final').length >= 1", 5)
+        await page.wait_until(f"streamerState.audioSeconds >= {duration:.2f}", duration + 30)
         await page.click("#stop")
         await page.wait_until("streamerState.end !== null", 30)
         shot = await page.call("Page.captureScreenshot", format="png")
@@ -227,7 +233,7 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
     with running_server([f"--token={token}"]) as base:  # a token may start with "-"
         page_url = f"{base}/?token={token}"
-        state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 150))
+        state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 240))
 
     assert state["error"] is None, state
     assert state["phase"] == "done", state
@@ -241,7 +247,14 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
         assert before["end"] <= after["start"] + 1e-6, "final turns overlap"
     assert state["end"]["duration"] >= finals[-1]["end"] - 0.5
     assert state["end"]["duration"] == pytest.approx(state["audioSeconds"], abs=1.0)
-    assert state["rows"] >= 1
+    assert state["end"]["duration"] >= sf.info(fake_audio).duration
+    # two people talk: the page must show exactly two speakers, each with final turns
+    shown = state["speakerRows"]
+    turns = [(t["speaker"], round(t["start"], 1), round(t["end"], 1)) for t in finals]
+    assert len(shown) == 2, f"speakers shown: {shown}; final turns: {turns}"
+    assert {row["speaker"] for row in shown} == {t["speaker"] for t in finals}, turns
+    assert all(row["finals"] >= 1 for row in shown), shown
+    assert len(state["end"]["speakers"]) == 2, state["end"]["speakers"]
     assert state["summaryRows"] == len(state["end"]["speakers"]) + 1
     assert again["error"] is None and again["phase"] == "done", again
     assert again["firstEvent"]["type"] == "ready" and again["ready"]["session"] != state["ready"]["session"]
