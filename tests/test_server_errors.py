@@ -124,18 +124,6 @@ def test_accepted_audio_is_processed_before_the_error() -> None:
     assert finals(events)[-1][2] == pytest.approx(4.5, abs=0.05)
 
 
-def test_hard_frame_limit_closes_without_buffering() -> None:
-    async def body():
-        async with running_server(max_frame_bytes=10_000) as server:
-            ws, _ = await open_stream(server)
-            with pytest.raises(ConnectionClosed):
-                await ws.send(b"\x00" * 50_000)
-                await ws.recv()
-            return ws.close_code
-
-    assert run(body()) == 1009
-
-
 def test_client_vanishing_mid_stream_is_cleaned_up() -> None:
     audio = conversation(3)
 

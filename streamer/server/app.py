@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 from streamer.config import StreamConfig
 from streamer.server import protocol
 from streamer.server.batching import BatcherSet, BatchGroup
+from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamer.server.routes import WEB_ROOT, response, static_file
@@ -92,8 +93,9 @@ class DiarizationServer:
         s = self.settings
         self._server = await serve(
             self._handle, host, port, process_request=self._process_request,
-            max_size=s.max_frame_bytes * s.hard_frame_factor, max_queue=s.receive_queue,
-            compression=None,
+            create_connection=StreamConnection.factory(frame_limit=s.max_frame_bytes,
+                                                       stall_timeout=s.send_timeout),
+            max_size=s.max_frame_bytes, max_queue=s.receive_queue, compression=None,
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
             server_header="streamer", reuse_port=reuse_port)

@@ -24,13 +24,11 @@ class ServerSettings:
 
     Attributes:
         max_connections: Open websocket streams at once; the next handshake gets HTTP 503.
-        max_frame_bytes: Largest binary audio frame accepted; a larger one gets the
-            ``frame_too_large`` error (close code 1009). Frames above
-            ``hard_frame_factor * max_frame_bytes`` are refused by the websocket layer
-            itself (close 1009, no error event) so that they are never buffered.
-        hard_frame_factor: See ``max_frame_bytes``. With ``receive_queue`` it bounds the
-            memory one connection can hold in received frames
-            (``receive_queue * hard_frame_factor * max_frame_bytes``, 8 MiB by default).
+        max_frame_bytes: Largest message (binary audio or text) accepted; a larger one
+            gets the ``frame_too_large`` error (close code 1009) after the audio before
+            it is processed. Its payload is skipped as it arrives, never buffered. With
+            ``receive_queue`` it bounds the memory one connection can hold in received
+            frames (about ``receive_queue * max_frame_bytes``).
         receive_queue: Frames websockets buffers per connection before it stops reading
             from the socket (its ``max_queue``).
         max_stream_seconds: Longest stream (seconds of received audio); the frame that
@@ -49,8 +47,13 @@ class ServerSettings:
             cannot hold a worker for long.
         send_queue_size: Events waiting to be written to one client; when full for
             ``send_timeout`` seconds the client is disconnected as too slow.
-        send_timeout: See ``send_queue_size``.
+        send_timeout: See ``send_queue_size``; also how long a connection's write buffer
+            may stay above ``write_limit`` before the connection is closed as too slow.
         write_limit: High-water mark of one connection's socket write buffer (bytes).
+            Above it the server stops reading from that client (so a client that sends
+            pings but does not read cannot make it queue pongs without bound) until the
+            buffer drains; after ``send_timeout`` the connection is closed (1008) and
+            dropped.
         workers: Threads running engine calls (shared by all streams). ``None`` means
             two per CPU core: the engine holds the GIL for part of each call, and on 2
             cores 4 workers kept the final-turn lag of 48 real-time streams at a third of
@@ -72,7 +75,6 @@ class ServerSettings:
 
     max_connections: int = 64
     max_frame_bytes: int = 1 << 20
-    hard_frame_factor: int = 2
     receive_queue: int = 4
     max_stream_seconds: float = 4 * 3600.0
     idle_timeout: float = 60.0
@@ -93,8 +95,7 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_frame_bytes", "hard_frame_factor",
-                     "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
+        for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
             _positive(name, getattr(self, name), whole=True)
             setattr(self, name, int(getattr(self, name)))
         for name in ("workers", "torch_threads"):
