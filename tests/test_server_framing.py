@@ -104,6 +104,28 @@ def test_a_huge_frame_is_refused_at_its_header_and_never_buffered() -> None:
     assert grown < 32 << 20, f"server memory grew by {grown >> 20} MiB"
 
 
+def test_empty_frames_do_not_count_as_activity() -> None:
+    async def body():
+        async with running_server(idle_timeout=0.5) as server:
+            ws, _ = await open_stream(server)
+            await ws.send(pcm(SPEECH[:8000]))
+            started = time.monotonic()
+
+            async def keep_poking() -> None:
+                while True:
+                    await ws.send(b"")
+                    await asyncio.sleep(0.1)
+
+            poker = asyncio.create_task(keep_poking())
+            events = await read_all(ws)
+            poker.cancel()
+            return events, ws.close_code, time.monotonic() - started
+
+    events, close_code, elapsed = run(body())
+    assert close_code == 1008 and events[-1]["code"] == "idle_timeout"
+    assert elapsed < scaled(3.0)
+
+
 def _flood_pings(port: int, seconds: float) -> tuple[bool, int]:
     """Send pings without ever reading, for at most ``seconds``. Returns whether the
     server closed the connection, and how many pings went out."""

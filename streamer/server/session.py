@@ -181,10 +181,16 @@ class StreamSession:
     # -- reading -----------------------------------------------------------------------
 
     async def _receive(self) -> str | bytes:
+        """The next message. Empty audio frames are skipped: they carry nothing, so they
+        do not count as activity for the idle timeout."""
         idle = self.settings.idle_timeout
+        deadline = asyncio.get_running_loop().time() + idle if idle else None
         try:
-            async with asyncio.timeout(idle or None):
-                return await self.connection.recv()
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    message = await self.connection.recv()
+                    if message or isinstance(message, str) or self.decoder is None:
+                        return message
         except TimeoutError:
             raise IdleTimeout(f"no message for {idle:g} s") from None
 
