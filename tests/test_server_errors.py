@@ -124,6 +124,29 @@ def test_accepted_audio_is_processed_before_the_error() -> None:
     assert finals(events)[-1][2] == pytest.approx(4.5, abs=0.05)
 
 
+@pytest.mark.parametrize("value,rate", [(1e30, 16000), (1e30, 48000), (3e38, 48000)])
+def test_out_of_range_float_samples_are_clipped(value: float, rate: int) -> None:
+    """50 ms of +-value inside speech: the stream goes on as with the samples at +-1."""
+    import soxr
+
+    audio = tone_conversation([(300.0, 2.0), (None, 0.5), (700.0, 2.0), (None, 0.5)])
+    wire = audio if rate == 16000 else soxr.resample(audio, 16000, rate)
+    burst = slice(rate, rate + rate // 20)
+    clipped = wire.copy()
+    wire[burst] = value * np.where(np.arange(rate // 20) % 2, 1.0, -1.0)
+    clipped[burst] = np.clip(wire[burst], -1.0, 1.0)
+
+    async def body():
+        async with running_server() as server:
+            return (await stream(server, wire, sample_rate=rate),
+                    await stream(server, clipped, sample_rate=rate))
+
+    (_, events, code), (_, clipped_events, _) = run(body())
+    assert code == 1000 and events[-1]["type"] == "end"
+    assert finals(events) == finals(clipped_events)
+    assert [s for s, _, _ in finals(events)] == ["SPEAKER_00", "SPEAKER_01"]
+
+
 def test_client_vanishing_mid_stream_is_cleaned_up() -> None:
     audio = conversation(3)
 
