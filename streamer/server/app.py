@@ -30,7 +30,15 @@ from streamer.server.batching import BatcherSet, BatchGroup
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
-from streamer.server.routes import WEB_ROOT, response, static_file
+from streamer.server.routes import (
+    READ_METHODS,
+    WEB_ROOT,
+    for_method,
+    not_allowed,
+    response,
+    static_file,
+    static_path,
+)
 from streamer.server.session import StreamSession
 from streamer.server.settings import ServerSettings
 
@@ -181,8 +189,15 @@ class DiarizationServer:
     def _process_request(self, connection: ServerConnection, request: Request
                          ) -> Response | None:
         url = urlsplit(request.path)
+        # websockets before 17 refuses other methods itself, without this attribute.
+        method = getattr(request, "method", "GET")
+        for name in ("Origin", "Authorization"):
+            if len(request.headers.get_all(name)) > 1:
+                return response(400, f"more than one {name} header\n")
         if url.path != protocol.PATH:
-            return self._http_route(url.path)
+            return self._http_route(url.path, method)
+        if method != "GET":
+            return not_allowed(("GET",))
         if not self.settings.origin_allowed(request.headers.get("Origin")):
             self.metrics.reject("origin")
             return response(403, "origin not allowed\n")
@@ -209,13 +224,18 @@ class DiarizationServer:
         offered += parse_qs(query).get("token", [])
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
-    def _http_route(self, path: str) -> Response:
+    def _http_route(self, path: str, method: str) -> Response:
+        if path not in ("/healthz", "/metrics") and static_path(path, self.web_root) is None:
+            return response(404, "not found\n")
+        if method not in READ_METHODS:
+            return not_allowed()
         if path == "/healthz":
-            return response(200, "ok\n")
-        if path == "/metrics":
-            return response(200, self.metrics.render(), CONTENT_TYPE)
-        page = static_file(path, self.web_root)
-        return page if page is not None else response(404, "not found\n")
+            answer = response(200, "ok\n")
+        elif path == "/metrics":
+            answer = response(200, self.metrics.render(), CONTENT_TYPE)
+        else:
+            answer = static_file(path, self.web_root) or response(404, "not found\n")
+        return for_method(method, answer)
 
 
 __all__ = ["DiarizationServer"]
