@@ -107,6 +107,40 @@ def test_bad_input_gets_error_and_close_code_others_go_on(name: str, messages: l
     assert finals(good_events) == expected_finals(good_audio)
 
 
+HUGE = "A" * 900_000
+ECHOES = [
+    ("sample_rate", _start(sample_rate=HUGE), "bad_audio"),
+    ("encoding", _start(encoding=HUGE), "bad_audio"),
+    ("channels", _start(channels=[HUGE]), "bad_audio"),
+    ("unknown field", _start(**{HUGE: 1}), "protocol_error"),
+    ("many unknown fields", _start(**{f"f{i}": 1 for i in range(50_000)}), "protocol_error"),
+    ("first type", json.dumps({"type": HUGE}), "protocol_error"),
+    ("config value", _start(config={"latency": HUGE}), "bad_config"),
+    ("config field", _start(config={HUGE: 1}), "bad_config"),
+]
+
+
+@pytest.mark.parametrize("name,message,code", ECHOES, ids=[case[0] for case in ECHOES])
+def test_error_messages_quote_only_an_excerpt_of_the_input(name: str, message: str,
+                                                           code: str) -> None:
+    async def body():
+        async with running_server() as server:
+            return await _bad_client(server, [message])
+
+    events, _ = run(body())
+    assert events[-1]["code"] == code
+    assert len(events[-1]["message"]) <= 300, len(events[-1]["message"])
+
+
+def test_an_unknown_type_after_start_is_quoted_short() -> None:
+    async def body():
+        async with running_server() as server:
+            return await _bad_client(server, [_start(), json.dumps({"type": HUGE})])
+
+    events, _ = run(body())
+    assert events[-1]["code"] == "unknown_message" and len(events[-1]["message"]) < 100
+
+
 def test_accepted_audio_is_processed_before_the_error() -> None:
     audio = tone_conversation([(300.0, 2.0), (None, 0.5), (700.0, 2.0)])
 

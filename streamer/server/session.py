@@ -200,7 +200,7 @@ class StreamSession:
             raise ProtocolError("audio before start: send a start message first")
         parsed = protocol.parse_text(message)
         if parsed["type"] != "start":
-            raise ProtocolError(f"the first message must be start, got {parsed['type']!r}")
+            raise ProtocolError(f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
         await self._start(protocol.parse_start(parsed))
         while True:
             if not self._resume.is_set():
@@ -214,7 +214,8 @@ class StreamSession:
                 raise _Ended()
             if parsed["type"] == "start":
                 raise ProtocolError("start was already received for this stream")
-            raise protocol.UnknownMessage(f"unknown message type {parsed['type']!r}")
+            raise protocol.UnknownMessage(
+                f"unknown message type {protocol.excerpt(parsed['type'])}")
 
     async def _start(self, request: protocol.StartRequest) -> None:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
