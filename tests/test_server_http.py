@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tests.test_server_support import handshake, run, running_server
+from tests.test_server_support import handshake, open_stream, run, running_server
 
 WEBSOCKET_HEADERS = ("Upgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
@@ -101,3 +101,22 @@ def test_the_websocket_handshake_still_opens() -> None:
             return head
 
     assert run(body()).startswith(b"HTTP/1.1 101")
+
+
+def test_debug_logs_of_the_server_mask_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def body():
+        async with running_server(token="s3cret-t0ken") as server:
+            ws, _ = await open_stream(server, query="x=1&token=s3cret-t0ken",
+                                      headers={"Authorization": "Bearer s3cret-t0ken"})
+            await ws.close()
+            return await _request(server.port, _get("GET", "/healthz?token=s3cret-t0ken",
+                                                    "Authorization: Bearer s3cret-t0ken\r\n"))
+
+    assert run(body())[0] == 200
+    server_lines = [r.getMessage() for r in caplog.records
+                    if not r.name.startswith("websockets.client")]
+    assert any("Authorization: [redacted]" in line for line in server_lines)
+    assert any("?x=1&token=[redacted]" in line for line in server_lines)
+    assert not [line for line in server_lines if "s3cret-t0ken" in line]

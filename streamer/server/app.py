@@ -30,6 +30,7 @@ from streamer.server.batching import BatcherSet, BatchGroup
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
+from streamer.server.redact import redact_secrets
 from streamer.server.routes import (
     READ_METHODS,
     WEB_ROOT,
@@ -104,6 +105,7 @@ class DiarizationServer:
             create_connection=StreamConnection.factory(frame_limit=s.max_frame_bytes,
                                                        stall_timeout=s.send_timeout),
             max_size=s.max_frame_bytes, max_queue=s.receive_queue, compression=None,
+            logger=redact_secrets(logging.getLogger("websockets.server")),
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
             server_header="streamer", reuse_port=reuse_port)
