@@ -59,6 +59,27 @@ def test_token_in_header_or_query_wrong_or_missing_is_refused() -> None:
     assert 'streamer_rejected_total{reason="unauthorized"} 4' in metrics
 
 
+@pytest.mark.parametrize("public", [False, True])
+def test_metrics_need_the_token_unless_public(public: bool) -> None:
+    def get(port: int, path: str, headers: dict | None = None) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    async def body():
+        async with running_server(token="s3cret", public_metrics=public) as server:
+            return [await asyncio.to_thread(get, server.port, *args) for args in [
+                ("/metrics",), ("/metrics", {"Authorization": "Bearer nope"}),
+                ("/metrics", {"Authorization": "Bearer s3cret"}), ("/metrics?token=s3cret",),
+                ("/healthz",), ("/",)]]
+
+    statuses = run(body())
+    assert statuses == ([200, 200] if public else [401, 401]) + [200, 200, 200, 200]
+
+
 def test_allowed_origins() -> None:
     async def body():
         async with running_server(allowed_origins=("http://good.example",)) as server:

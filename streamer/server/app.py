@@ -197,7 +197,7 @@ class DiarizationServer:
             if len(request.headers.get_all(name)) > 1:
                 return response(400, f"more than one {name} header\n")
         if url.path != protocol.PATH:
-            return self._http_route(url.path, method)
+            return self._http_route(url.path, method, request, url.query)
         if method != "GET":
             return not_allowed(("GET",))
         if not self.settings.origin_allowed(request.headers.get("Origin")):
@@ -226,11 +226,17 @@ class DiarizationServer:
         offered += parse_qs(query).get("token", [])
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
-    def _http_route(self, path: str, method: str) -> Response:
+    def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
         if path not in ("/healthz", "/metrics") and static_path(path, self.web_root) is None:
             return response(404, "not found\n")
         if method not in READ_METHODS:
             return not_allowed()
+        if path == "/metrics" and not (self.settings.public_metrics
+                                       or self._authorized(request, query)):
+            self.metrics.reject("unauthorized")
+            return for_method(method, response(
+                401, "missing or wrong token\n",
+                extra={"WWW-Authenticate": 'Bearer realm="streamer"'}))
         if path == "/healthz":
             answer = response(200, "ok\n")
         elif path == "/metrics":

@@ -67,6 +67,9 @@ class ServerSettings:
             loaded 2-core machine torch's default of 2 made the embedded preset ~10x slower.
         token: Bearer token clients must present (header or ``?token=``); ``None``
             means no authentication.
+        public_metrics: Serve ``/metrics`` without the token when one is set. By default
+            it needs the token too (its numbers describe the streams); ``/healthz`` and the
+            web page never need it.
         allowed_origins: Browser origins (``Origin`` header) allowed to connect; empty
             means any. Requests without an ``Origin`` header (non-browser clients) are
             always allowed.
@@ -91,6 +94,7 @@ class ServerSettings:
     batch_max_wait: float = 0.005
     torch_threads: int | None = 1
     token: str | None = None
+    public_metrics: bool = False
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
 
@@ -113,6 +117,8 @@ class ServerSettings:
                              f"max_pending_seconds ({self.max_pending_seconds})")
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
             raise ValueError("token must be a non-empty string or None")
+        if not isinstance(self.public_metrics, bool):
+            raise ValueError(f"public_metrics must be True or False, got {self.public_metrics!r}")
         if isinstance(self.allowed_origins, str):
             raise ValueError("allowed_origins must be a sequence of origins, not one string")
         self.allowed_origins = tuple(self.allowed_origins)
