@@ -71,6 +71,13 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         default=defaults.max_stream_seconds,
                         help="longest stream in seconds of audio, 0 for no limit "
                              "(default %(default)s)")
+    limits.add_argument("--min-step", type=float, default=defaults.min_step,
+                        help="smallest step a stream may choose, in seconds, 0 for none "
+                             "(default %(default)s)")
+    limits.add_argument("--max-window-ratio", type=float, default=defaults.max_window_ratio,
+                        help="largest duration / step a stream may choose (how many times "
+                             "each moment of audio is analysed; 20 with the default config), "
+                             "0 for none (default %(default)s)")
     limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout,
                         help="seconds without a client message before the stream ends, "
                              "0 for none (default %(default)s)")
@@ -118,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         max_connections=args.max_connections, max_frame_bytes=args.max_frame_bytes,
         max_stream_seconds=args.max_stream_seconds, idle_timeout=args.idle_timeout,
+        min_step=args.min_step, max_window_ratio=args.max_window_ratio,
         max_pending_seconds=args.max_pending_seconds,
         max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
         workers=args.workers, batch_max_size=args.batch_max_size,

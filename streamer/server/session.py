@@ -219,7 +219,9 @@ class StreamSession:
 
     async def _start(self, request: protocol.StartRequest) -> None:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
-        self.engine = await self._call(self.context.new_engine, request.config)
+        engine = await self._call(self.context.new_engine, request.config)
+        self.context.check_cost(engine.config)
+        self.engine = engine
         models = self.context.describe()
         await self.sender.send({
             "type": "ready", "session": self.id, "sample_rate": request.sample_rate,

@@ -34,6 +34,12 @@ class ServerSettings:
         max_stream_seconds: Longest stream (seconds of received audio); the frame that
             crosses it gets the ``stream_too_long`` error after the audio before it is
             processed. 0 disables the limit.
+        min_step, max_window_ratio: Bounds on what one stream may cost, checked at
+            ``start`` against its resolved config (``bad_config`` error naming the
+            setting). The engine analyses its ``duration``-second buffer every ``step``
+            seconds, so each moment of audio is analysed ``duration / step`` times (20
+            with the default config) and a small step adds engine calls and events. 0
+            disables a bound.
         idle_timeout: Seconds without any message from a client (while the server is
             waiting for one) after which the stream ends with ``idle_timeout``.
             0 disables it.
@@ -80,6 +86,8 @@ class ServerSettings:
     max_frame_bytes: int = 1 << 20
     receive_queue: int = 4
     max_stream_seconds: float = 4 * 3600.0
+    min_step: float = 0.1
+    max_window_ratio: float = 40.0
     idle_timeout: float = 60.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -106,8 +114,8 @@ class ServerSettings:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name), whole=True)
                 setattr(self, name, int(getattr(self, name)))
-        for name in ("max_stream_seconds", "idle_timeout", "ping_interval", "ping_timeout",
-                     "batch_max_wait"):
+        for name in ("max_stream_seconds", "min_step", "max_window_ratio", "idle_timeout",
+                     "ping_interval", "ping_timeout", "batch_max_wait"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
                      "send_timeout", "shutdown_timeout"):
