@@ -57,6 +57,7 @@ BAD_INPUTS = [
     ("sample rate too high", [_start(sample_rate=96000)], "bad_audio", 1007),
     ("sample rate not a number", [_start(sample_rate="16k")], "bad_audio", 1007),
     ("unknown encoding", [_start(encoding="mp3")], "bad_audio", 1007),
+    ("encoding not a string", [_start(encoding=["pcm_f32le"])], "bad_audio", 1007),
     ("three channels", [_start(channels=3)], "bad_audio", 1007),
     ("config out of range", [_start(config={"latency": -1})], "bad_config", 1008),
     ("config unknown field", [_start(config={"speed": 2})], "bad_config", 1008),

@@ -109,7 +109,7 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
         raise AudioFormatError(
             f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, got {excerpt(rate)}")
     encoding = message.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise AudioFormatError(
             f"encoding must be one of {', '.join(sorted(ENCODINGS))}, got {excerpt(encoding)}")
     channels = message.get("channels", 1)
