@@ -14,7 +14,9 @@ import pytest
 from tests.fakes import tone_conversation
 from tests.test_server_support import (
     BINARY,
+    CONT,
     PING,
+    TEXT,
     client_frame,
     expected_finals,
     finals,
@@ -102,6 +104,35 @@ def test_a_huge_frame_is_refused_at_its_header_and_never_buffered() -> None:
     assert [e for e in events if e["type"] == "ready"]
     assert finals(events) == expected_finals(audio)
     assert grown < 32 << 20, f"server memory grew by {grown >> 20} MiB"
+
+
+@pytest.mark.parametrize("refused", [
+    [client_frame(BINARY, b"\0" * (LIMIT + 4))],
+    [client_frame(BINARY, bytes(4), fin=False)] + [client_frame(CONT, bytes(4), fin=False)] * 1100,
+    [client_frame(TEXT, b"\xff")],
+], ids=["oversized frame", "too many fragments", "invalid UTF-8"])
+def test_a_protocol_violation_right_behind_a_refused_message_changes_nothing(
+        refused: list[bytes]) -> None:
+    """What follows a refused message is not read any more, so a violation of the
+    websocket protocol there (here a reserved opcode and a stray continuation, in the
+    same write) does not close the connection before the final turns and the error."""
+    audio = SPEECH[: 16000 * 5]
+
+    async def body():
+        async with running_server(max_frame_bytes=LIMIT, close_timeout=1.0) as server:
+            reader, writer = await raw_open(server)
+            frames = [client_frame(TEXT, START.encode())]
+            frames += [client_frame(BINARY, pcm(audio[o:o + 8000]))
+                       for o in range(0, len(audio), 8000)]
+            frames += refused + [client_frame(3, b"x"), client_frame(CONT, b"x")]
+            writer.write(b"".join(frames))
+            events, close_code = await raw_events(reader)
+            writer.close()
+            return events, close_code
+
+    events, close_code = run(body())
+    assert close_code in (1007, 1009) and events[-1]["type"] == "error", (close_code, events[-1])
+    assert finals(events) == expected_finals(audio)
 
 
 def test_empty_frames_do_not_count_as_activity() -> None:

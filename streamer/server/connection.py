@@ -21,20 +21,18 @@ import asyncio
 import codecs
 import collections
 import dataclasses
-import logging
 from typing import Any, Callable, Generator
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, DATA_OPCODES, TEXT, CloseCode, Frame, Opcode
-from websockets.protocol import OPEN
+from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.typing import Data, LoggerLike
 
 from streamer.errors import StreamerError
 from streamer.server.protocol import BadJson, FrameTooLarge, SlowClient
-
-logger = logging.getLogger(__name__)
 
 #: Most frames one message may be split into (websockets itself allows 4096).
 MAX_FRAGMENTS = 1024
@@ -72,30 +70,93 @@ class _SkippingReader(StreamReader):
 
 
 @dataclasses.dataclass
-class SkippedFrame(Frame):
-    """A frame whose payload (``size`` bytes, above the limit) was skipped."""
+class Refusal:
+    """A protocol event: the message stream ends here with ``error``."""
 
-    size: int = 0
+    error: StreamerError
 
 
 class StreamProtocol(ServerProtocol):
-    """websockets' server protocol without its own size limit: payloads above
-    ``frame_limit`` are skipped and their frames arrive as :class:`SkippedFrame`."""
+    """websockets' server protocol with the stream's limits on incoming messages.
+
+    Payloads above ``frame_limit`` are skipped, not buffered; a message above
+    ``frame_limit`` bytes or :data:`MAX_FRAGMENTS` frames, or a text message that is not
+    UTF-8, ends the incoming stream with a :class:`Refusal` event in the place of that
+    message. Input after a refusal is not parsed any more (a violation of the websocket
+    protocol behind it must not close the connection before the refusal is answered).
+    """
 
     def __init__(self, frame_limit: int, logger: LoggerLike | None = None) -> None:
         super().__init__(max_size=None, logger=logger)
+        self.frame_limit = frame_limit
+        self.refusal: StreamerError | None = None
+        self._message_size = 0
+        self._fragments = 0
+        self._text: codecs.IncrementalDecoder | None = None
         # The parser started by __init__ holds on to the reader of that moment: start it
         # again on the skipping one, before any byte arrives.
         self.reader = _SkippingReader(frame_limit)
         self.parser = self.parse()
         next(self.parser)
 
+    def receive_data(self, data: bytes | bytearray) -> None:
+        super().receive_data(data)
+        # An oversized frame is refused as soon as its header is in, not when its last
+        # byte has been skipped.
+        skipping = getattr(self.reader, "skipping", 0)
+        if skipping and self.refusal is None and self.state is OPEN:
+            self._refuse(self._too_large(f"frame of {skipping} bytes"))
+
     def recv_frame(self, frame: Frame) -> None:
+        refusal = self._check(frame)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        super().recv_frame(frame)
+
+    def _check(self, frame: Frame) -> StreamerError | None:
+        """Why ``frame`` ends the stream, if it does."""
         reader = self.reader
         if isinstance(reader, _SkippingReader) and reader.skipped:
-            frame = SkippedFrame(frame.opcode, frame.data, frame.fin, size=reader.skipped)
-            reader.skipped = 0
-        super().recv_frame(frame)
+            size, reader.skipped = reader.skipped, 0
+            return self._too_large(f"frame of {size} bytes")
+        if frame.opcode not in DATA_OPCODES:
+            return None
+        if frame.opcode is not CONT:
+            self._message_size = self._fragments = 0
+            self._text = codecs.getincrementaldecoder("utf-8")() if frame.opcode is TEXT else None
+        self._message_size += len(frame.data)
+        self._fragments += 1
+        if self._message_size > self.frame_limit:
+            whole = frame.fin and self._fragments == 1
+            return self._too_large(f"frame of {self._message_size} bytes" if whole else
+                                   f"message of at least {self._message_size} bytes")
+        if self._fragments > MAX_FRAGMENTS:
+            return FrameTooLarge(f"a message may be split into at most {MAX_FRAGMENTS} frames")
+        if self._text is not None:
+            try:
+                self._text.decode(frame.data, frame.fin)
+            except UnicodeDecodeError as error:
+                at = self._message_size - len(frame.data) + error.start
+                return BadJson(f"text messages must be UTF-8 JSON; invalid UTF-8 at byte {at}")
+        return None
+
+    def _too_large(self, what: str) -> FrameTooLarge:
+        return FrameTooLarge(f"{what} is above the limit of {self.frame_limit} bytes")
+
+    def _refuse(self, error: StreamerError) -> None:
+        self.refusal = error
+        self.events.append(Refusal(error))
+        self.parser = self._ignore_input()
+        next(self.parser)
+
+    def _ignore_input(self) -> Generator[None, None, None]:
+        """Drop what the peer sends (its close frame too) until it closes TCP."""
+        while not (yield from self.reader.at_eof()):
+            self.reader.discard()
+        self.state = CLOSED
+        yield
+        raise AssertionError("_ignore_input() shouldn't step after EOF")
 
 
 class StreamConnection(ServerConnection):
@@ -109,14 +170,10 @@ class StreamConnection(ServerConnection):
                  stall_timeout: float, **kwargs: Any) -> None:
         super().__init__(StreamProtocol(frame_limit, logger=protocol.logger), server,
                          **kwargs)
-        self.frame_limit = frame_limit
         self.stall_timeout = stall_timeout
         #: Set when the peer stopped reading and the connection was closed for it.
         self.gave_up: SlowClient | None = None
         self._kinds: collections.deque[Opcode] = collections.deque()
-        self._message_size = 0
-        self._fragments = 0
-        self._text: codecs.IncrementalDecoder | None = None
         self._in_message = False
         self._messages_in = 0
         self._messages_out = 0
@@ -140,7 +197,7 @@ class StreamConnection(ServerConnection):
     # -- receiving ---------------------------------------------------------------------
 
     async def recv(self, decode: bool | None = None) -> Data:
-        """The next message; raises the refusal of a bad frame in its place."""
+        """The next message; raises the refusal of a bad message in its place."""
         data = await super().recv(decode=False)
         self._messages_out += 1
         if self._refusal is not None and self._messages_out > self._refused_after:
@@ -150,64 +207,20 @@ class StreamConnection(ServerConnection):
             return data.decode()
         return data
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # Refuse an oversized frame as soon as its header is in, once the frames before
-        # it are queued, rather than when its last byte has been skipped.
-        skipping = getattr(self.protocol.reader, "skipping", 0)
-        if skipping:
-            self._refuse(self._too_large(f"frame of {skipping} bytes"))
-
     def process_event(self, event: Any) -> None:
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
-            self._receive_data(event)
+        if isinstance(event, Refusal):
+            self._deliver_refusal(event.error)
             return
-        if isinstance(event, SkippedFrame):
-            self._refuse(self._too_large(f"frame of {event.size} bytes"))
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            if event.opcode is not CONT:
+                self._kinds.append(event.opcode)
+            self._in_message = not event.fin
+            if event.fin:
+                self._messages_in += 1
         super().process_event(event)
 
-    def _receive_data(self, frame: Frame) -> None:
-        """Check a data frame against the limits, then hand it to websockets' assembler."""
-        if self._refusal is not None:
-            return  # the stream ends at the refusal: what follows is dropped
-        if isinstance(frame, SkippedFrame):
-            self._refuse(self._too_large(f"frame of {frame.size} bytes"))
-            return
-        if frame.opcode is not CONT:
-            self._message_size = self._fragments = 0
-            self._text = codecs.getincrementaldecoder("utf-8")() if frame.opcode is TEXT else None
-            self._kinds.append(frame.opcode)
-        self._message_size += len(frame.data)
-        self._fragments += 1
-        if self._message_size > self.frame_limit:
-            whole = frame.fin and self._fragments == 1
-            self._refuse(self._too_large(f"frame of {self._message_size} bytes" if whole else
-                                         f"message of at least {self._message_size} bytes"))
-            return
-        if self._fragments > MAX_FRAGMENTS:
-            self._refuse(FrameTooLarge(f"a message may be split into at most "
-                                       f"{MAX_FRAGMENTS} frames"))
-            return
-        if self._text is not None:
-            try:
-                self._text.decode(frame.data, frame.fin)
-            except UnicodeDecodeError as error:
-                at = self._message_size - len(frame.data) + error.start
-                self._refuse(BadJson(f"text messages must be UTF-8 JSON; invalid UTF-8 at "
-                                     f"byte {at}"))
-                return
-        self._in_message = not frame.fin
-        if frame.fin:
-            self._messages_in += 1
-        super().process_event(frame)
-
-    def _too_large(self, what: str) -> FrameTooLarge:
-        return FrameTooLarge(f"{what} is above the limit of {self.frame_limit} bytes")
-
-    def _refuse(self, error: StreamerError) -> None:
+    def _deliver_refusal(self, error: StreamerError) -> None:
         """End the message stream with ``error``, after the messages received so far."""
-        if self._refusal is not None:
-            return
         self._refusal = error
         self._refused_after = self._messages_in
         # One last frame wakes a recv() that waits, and completes a message left half
@@ -215,6 +228,19 @@ class StreamConnection(ServerConnection):
         try:
             self.recv_messages.put(Frame(CONT if self._in_message else BINARY, b"", True))
         except EOFError:
+            pass
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close; after a refusal the peer's input is no longer read, so its close frame
+        would never be seen: send ours and end the TCP connection at once, as when
+        websockets fails a connection."""
+        if self.protocol.state is not OPEN or getattr(self.protocol, "refusal", None) is None:
+            await super().close(code, reason)
+            return
+        try:
+            async with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
             pass
 
     # -- a peer that does not read -----------------------------------------------------
@@ -271,4 +297,4 @@ class StreamConnection(ServerConnection):
         self.loop.call_later(self.close_timeout or 0, self.transport.abort)
 
 
-__all__ = ["StreamConnection", "StreamProtocol", "SkippedFrame", "MAX_FRAGMENTS"]
+__all__ = ["StreamConnection", "StreamProtocol", "Refusal", "MAX_FRAGMENTS"]
