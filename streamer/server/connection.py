@@ -4,11 +4,12 @@ does not read can make the server queue.
 
 websockets enforces its frame size limit and its UTF-8 check by failing the connection
 at once (close 1009 or 1007): the client would then get neither the final turns of the
-audio it already sent nor an ``error`` event. Here these checks become a *refusal* that
-:meth:`StreamConnection.recv` raises, as a :class:`~streamer.errors.StreamerError`, in the
-place of the bad message, after every message received before it, so that the session
-handles it like any other bad message. A frame above the limit is skipped as it arrives,
-never buffered.
+audio it already sent nor an ``error`` event. Here :class:`StreamProtocol` (sans-I/O,
+frame by frame as they are parsed) makes these checks and ends the incoming stream with a
+:class:`Refusal` in the place of the bad message; :meth:`StreamConnection.recv` raises it,
+as a :class:`~streamer.errors.StreamerError`, after every message received before it, so
+that the session handles it like any other bad message. A frame above the limit is
+skipped as it arrives, never buffered.
 
 A peer that sends but does not read (a ping flood answered by pongs, events nobody
 reads) fills the socket's write buffer. Past its high-water mark (``write_limit``) the
