@@ -105,6 +105,7 @@ def test_the_websocket_handshake_still_opens() -> None:
 
 def test_debug_logs_of_the_server_mask_the_token(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="websockets")  # streamer serve sets WARNING
 
     async def body():
         async with running_server(token="s3cret-t0ken") as server:
