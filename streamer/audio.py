@@ -77,7 +77,9 @@ class PcmDecoder:
         raw = np.frombuffer(data, dtype=self.dtype)
         if self.dtype.kind == "f":
             check_finite(raw, "frame")
-            samples = raw.astype(np.float32)
+            # Float PCM is full scale at +-1; larger finite values only overflow the
+            # resampler and the models, so they are clipped like an integer encoding would.
+            samples = np.clip(raw, -1.0, 1.0).astype(np.float32)
         else:
             samples = raw.astype(np.float32) / 32768.0
         if self.channels > 1:

@@ -58,6 +58,36 @@ def test_flags_env_defaults_and_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     assert cli.resolve_port(None) == cli.DEFAULT_PORT
 
 
+def test_token_from_a_file_or_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.delenv("STREAMER_TOKEN", raising=False)
+    file = tmp_path / "token"
+    file.write_text("  from-file\n")
+    assert cli.settings_from_args(_parse("--token-file", str(file))).token == "from-file"
+    monkeypatch.setenv("STREAMER_TOKEN", "from-env\n")
+    assert cli.settings_from_args(_parse()).token == "from-env"
+    assert cli.settings_from_args(_parse("--token-file", str(file))).token == "from-file"
+    with pytest.raises(SystemExit):
+        _parse("--token", "a", "--token-file", str(file))
+    file.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        cli.settings_from_args(_parse("--token-file", str(file)))
+    with pytest.raises(ValueError, match="No such file"):
+        cli.settings_from_args(_parse("--token-file", str(tmp_path / "absent")))
+    assert cli.main(_parse("--token-file", str(tmp_path / "absent"))) == 2
+
+
+def test_help_says_a_token_on_the_command_line_is_visible(
+        caplog: pytest.LogCaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "--token-file" in text and "STREAMER_TOKEN" in text
+    assert "visible to every user of this machine" in text
+    assert cli.main(_parse("--token", "t", "--max-connections", "0")) == 2
+    assert "--token is visible to other users" in caplog.text
+
+
 def test_bad_flag_values_exit_2_before_loading_models() -> None:
     assert cli.main(_parse("--max-connections", "0")) == 2
     assert cli.main(_parse("--batch-max-wait", "-1")) == 2

@@ -57,6 +57,7 @@ BAD_INPUTS = [
     ("sample rate too high", [_start(sample_rate=96000)], "bad_audio", 1007),
     ("sample rate not a number", [_start(sample_rate="16k")], "bad_audio", 1007),
     ("unknown encoding", [_start(encoding="mp3")], "bad_audio", 1007),
+    ("encoding not a string", [_start(encoding=["pcm_f32le"])], "bad_audio", 1007),
     ("three channels", [_start(channels=3)], "bad_audio", 1007),
     ("config out of range", [_start(config={"latency": -1})], "bad_config", 1008),
     ("config unknown field", [_start(config={"speed": 2})], "bad_config", 1008),
@@ -107,6 +108,40 @@ def test_bad_input_gets_error_and_close_code_others_go_on(name: str, messages: l
     assert finals(good_events) == expected_finals(good_audio)
 
 
+HUGE = "A" * 900_000
+ECHOES = [
+    ("sample_rate", _start(sample_rate=HUGE), "bad_audio"),
+    ("encoding", _start(encoding=HUGE), "bad_audio"),
+    ("channels", _start(channels=[HUGE]), "bad_audio"),
+    ("unknown field", _start(**{HUGE: 1}), "protocol_error"),
+    ("many unknown fields", _start(**{f"f{i}": 1 for i in range(50_000)}), "protocol_error"),
+    ("first type", json.dumps({"type": HUGE}), "protocol_error"),
+    ("config value", _start(config={"latency": HUGE}), "bad_config"),
+    ("config field", _start(config={HUGE: 1}), "bad_config"),
+]
+
+
+@pytest.mark.parametrize("name,message,code", ECHOES, ids=[case[0] for case in ECHOES])
+def test_error_messages_quote_only_an_excerpt_of_the_input(name: str, message: str,
+                                                           code: str) -> None:
+    async def body():
+        async with running_server() as server:
+            return await _bad_client(server, [message])
+
+    events, _ = run(body())
+    assert events[-1]["code"] == code
+    assert len(events[-1]["message"]) <= 300, len(events[-1]["message"])
+
+
+def test_an_unknown_type_after_start_is_quoted_short() -> None:
+    async def body():
+        async with running_server() as server:
+            return await _bad_client(server, [_start(), json.dumps({"type": HUGE})])
+
+    events, _ = run(body())
+    assert events[-1]["code"] == "unknown_message" and len(events[-1]["message"]) < 100
+
+
 def test_accepted_audio_is_processed_before_the_error() -> None:
     audio = tone_conversation([(300.0, 2.0), (None, 0.5), (700.0, 2.0)])
 
@@ -124,16 +159,27 @@ def test_accepted_audio_is_processed_before_the_error() -> None:
     assert finals(events)[-1][2] == pytest.approx(4.5, abs=0.05)
 
 
-def test_hard_frame_limit_closes_without_buffering() -> None:
-    async def body():
-        async with running_server(max_frame_bytes=10_000) as server:
-            ws, _ = await open_stream(server)
-            with pytest.raises(ConnectionClosed):
-                await ws.send(b"\x00" * 50_000)
-                await ws.recv()
-            return ws.close_code
+@pytest.mark.parametrize("value,rate", [(1e30, 16000), (1e30, 48000), (3e38, 48000)])
+def test_out_of_range_float_samples_are_clipped(value: float, rate: int) -> None:
+    """50 ms of +-value inside speech: the stream goes on as with the samples at +-1."""
+    import soxr
 
-    assert run(body()) == 1009
+    audio = tone_conversation([(300.0, 2.0), (None, 0.5), (700.0, 2.0), (None, 0.5)])
+    wire = audio if rate == 16000 else soxr.resample(audio, 16000, rate)
+    burst = slice(rate, rate + rate // 20)
+    clipped = wire.copy()
+    wire[burst] = value * np.where(np.arange(rate // 20) % 2, 1.0, -1.0)
+    clipped[burst] = np.clip(wire[burst], -1.0, 1.0)
+
+    async def body():
+        async with running_server() as server:
+            return (await stream(server, wire, sample_rate=rate),
+                    await stream(server, clipped, sample_rate=rate))
+
+    (_, events, code), (_, clipped_events, _) = run(body())
+    assert code == 1000 and events[-1]["type"] == "end"
+    assert finals(events) == finals(clipped_events)
+    assert [s for s, _, _ in finals(events)] == ["SPEAKER_00", "SPEAKER_01"]
 
 
 def test_client_vanishing_mid_stream_is_cleaned_up() -> None:

@@ -3,6 +3,7 @@ flow control and settings validation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
@@ -57,6 +58,50 @@ def test_token_in_header_or_query_wrong_or_missing_is_refused() -> None:
     assert statuses == {"none": 401, "header": 101, "query": 101, "wrong header": 401,
                         "wrong query": 401, "basic": 401}
     assert 'streamer_rejected_total{reason="unauthorized"} 4' in metrics
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_metrics_need_the_token_unless_public(public: bool) -> None:
+    def get(port: int, path: str, headers: dict | None = None) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    async def body():
+        async with running_server(token="s3cret", public_metrics=public) as server:
+            return [await asyncio.to_thread(get, server.port, *args) for args in [
+                ("/metrics",), ("/metrics", {"Authorization": "Bearer nope"}),
+                ("/metrics", {"Authorization": "Bearer s3cret"}), ("/metrics?token=s3cret",),
+                ("/healthz",), ("/",)]]
+
+    statuses = run(body())
+    assert statuses == ([200, 200] if public else [401, 401]) + [200, 200, 200, 200]
+
+
+@pytest.mark.parametrize("config,limit", [
+    ({"duration": 60, "step": 0.05}, "min_step"),
+    ({"duration": 60, "step": 0.5}, "max_window_ratio"),
+    ({"step": 0.2}, "max_window_ratio"),
+])
+def test_streams_costlier_than_the_server_allows_are_refused(config: dict,
+                                                              limit: str) -> None:
+    async def body():
+        async with running_server() as server:
+            ws = await connect(url(server))
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000,
+                                      "config": config}))
+            events = await read_all(ws)
+            ready = (await open_stream(server, config={"duration": 8, "step": 0.2}))[1]
+            return events, ws.close_code, ready
+
+    events, code, ready = run(body())
+    assert code == 1008 and events[-1]["code"] == "bad_config"
+    assert limit in events[-1]["message"]
+    assert [e["type"] for e in events] == ["error"]
+    assert ready["limits"]["max_window_ratio"] == 40 and ready["limits"]["min_step"] == 0.1
 
 
 def test_allowed_origins() -> None:
@@ -199,7 +244,7 @@ def test_server_falling_behind_warns_pauses_and_loses_nothing() -> None:
 
     async def body():
         async with running_server(_slow_frontend(0.2), max_pending_seconds=0.5,
-                                  max_feed_seconds=0.25) as server:
+                                  max_feed_seconds=0.25, max_window_ratio=100) as server:
             result = await stream(server, audio, chunk=0.05, speed=1.0, config={"step": 0.1})
             await wait_idle(server)
             return result, server.metrics.render()

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import struct
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -167,3 +168,70 @@ def expected_finals(audio: np.ndarray, config: dict[str, Any] | None = None
 
     turns, _ = diarize_array(fake_frontend(), audio, StreamConfig.from_dict(config))
     return [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in turns]
+
+
+# -- a websocket client on a bare socket, for what well-behaved clients never send -------
+
+HANDSHAKE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             "Sec-WebSocket-Version: 13\r\n{extra}\r\n")
+TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
+
+
+def handshake(path: str = "/v1/stream", extra: str = "") -> bytes:
+    return HANDSHAKE.format(path=path, extra=extra).encode()
+
+
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True,
+                 length: int | None = None, rsv: int = 0) -> bytes:
+    """A client frame, masked with a zero key (so the payload goes as is); ``length``
+    overrides the announced payload length."""
+    size = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    elif size < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", size)
+    return head + b"\0\0\0\0" + payload
+
+
+async def raw_open(server: DiarizationServer
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare connection after a successful websocket handshake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(handshake())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise AssertionError(f"handshake refused: {head!r}")
+    return reader, writer
+
+
+async def raw_events(reader: asyncio.StreamReader) -> tuple[list[dict[str, Any]], int | None]:
+    """Text events until the server's close frame (its code) or the end of the stream."""
+    events: list[dict[str, Any]] = []
+    try:
+        while True:
+            first, second = await reader.readexactly(2)
+            size = second & 0x7F
+            if size == 126:
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", await reader.readexactly(8))[0]
+            payload = await reader.readexactly(size)
+            if first & 0x0F == TEXT:
+                events.append(json.loads(payload))
+            elif first & 0x0F == CLOSE:
+                return events, struct.unpack("!H", payload[:2])[0] if payload else None
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return events, None
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")

@@ -27,9 +27,19 @@ from websockets.http11 import Request, Response
 from streamer.config import StreamConfig
 from streamer.server import protocol
 from streamer.server.batching import BatcherSet, BatchGroup
+from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
-from streamer.server.routes import WEB_ROOT, response, static_file
+from streamer.server.redact import redact_secrets
+from streamer.server.routes import (
+    READ_METHODS,
+    WEB_ROOT,
+    for_method,
+    not_allowed,
+    response,
+    static_file,
+    static_path,
+)
 from streamer.server.session import StreamSession
 from streamer.server.settings import ServerSettings
 
@@ -92,8 +102,10 @@ class DiarizationServer:
         s = self.settings
         self._server = await serve(
             self._handle, host, port, process_request=self._process_request,
-            max_size=s.max_frame_bytes * s.hard_frame_factor, max_queue=s.receive_queue,
-            compression=None,
+            create_connection=StreamConnection.factory(frame_limit=s.max_frame_bytes,
+                                                       stall_timeout=s.send_timeout),
+            max_size=s.max_frame_bytes, max_queue=s.receive_queue, compression=None,
+            logger=redact_secrets(logging.getLogger("websockets.server")),
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
             server_header="streamer", reuse_port=reuse_port)
@@ -179,8 +191,15 @@ class DiarizationServer:
     def _process_request(self, connection: ServerConnection, request: Request
                          ) -> Response | None:
         url = urlsplit(request.path)
+        # websockets before 17 refuses other methods itself, without this attribute.
+        method = getattr(request, "method", "GET")
+        for name in ("Origin", "Authorization"):
+            if len(request.headers.get_all(name)) > 1:
+                return response(400, f"more than one {name} header\n")
         if url.path != protocol.PATH:
-            return self._http_route(url.path)
+            return self._http_route(url.path, method, request, url.query)
+        if method != "GET":
+            return not_allowed(("GET",))
         if not self.settings.origin_allowed(request.headers.get("Origin")):
             self.metrics.reject("origin")
             return response(403, "origin not allowed\n")
@@ -207,13 +226,24 @@ class DiarizationServer:
         offered += parse_qs(query).get("token", [])
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
-    def _http_route(self, path: str) -> Response:
+    def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
+        if path not in ("/healthz", "/metrics") and static_path(path, self.web_root) is None:
+            return response(404, "not found\n")
+        if method not in READ_METHODS:
+            return not_allowed()
+        if path == "/metrics" and not (self.settings.public_metrics
+                                       or self._authorized(request, query)):
+            self.metrics.reject("unauthorized")
+            return for_method(method, response(
+                401, "missing or wrong token\n",
+                extra={"WWW-Authenticate": 'Bearer realm="streamer"'}))
         if path == "/healthz":
-            return response(200, "ok\n")
-        if path == "/metrics":
-            return response(200, self.metrics.render(), CONTENT_TYPE)
-        page = static_file(path, self.web_root)
-        return page if page is not None else response(404, "not found\n")
+            answer = response(200, "ok\n")
+        elif path == "/metrics":
+            answer = response(200, self.metrics.render(), CONTENT_TYPE)
+        else:
+            answer = static_file(path, self.web_root) or response(404, "not found\n")
+        return for_method(method, answer)
 
 
 __all__ = ["DiarizationServer"]

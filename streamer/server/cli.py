@@ -26,10 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``streamer serve`` to ``parser``."""
     _add_network_and_model_flags(parser)
     _add_limit_flags(parser)
-    access = parser.add_argument_group("access")
-    access.add_argument("--token", default=None,
-                        help="bearer token clients must send (default: $STREAMER_TOKEN; "
-                             "none means no authentication)")
+    access = parser.add_argument_group(
+        "access", "A token set with --token is visible to every user of this machine "
+        "(ps, /proc): prefer --token-file or the STREAMER_TOKEN environment variable.")
+    token = access.add_mutually_exclusive_group()
+    token.add_argument("--token", default=None,
+                       help="bearer token clients must send, visible to other local users "
+                            "(default: --token-file, else $STREAMER_TOKEN; none means no "
+                            "authentication)")
+    token.add_argument("--token-file", default=None, metavar="PATH",
+                       help="read the bearer token from this file (surrounding whitespace "
+                            "ignored)")
+    access.add_argument("--public-metrics", action="store_true",
+                        help="serve /metrics without the token when one is set (default: "
+                             "/metrics needs it too)")
     access.add_argument("--allowed-origins", default="",
                         help="comma-separated browser origins allowed to connect "
                              "(default: any)")
@@ -61,6 +71,13 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         default=defaults.max_stream_seconds,
                         help="longest stream in seconds of audio, 0 for no limit "
                              "(default %(default)s)")
+    limits.add_argument("--min-step", type=float, default=defaults.min_step,
+                        help="smallest step a stream may choose, in seconds, 0 for none "
+                             "(default %(default)s)")
+    limits.add_argument("--max-window-ratio", type=float, default=defaults.max_window_ratio,
+                        help="largest duration / step a stream may choose (how many times "
+                             "each moment of audio is analysed; 20 with the default config), "
+                             "0 for none (default %(default)s)")
     limits.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout,
                         help="seconds without a client message before the stream ends, "
                              "0 for none (default %(default)s)")
@@ -82,18 +99,39 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="seconds a model call waits for others (default %(default)s)")
 
 
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from ``--token``, ``--token-file`` or ``$STREAMER_TOKEN``, in that order
+    (raises ValueError for a token file that is unreadable or empty)."""
+    if args.token is not None:
+        return args.token
+    path = getattr(args, "token_file", None)
+    if path is None:
+        return os.environ.get("STREAMER_TOKEN", "").strip() or None
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ValueError(f"cannot read the token file {path}: {reason}") from None
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The :class:`ServerSettings` the flags describe (raises ValueError)."""
-    token = args.token if args.token is not None else os.environ.get("STREAMER_TOKEN") or None
+    token = read_token(args)
     origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
     return ServerSettings(
         max_connections=args.max_connections, max_frame_bytes=args.max_frame_bytes,
         max_stream_seconds=args.max_stream_seconds, idle_timeout=args.idle_timeout,
+        min_step=args.min_step, max_window_ratio=args.max_window_ratio,
         max_pending_seconds=args.max_pending_seconds,
         max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
         workers=args.workers, batch_max_size=args.batch_max_size,
         batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
-        token=token, allowed_origins=origins)
+        token=token, public_metrics=getattr(args, "public_metrics", False),
+        allowed_origins=origins)
 
 
 def resolve_port(port: int | None) -> int:
@@ -118,6 +156,9 @@ def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit status."""
     configure_logging(getattr(args, "log_level", "INFO"))
+    if getattr(args, "token", None) is not None:
+        logger.warning("--token is visible to other users of this machine (ps, /proc): "
+                       "prefer --token-file or the STREAMER_TOKEN environment variable")
     try:
         settings = settings_from_args(args)
         port = resolve_port(args.port)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from streamer.config import StreamConfig
+from streamer.errors import ConfigError
 from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
@@ -38,7 +39,22 @@ class ServerContext:
         return {"max_frame_bytes": s.max_frame_bytes,
                 "max_stream_seconds": s.max_stream_seconds or None,
                 "idle_timeout": s.idle_timeout or None,
-                "max_pending_seconds": s.max_pending_seconds}
+                "max_pending_seconds": s.max_pending_seconds,
+                "min_step": s.min_step or None,
+                "max_window_ratio": s.max_window_ratio or None}
+
+    def check_cost(self, config: StreamConfig) -> None:
+        """Refuse a (resolved) stream config that costs more than this server allows."""
+        s = self.settings
+        if s.min_step and config.step < s.min_step - 1e-9:
+            raise ConfigError(f"step {config.step:g} s is below this server's min_step of "
+                              f"{s.min_step:g} s")
+        ratio = config.duration / config.step
+        if s.max_window_ratio and ratio > s.max_window_ratio + 1e-9:
+            raise ConfigError(
+                f"duration / step is {ratio:g} ({config.duration:g} s / {config.step:g} s), "
+                f"above this server's max_window_ratio of {s.max_window_ratio:g}: raise "
+                "step or shorten duration")
 
     def tracked(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` marked as a possible caller of batched models while it runs."""

@@ -5,6 +5,7 @@ See ``docs/PROTOCOL.md`` for the prose version. Nothing here touches a socket.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -14,6 +15,11 @@ from streamer.errors import AudioFormatError, ConfigError, ProtocolError, Stream
 
 PATH = "/v1/stream"
 START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config"}
+#: Longest ``message`` of an ``error`` event: a message never echoes much client input.
+MAX_MESSAGE_CHARS = 300
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = _EXCERPT.maxother = 40
+_EXCERPT.maxlevel = 2
 #: Close code sent after ``end`` when the server shuts down (SIGTERM) mid-stream.
 GOING_AWAY = 1001
 NORMAL_CLOSURE = 1000
@@ -93,7 +99,7 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
     """Validate a ``start`` message (raises ProtocolError, AudioFormatError, ConfigError)."""
     unknown = sorted(set(message) - START_FIELDS)
     if unknown:
-        raise ProtocolError(f"unknown field(s) in start: {', '.join(unknown)}")
+        raise ProtocolError(f"unknown field(s) in start: {names(unknown)}")
     if "sample_rate" not in message:
         raise ProtocolError("start needs sample_rate (Hz)")
     rate = message["sample_rate"]
@@ -101,21 +107,35 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
         raise AudioFormatError(
-            f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, got {rate!r}")
+            f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, got {excerpt(rate)}")
     encoding = message.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise AudioFormatError(
-            f"encoding must be one of {', '.join(sorted(ENCODINGS))}, got {encoding!r}")
+            f"encoding must be one of {', '.join(sorted(ENCODINGS))}, got {excerpt(encoding)}")
     channels = message.get("channels", 1)
     if isinstance(channels, bool) or channels not in (1, 2):
-        raise AudioFormatError(f"channels must be 1 or 2, got {channels!r}")
+        raise AudioFormatError(f"channels must be 1 or 2, got {excerpt(channels)}")
     config = StreamConfig.from_dict(message.get("config"))
     return StartRequest(sample_rate=rate, encoding=encoding, channels=int(channels),
                         config=config)
 
 
+def excerpt(value: Any) -> str:
+    """A short ``repr`` of client input, for a message."""
+    return _EXCERPT.repr(value)
+
+
+def names(keys: list[str], most: int = 5) -> str:
+    """Field names from a client, a few of them, each cut short."""
+    shown = ", ".join(_EXCERPT.repr(key)[1:-1] for key in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
 def error_message(error: StreamerError) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": str(error)}
+    message = str(error)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+    return {"type": "error", "code": error.code, "message": message}
 
 
 def warning_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -128,6 +148,6 @@ def encode(message: Mapping[str, Any]) -> str:
 
 __all__ = [
     "PATH", "StartRequest", "parse_text", "parse_start", "error_message", "warning_message",
-    "encode", "BadJson", "UnknownMessage", "FrameTooLarge", "StreamTooLong", "IdleTimeout",
+    "encode", "excerpt", "names", "BadJson", "UnknownMessage", "FrameTooLarge", "StreamTooLong", "IdleTimeout",
     "TooManyConnections", "SlowClient", "ConfigError",
 ]

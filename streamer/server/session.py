@@ -27,7 +27,7 @@ from streamer.audio import PcmDecoder
 from streamer.errors import ProtocolError, StreamerError
 from streamer.server import protocol
 from streamer.server.context import ServerContext
-from streamer.server.protocol import FrameTooLarge, IdleTimeout, SlowClient, StreamTooLong
+from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
 from streamer.server.sender import EventSender
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class StreamSession:
         if isinstance(error, _Ended):
             return await self._finish(None)
         if isinstance(error, ConnectionClosed):
-            return "client disconnected"
+            return self._disconnected("client disconnected")
         if isinstance(error, StreamerError):
             return await self._finish(error)
         logger.error("session %s failed", self.id, exc_info=error)
@@ -124,7 +124,7 @@ class StreamSession:
                 if error is None:
                     await self.sender.send(self._end_message())
         except ConnectionClosed:
-            return "client disconnected while finishing"
+            return self._disconnected("client disconnected while finishing")
         except SlowClient as slow:
             error = slow
         except Exception as failure:  # noqa: BLE001 - a bug must not take the process down
@@ -136,6 +136,16 @@ class StreamSession:
         await self._close(protocol.GOING_AWAY if going_away else protocol.NORMAL_CLOSURE,
                           "server shutting down" if going_away else "")
         return "shutdown" if going_away else "stop"
+
+    def _disconnected(self, outcome: str) -> str:
+        """The outcome of a closed connection: ``slow_client`` when the connection gave
+        up on a client that did not read (see :class:`StreamConnection`)."""
+        slow = getattr(self.connection, "gave_up", None)
+        if slow is None:
+            return outcome
+        self.context.metrics.error(slow.code)
+        self.context.metrics.count("slow_clients")
+        return f"{slow.code} ({slow})"
 
     async def _end_with_error(self, error: StreamerError) -> None:
         self.context.metrics.error(error.code)
@@ -165,15 +175,22 @@ class StreamSession:
     async def _discard_incoming(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
-                await self.connection.recv()
+                with contextlib.suppress(StreamerError):  # a refused frame, as the others
+                    await self.connection.recv()
 
     # -- reading -----------------------------------------------------------------------
 
     async def _receive(self) -> str | bytes:
+        """The next message. Empty audio frames are skipped: they carry nothing, so they
+        do not count as activity for the idle timeout."""
         idle = self.settings.idle_timeout
+        deadline = asyncio.get_running_loop().time() + idle if idle else None
         try:
-            async with asyncio.timeout(idle or None):
-                return await self.connection.recv()
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    message = await self.connection.recv()
+                    if message or isinstance(message, str) or self.decoder is None:
+                        return message
         except TimeoutError:
             raise IdleTimeout(f"no message for {idle:g} s") from None
 
@@ -183,7 +200,7 @@ class StreamSession:
             raise ProtocolError("audio before start: send a start message first")
         parsed = protocol.parse_text(message)
         if parsed["type"] != "start":
-            raise ProtocolError(f"the first message must be start, got {parsed['type']!r}")
+            raise ProtocolError(f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
         await self._start(protocol.parse_start(parsed))
         while True:
             if not self._resume.is_set():
@@ -197,11 +214,14 @@ class StreamSession:
                 raise _Ended()
             if parsed["type"] == "start":
                 raise ProtocolError("start was already received for this stream")
-            raise protocol.UnknownMessage(f"unknown message type {parsed['type']!r}")
+            raise protocol.UnknownMessage(
+                f"unknown message type {protocol.excerpt(parsed['type'])}")
 
     async def _start(self, request: protocol.StartRequest) -> None:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
-        self.engine = await self._call(self.context.new_engine, request.config)
+        engine = await self._call(self.context.new_engine, request.config)
+        self.context.check_cost(engine.config)
+        self.engine = engine
         models = self.context.describe()
         await self.sender.send({
             "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
@@ -213,9 +233,6 @@ class StreamSession:
 
     async def _accept_audio(self, frame: bytes) -> None:
         settings, decoder = self.settings, self.decoder
-        if len(frame) > settings.max_frame_bytes:
-            raise FrameTooLarge(f"frame of {len(frame)} bytes is above the limit of "
-                                f"{settings.max_frame_bytes} bytes")
         incoming = (decoder.samples_in + len(frame) // decoder.frame_bytes) / decoder.sample_rate
         if settings.max_stream_seconds and incoming > settings.max_stream_seconds:
             raise StreamTooLong(f"streams are limited to {settings.max_stream_seconds:g} s")

@@ -24,18 +24,22 @@ class ServerSettings:
 
     Attributes:
         max_connections: Open websocket streams at once; the next handshake gets HTTP 503.
-        max_frame_bytes: Largest binary audio frame accepted; a larger one gets the
-            ``frame_too_large`` error (close code 1009). Frames above
-            ``hard_frame_factor * max_frame_bytes`` are refused by the websocket layer
-            itself (close 1009, no error event) so that they are never buffered.
-        hard_frame_factor: See ``max_frame_bytes``. With ``receive_queue`` it bounds the
-            memory one connection can hold in received frames
-            (``receive_queue * hard_frame_factor * max_frame_bytes``, 8 MiB by default).
+        max_frame_bytes: Largest message (binary audio or text) accepted; a larger one
+            gets the ``frame_too_large`` error (close code 1009) after the audio before
+            it is processed. Its payload is skipped as it arrives, never buffered. With
+            ``receive_queue`` it bounds the memory one connection can hold in received
+            frames (about ``receive_queue * max_frame_bytes``).
         receive_queue: Frames websockets buffers per connection before it stops reading
             from the socket (its ``max_queue``).
         max_stream_seconds: Longest stream (seconds of received audio); the frame that
             crosses it gets the ``stream_too_long`` error after the audio before it is
             processed. 0 disables the limit.
+        min_step, max_window_ratio: Bounds on what one stream may cost, checked at
+            ``start`` against its resolved config (``bad_config`` error naming the
+            setting). The engine analyses its ``duration``-second buffer every ``step``
+            seconds, so each moment of audio is analysed ``duration / step`` times (20
+            with the default config) and a small step adds engine calls and events. 0
+            disables a bound.
         idle_timeout: Seconds without any message from a client (while the server is
             waiting for one) after which the stream ends with ``idle_timeout``.
             0 disables it.
@@ -49,8 +53,13 @@ class ServerSettings:
             cannot hold a worker for long.
         send_queue_size: Events waiting to be written to one client; when full for
             ``send_timeout`` seconds the client is disconnected as too slow.
-        send_timeout: See ``send_queue_size``.
+        send_timeout: See ``send_queue_size``; also how long a connection's write buffer
+            may stay above ``write_limit`` before the connection is closed as too slow.
         write_limit: High-water mark of one connection's socket write buffer (bytes).
+            Above it the server stops reading from that client (so a client that sends
+            pings but does not read cannot make it queue pongs without bound) until the
+            buffer drains; after ``send_timeout`` the connection is closed (1008) and
+            dropped.
         workers: Threads running engine calls (shared by all streams). ``None`` means
             two per CPU core: the engine holds the GIL for part of each call, and on 2
             cores 4 workers kept the final-turn lag of 48 real-time streams at a third of
@@ -64,6 +73,9 @@ class ServerSettings:
             loaded 2-core machine torch's default of 2 made the embedded preset ~10x slower.
         token: Bearer token clients must present (header or ``?token=``); ``None``
             means no authentication.
+        public_metrics: Serve ``/metrics`` without the token when one is set. By default
+            it needs the token too (its numbers describe the streams); ``/healthz`` and the
+            web page never need it.
         allowed_origins: Browser origins (``Origin`` header) allowed to connect; empty
             means any. Requests without an ``Origin`` header (non-browser clients) are
             always allowed.
@@ -72,9 +84,10 @@ class ServerSettings:
 
     max_connections: int = 64
     max_frame_bytes: int = 1 << 20
-    hard_frame_factor: int = 2
     receive_queue: int = 4
     max_stream_seconds: float = 4 * 3600.0
+    min_step: float = 0.1
+    max_window_ratio: float = 40.0
     idle_timeout: float = 60.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -89,20 +102,20 @@ class ServerSettings:
     batch_max_wait: float = 0.005
     torch_threads: int | None = 1
     token: str | None = None
+    public_metrics: bool = False
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_frame_bytes", "hard_frame_factor",
-                     "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
+        for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
             _positive(name, getattr(self, name), whole=True)
             setattr(self, name, int(getattr(self, name)))
         for name in ("workers", "torch_threads"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name), whole=True)
                 setattr(self, name, int(getattr(self, name)))
-        for name in ("max_stream_seconds", "idle_timeout", "ping_interval", "ping_timeout",
-                     "batch_max_wait"):
+        for name in ("max_stream_seconds", "min_step", "max_window_ratio", "idle_timeout",
+                     "ping_interval", "ping_timeout", "batch_max_wait"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
                      "send_timeout", "shutdown_timeout"):
@@ -112,6 +125,8 @@ class ServerSettings:
                              f"max_pending_seconds ({self.max_pending_seconds})")
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
             raise ValueError("token must be a non-empty string or None")
+        if not isinstance(self.public_metrics, bool):
+            raise ValueError(f"public_metrics must be True or False, got {self.public_metrics!r}")
         if isinstance(self.allowed_origins, str):
             raise ValueError("allowed_origins must be a sequence of origins, not one string")
         self.allowed_origins = tuple(self.allowed_origins)

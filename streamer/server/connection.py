@@ -1,0 +1,301 @@
+"""The websocket connection of one stream: websockets' ``ServerConnection`` with the
+framing layer's limits moved into the message stream, and a bound on what a peer that
+does not read can make the server queue.
+
+websockets enforces its frame size limit and its UTF-8 check by failing the connection
+at once (close 1009 or 1007): the client would then get neither the final turns of the
+audio it already sent nor an ``error`` event. Here :class:`StreamProtocol` (sans-I/O,
+frame by frame as they are parsed) makes these checks and ends the incoming stream with a
+:class:`Refusal` in the place of the bad message; :meth:`StreamConnection.recv` raises it,
+as a :class:`~streamer.errors.StreamerError`, after every message received before it, so
+that the session handles it like any other bad message. A frame above the limit is
+skipped as it arrives, never buffered.
+
+A peer that sends but does not read (a ping flood answered by pongs, events nobody
+reads) fills the socket's write buffer. Past its high-water mark (``write_limit``) the
+connection stops reading from that peer, so nothing more is queued for it; if the buffer
+does not drain within ``stall_timeout`` the connection is closed (1008) and aborted.
+"""
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import dataclasses
+from typing import Any, Callable, Generator
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import BINARY, CONT, DATA_OPCODES, TEXT, CloseCode, Frame, Opcode
+from websockets.protocol import CLOSED, OPEN
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+from websockets.typing import Data, LoggerLike
+
+from streamer.errors import StreamerError
+from streamer.server.protocol import BadJson, FrameTooLarge, SlowClient
+
+#: Most frames one message may be split into (websockets itself allows 4096).
+MAX_FRAGMENTS = 1024
+#: Payloads this small are always read: frame headers and control frames (RFC 6455 caps
+#: them at 125 bytes) go through the same reader.
+_ALWAYS_READ = 125
+
+
+class _SkippingReader(StreamReader):
+    """A stream reader that skips, instead of buffering, payloads above ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = max(limit, _ALWAYS_READ)
+        #: Size of the payload being skipped (0 when none).
+        self.skipping = 0
+        #: Size of the last payload skipped, until the protocol takes it.
+        self.skipped = 0
+
+    def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+        if n <= self.limit:
+            return (yield from super().read_exact(n))
+        self.skipping = left = n
+        while left:
+            if not self.buffer:
+                if self.eof:
+                    raise EOFError(f"stream ends inside a frame of {n} bytes")
+                yield
+                continue
+            taken = min(left, len(self.buffer))
+            del self.buffer[:taken]
+            left -= taken
+        self.skipping, self.skipped = 0, n
+        return bytearray()
+
+
+@dataclasses.dataclass
+class Refusal:
+    """A protocol event: the message stream ends here with ``error``."""
+
+    error: StreamerError
+
+
+class StreamProtocol(ServerProtocol):
+    """websockets' server protocol with the stream's limits on incoming messages.
+
+    Payloads above ``frame_limit`` are skipped, not buffered; a message above
+    ``frame_limit`` bytes or :data:`MAX_FRAGMENTS` frames, or a text message that is not
+    UTF-8, ends the incoming stream with a :class:`Refusal` event in the place of that
+    message. Input after a refusal is not parsed any more (a violation of the websocket
+    protocol behind it must not close the connection before the refusal is answered).
+    """
+
+    def __init__(self, frame_limit: int, logger: LoggerLike | None = None) -> None:
+        super().__init__(max_size=None, logger=logger)
+        self.frame_limit = frame_limit
+        self.refusal: StreamerError | None = None
+        self._message_size = 0
+        self._fragments = 0
+        self._text: codecs.IncrementalDecoder | None = None
+        # The parser started by __init__ holds on to the reader of that moment: start it
+        # again on the skipping one, before any byte arrives.
+        self.reader = _SkippingReader(frame_limit)
+        self.parser = self.parse()
+        next(self.parser)
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        super().receive_data(data)
+        # An oversized frame is refused as soon as its header is in, not when its last
+        # byte has been skipped.
+        skipping = getattr(self.reader, "skipping", 0)
+        if skipping and self.refusal is None and self.state is OPEN:
+            self._refuse(self._too_large(f"frame of {skipping} bytes"))
+
+    def recv_frame(self, frame: Frame) -> None:
+        refusal = self._check(frame)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        super().recv_frame(frame)
+
+    def _check(self, frame: Frame) -> StreamerError | None:
+        """Why ``frame`` ends the stream, if it does."""
+        reader = self.reader
+        if isinstance(reader, _SkippingReader) and reader.skipped:
+            size, reader.skipped = reader.skipped, 0
+            return self._too_large(f"frame of {size} bytes")
+        if frame.opcode not in DATA_OPCODES:
+            return None
+        if frame.opcode is not CONT:
+            self._message_size = self._fragments = 0
+            self._text = codecs.getincrementaldecoder("utf-8")() if frame.opcode is TEXT else None
+        self._message_size += len(frame.data)
+        self._fragments += 1
+        if self._message_size > self.frame_limit:
+            whole = frame.fin and self._fragments == 1
+            return self._too_large(f"frame of {self._message_size} bytes" if whole else
+                                   f"message of at least {self._message_size} bytes")
+        if self._fragments > MAX_FRAGMENTS:
+            return FrameTooLarge(f"a message may be split into at most {MAX_FRAGMENTS} frames")
+        if self._text is not None:
+            try:
+                self._text.decode(frame.data, frame.fin)
+            except UnicodeDecodeError as error:
+                at = self._message_size - len(frame.data) + error.start
+                return BadJson(f"text messages must be UTF-8 JSON; invalid UTF-8 at byte {at}")
+        return None
+
+    def _too_large(self, what: str) -> FrameTooLarge:
+        return FrameTooLarge(f"{what} is above the limit of {self.frame_limit} bytes")
+
+    def _refuse(self, error: StreamerError) -> None:
+        self.refusal = error
+        self.events.append(Refusal(error))
+        self.parser = self._ignore_input()
+        next(self.parser)
+
+    def _ignore_input(self) -> Generator[None, None, None]:
+        """Drop what the peer sends (its close frame too) until it closes TCP."""
+        while not (yield from self.reader.at_eof()):
+            self.reader.discard()
+        self.state = CLOSED
+        yield
+        raise AssertionError("_ignore_input() shouldn't step after EOF")
+
+
+class StreamConnection(ServerConnection):
+    """A ``ServerConnection`` whose framing limits reach the application in order.
+
+    Only :meth:`recv` (and iteration, which uses it) applies them; the session uses
+    nothing else to receive.
+    """
+
+    def __init__(self, protocol: ServerProtocol, server: Server, *, frame_limit: int,
+                 stall_timeout: float, **kwargs: Any) -> None:
+        super().__init__(StreamProtocol(frame_limit, logger=protocol.logger), server,
+                         **kwargs)
+        self.stall_timeout = stall_timeout
+        #: Set when the peer stopped reading and the connection was closed for it.
+        self.gave_up: SlowClient | None = None
+        self._kinds: collections.deque[Opcode] = collections.deque()
+        self._in_message = False
+        self._messages_in = 0
+        self._messages_out = 0
+        self._refusal: StreamerError | None = None
+        self._refused_after = 0
+        self._reading_paused_by: set[str] = set()
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def factory(cls, *, frame_limit: int, stall_timeout: float
+                ) -> Callable[..., "StreamConnection"]:
+        """A ``create_connection`` for websockets' ``serve``."""
+
+        def create(protocol: ServerProtocol, server: Server, **kwargs: Any
+                   ) -> StreamConnection:
+            return cls(protocol, server, frame_limit=frame_limit,
+                       stall_timeout=stall_timeout, **kwargs)
+
+        return create
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def recv(self, decode: bool | None = None) -> Data:
+        """The next message; raises the refusal of a bad message in its place."""
+        data = await super().recv(decode=False)
+        self._messages_out += 1
+        if self._refusal is not None and self._messages_out > self._refused_after:
+            raise self._refusal
+        kind = self._kinds.popleft()
+        if decode or (decode is None and kind is TEXT):
+            return data.decode()
+        return data
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Refusal):
+            self._deliver_refusal(event.error)
+            return
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            if event.opcode is not CONT:
+                self._kinds.append(event.opcode)
+            self._in_message = not event.fin
+            if event.fin:
+                self._messages_in += 1
+        super().process_event(event)
+
+    def _deliver_refusal(self, error: StreamerError) -> None:
+        """End the message stream with ``error``, after the messages received so far."""
+        self._refusal = error
+        self._refused_after = self._messages_in
+        # One last frame wakes a recv() that waits, and completes a message left half
+        # received, so that recv() reaches the refusal in order.
+        try:
+            self.recv_messages.put(Frame(CONT if self._in_message else BINARY, b"", True))
+        except EOFError:
+            pass
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close; after a refusal the peer's input is no longer read, so its close frame
+        would never be seen: send ours and end the TCP connection at once, as when
+        websockets fails a connection."""
+        if self.protocol.state is not OPEN or getattr(self.protocol, "refusal", None) is None:
+            await super().close(code, reason)
+            return
+        try:
+            async with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
+            pass
+
+    # -- a peer that does not read -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Reading pauses while websockets' receive queue is full or the write buffer is.
+        self.recv_messages.pause = lambda: self._pause_reading("queue")
+        self.recv_messages.resume = lambda: self._resume_reading("queue")
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # No more reading, so no more pongs (or anything else) are queued for this peer.
+        self._pause_reading("write")
+        if self._stall_timer is None and self.stall_timeout:
+            self._stall_timer = self.loop.call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._resume_reading("write")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        super().connection_lost(exc)
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._reading_paused_by:
+            self.transport.pause_reading()
+        self._reading_paused_by.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        self._reading_paused_by.discard(reason)
+        if not self._reading_paused_by and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _stalled(self) -> None:
+        """The peer left the write buffer full for ``stall_timeout``: close, abort soon.
+
+        The close frame waits behind the unread data, so the transport is aborted after
+        ``close_timeout`` whatever happens (websockets' own close would wait for the
+        buffer to drain, and its keep-alive ping too)."""
+        self._stall_timer = None
+        self.gave_up = SlowClient(
+            f"the client did not read for {self.stall_timeout:g} s "
+            f"({self.transport.get_write_buffer_size()} bytes waiting to be sent)")
+        if self.protocol.state is OPEN:
+            self.protocol.fail(CloseCode.POLICY_VIOLATION, SlowClient.code)
+            self.send_data()
+        self.loop.call_later(self.close_timeout or 0, self.transport.abort)
+
+
+__all__ = ["StreamConnection", "StreamProtocol", "Refusal", "MAX_FRAGMENTS"]
