@@ -1,9 +1,9 @@
-"""Where and how a stream starts must not decide who speaks when.
+"""How a stream arrives must not decide who speaks when.
 
-The same conversation (``../shared/eval/sample.wav``, two people) with the embedded preset:
-from several start points (the audio rotated, the reference rotated alike), in random frame
-sizes, and recorded at 44.1 or 48 kHz (through the server's PCM decoder and through file
-mode) must give the same two speakers and about the same DER as the file as recorded.
+The same conversation (``../shared/eval/sample.wav``, two people) with the embedded preset,
+in random frame sizes and recorded at 44.1 or 48 kHz (through the server's PCM decoder and
+through file mode), must give the same two speakers and about the same DER as the file as
+recorded.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from scipy.signal import resample_poly
 
 from streamer.audio import PcmDecoder, load_audio
 from streamer.engine import StreamingDiarizer, diarize_array
-from streamer.evaluation import der_components, rotate_samples, rotate_segments, rotate_uem
+from streamer.evaluation import der_components
 from streamer.events import Turn
 from streamer.rttm import Segment, read_rttm, read_uem
 
@@ -30,11 +30,9 @@ pytestmark = [
 ]
 
 SPEAKERS = 2
-MAX_DER = 0.15
 # a resampled input is the same conversation: its DER may differ from the 16 kHz one only
 # by what the resampling filters change at turn edges
 RATE_DER_TOLERANCE = 0.02
-START_POINTS = (0.0, 0.9, 2.1, 3.3, 4.7, 6.3)
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +66,6 @@ def speaker_count(turns: list[Turn] | list[Segment]) -> int:
 def der(reference: list[Segment], hypothesis: list[Segment],
         uem: list[tuple[float, float]] | None) -> float:
     return der_components(reference, hypothesis, uem).der
-
-
-@pytest.mark.parametrize("shift", START_POINTS)
-def test_every_start_point_finds_both_speakers(frontend, sample, shift):
-    samples, reference, uem = sample
-    duration = len(samples) / 16000
-    rotated, applied = rotate_samples(samples, shift)
-    turns, _ = diarize_array(frontend, rotated)
-    assert turns, f"no turn from {shift} s"
-    score = der(rotate_segments(reference, applied, duration), segments(turns),
-                rotate_uem(uem, applied, duration))
-    found = speaker_count(turns)
-    assert found == SPEAKERS and score <= MAX_DER, \
-        f"from {shift} s: {found} speakers, DER {score:.1%}"
 
 
 def test_random_frame_sizes_give_the_same_final_turns(frontend, sample, as_recorded):
