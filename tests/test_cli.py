@@ -137,3 +137,21 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
         assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
     result = streamer("diarize", str(audio), "--precision", "bf16")
     assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--segmentation", "--embedding"])
+def test_diarize_refuses_a_torchscript_checkpoint_before_its_code_runs(tmp_path, flag):
+    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.test_pyannote_loading import write_torchscript_payload
+
+    marker = tmp_path / "pwned"
+    models = {"--segmentation": write_checkpoint(tmp_path / "seg.bin", "segmentation-3.0"),
+              "--embedding": write_checkpoint(tmp_path / "emb.bin", "wespeaker")}
+    models[flag] = write_torchscript_payload(tmp_path / "model.pt", marker)
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    result = streamer("diarize", str(audio), *(str(x) for item in models.items() for x in item))
+    assert result.returncode == 2, result.stderr
+    assert "TorchScript archive" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()

@@ -6,8 +6,9 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import pytest
 import torch
@@ -149,6 +150,135 @@ def test_malicious_zip_checkpoint_is_refused_and_does_not_run(tmp_path: Path) ->
     assert not marker.exists()
 
 
+class _CreatesAFile(torch.nn.Module):
+    """Scripted, its ``__setstate__`` creates the file it names: code that
+    ``torch.jit.load`` runs while it loads the archive."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.mapped = torch.zeros(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> List[str]:
+        return [self.target]
+
+    @torch.jit.export
+    def __setstate__(self, state: List[str]) -> None:
+        self.target = state[0]
+        self.training = False
+        self.mapped = torch.from_file(state[0], True, 16)
+
+
+def write_torchscript_payload(path: Path, marker: Path) -> Path:
+    """A TorchScript archive that creates ``marker`` when torch loads it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(_CreatesAFile(str(marker))), str(path))
+    return path
+
+
+def test_torchscript_archive_is_refused_before_its_code_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = write_torchscript_payload(tmp_path / "pytorch_model.bin", marker)
+    for loader in (load_segmentation, load_embedding):
+        with pytest.raises(ModelLoadError, match=r"refusing to load .*TorchScript archive"):
+            loader(path)
+        assert not marker.exists()
+    with pytest.raises(ModelLoadError, match="TorchScript"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    # torch.load itself runs the archive's code: the payload is real
+    code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    assert marker.exists()
+
+
+def _rezip(source: Path, target: Path, edit: Any) -> Path:
+    """Copy a torch.save zip, letting ``edit(name, data)`` drop (None), keep or rename
+    entries; ``edit`` may also return a list of extra (name, data) entries."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            for name, data in edit(info.filename, old.read(info)) or []:
+                new.writestr(name, data)
+    return target
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda n, d: [(n, d)] + ([("archive/code/__torch__.py", b"x")] if n.endswith("data.pkl")
+                              else []), "TorchScript"),
+    (lambda n, d: [(n, d)] + ([("archive/constants.pkl", d)] if n.endswith("data.pkl")
+                              else []), "TorchScript"),
+    (lambda n, d: [(n, d)] + ([("archive/extra/notes.txt", b"x")] if n.endswith("data.pkl")
+                              else []), "extra/notes.txt"),
+    (lambda n, d: [] if n.endswith("data.pkl") else [(n, d)], "no data.pkl"),
+    (lambda n, d: [(n.replace("archive/data/0", "other/data/0"), d)], "one top folder"),
+    (lambda n, d: [(n, d[:-4] if n.endswith("data/0") else d)], "bytes"),
+], ids=["code", "constants", "unknown-entry", "no-data-pkl", "two-roots", "short-tensor"])
+def test_zip_that_is_not_a_plain_checkpoint_is_refused(checkpoints: dict[str, Path],
+                                                       tmp_path: Path, edit: Any,
+                                                       says: str) -> None:
+    source = tmp_path / "archive.bin"
+    checkpoint = read_checkpoint(checkpoints["xvector"])
+    torch.save({"state_dict": checkpoint.state_dict,
+                "hyper_parameters": checkpoint.hyper_parameters}, source)
+    path = _rezip(source, tmp_path / "pytorch_model.bin", edit)
+    with pytest.raises(ModelLoadError, match=says):
+        load_embedding(path)
+
+
+def test_legacy_torch_save_format_still_loads(checkpoints: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(checkpoints["xvector"])
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict,
+                "hyper_parameters": checkpoint.hyper_parameters}, path,
+               _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    loaded = read_checkpoint(path)
+    assert loaded.state_dict.keys() == checkpoint.state_dict.keys()
+    assert all(torch.equal(loaded.state_dict[k], v) for k, v in checkpoint.state_dict.items())
+
+
+def test_zip_checkpoint_tensors_are_read_exactly(checkpoints: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """Shared storages, views, several dtypes: the same tensors torch.load gives."""
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    state = {"w": base, "view": base[1:, ::2], "t": base.t(), "half": torch.ones(3).half(),
+             "long": torch.arange(5), "bool": torch.tensor([True, False]),
+             "empty": torch.zeros(0), "param": torch.nn.Parameter(torch.randn(2))}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": state, "hyper_parameters": {"sample_rate": 16000}}, path)
+    loaded = read_checkpoint(path).state_dict
+    expected = torch.load(path, weights_only=True)["state_dict"]
+    for name, tensor in expected.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+        assert loaded[name].stride() == tensor.stride(), name
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["w"].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_checkpoint_with_non_finite_weights_is_refused(checkpoints: dict[str, Path],
+                                                       tmp_path: Path, value: float) -> None:
+    checkpoint = read_checkpoint(checkpoints["segmentation-3.0"])
+    meta = {"architecture": {"module": "pyannote.audio.models.segmentation.PyanNet",
+                             "class": "PyanNet"},
+            "specifications": checkpoint.specifications}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": checkpoint.state_dict, "pyannote.audio": meta,
+                "hyper_parameters": checkpoint.hyper_parameters}, path)
+    assert load_segmentation(path).num_speakers == 3  # the same file, finite, loads
+    name = "lstm.weight_ih_l1"
+    broken = {k: v.clone() for k, v in checkpoint.state_dict.items()}
+    broken[name].view(-1)[3] = value
+    torch.save({"state_dict": broken, "pyannote.audio": meta,
+                "hyper_parameters": checkpoint.hyper_parameters}, path)
+    with pytest.raises(ModelLoadError, match=rf"'{name}'.*NaN or infinite"):
+        load_segmentation(path)
+
+
 def test_malicious_plain_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "pytorch_model.bin"
@@ -264,6 +394,14 @@ def test_unknown_repo_and_missing_file(fake_hub: Any) -> None:
     fake_hub.result = _hub_error("RemoteEntryNotFoundError", "404 entry")
     with pytest.raises(ModelLoadError, match="has no pytorch_model.bin: it is not a pyannote model"):
         load_segmentation("pyannote/speaker-diarization-3.1")
+
+
+def test_hub_download_goes_through_the_same_checks(fake_hub: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    fake_hub.result = write_torchscript_payload(tmp_path / "cache" / "pytorch_model.bin", marker)
+    with pytest.raises(ModelLoadError, match="TorchScript"):
+        load_segmentation(REPO)
+    assert not marker.exists()
 
 
 def test_hub_without_huggingface_hub_installed(monkeypatch: pytest.MonkeyPatch) -> None:
