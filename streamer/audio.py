@@ -39,6 +39,18 @@ def check_finite(samples: np.ndarray, what: str = "audio") -> None:
         raise AudioFormatError(f"{what} contains NaN or infinite samples")
 
 
+def clip_samples(samples: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Float samples as float32 within full scale [-1, 1]; NaN or infinity is refused.
+
+    Finite values beyond full scale (a float WAV with 1e30 in it) are clipped rather than
+    refused: the models square and sum samples, so such values overflow to inf and NaN,
+    which would poison every later step of the stream.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    check_finite(samples, what)
+    return np.clip(samples, -1.0, 1.0)
+
+
 class PcmDecoder:
     """Decodes binary PCM frames of one stream to 16 kHz mono float32, statefully.
 
@@ -76,8 +88,7 @@ class PcmDecoder:
                 f"{self.encoding})")
         raw = np.frombuffer(data, dtype=self.dtype)
         if self.dtype.kind == "f":
-            check_finite(raw, "frame")
-            samples = raw.astype(np.float32)
+            samples = clip_samples(raw, "frame")
         else:
             samples = raw.astype(np.float32) / 32768.0
         if self.channels > 1:
@@ -100,6 +111,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     wav/flac/ogg (and the other formats libsndfile reads) are decoded in-process; mp3, m4a
     and the rest go through ``ffmpeg`` when it is installed.
 
+    Samples beyond full scale are clipped to [-1, 1].
+
     Raises:
         AudioFileError: missing or unreadable file, no samples, or no decoder for it.
         AudioFormatError: NaN or infinite samples.
@@ -121,8 +134,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             samples, rate = _read_ffmpeg(path), SAMPLE_RATE
     if samples.size == 0:
         raise AudioFileError(f"{path}: the file holds no audio samples")
-    check_finite(samples, f"{path}")
-    return resample(to_mono(samples), rate)
+    return resample(to_mono(clip_samples(samples, f"{path}")), rate)
 
 
 def _read_soundfile(path: str) -> tuple[np.ndarray, int]:

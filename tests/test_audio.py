@@ -65,6 +65,25 @@ def test_nan_samples_in_a_file_are_refused(tmp_path):
         load_audio(path)
 
 
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_samples_beyond_full_scale_are_clipped(tmp_path, rate):
+    samples = tone(rate, 2.0)
+    spike = slice(rate, rate + rate // 20)  # 50 ms of +-1e30
+    samples[spike] = np.where(np.arange(rate // 20) % 2, 1e30, -1e30)
+    path = tmp_path / "spike.wav"
+    sf.write(path, samples, rate, subtype="FLOAT")
+    decoded = load_audio(path)
+    assert np.isfinite(decoded).all() and np.abs(decoded).max() <= 1.0
+    np.testing.assert_allclose(decoded[:15000], load_audio_of(tone(rate, 2.0), rate,
+                                                             tmp_path)[:15000], atol=1e-6)
+
+
+def load_audio_of(samples: np.ndarray, rate: int, folder) -> np.ndarray:
+    path = folder / "clean.wav"
+    sf.write(path, samples, rate, subtype="FLOAT")
+    return load_audio(path)
+
+
 def test_formats_without_ffmpeg_say_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     path = tmp_path / "talk.mp3"
@@ -113,3 +132,13 @@ def test_pcm_decoder_rejects_partial_samples_and_nan():
     with pytest.raises(AudioFormatError, match="NaN"):
         f32.decode(np.array([0.1, np.inf], "<f4").tobytes())
     assert len(f32.decode(np.array([0.1, 0.2], "<f4").tobytes())) == 2
+
+
+def test_pcm_decoder_clips_samples_beyond_full_scale():
+    decoder = PcmDecoder(16000, "pcm_f32le", 2)
+    frame = np.array([[1e30, 1e30], [-1e30, -3e38], [0.25, 0.75]], "<f4").tobytes()
+    np.testing.assert_array_equal(decoder.decode(frame), [1.0, -1.0, 0.5])
+    resampled = PcmDecoder(44100, "pcm_f32le", 1)
+    spike = np.where(np.arange(4410) % 2, 1e30, -1e30).astype("<f4").tobytes()
+    out = np.concatenate([resampled.decode(spike), resampled.flush()])
+    assert np.isfinite(out).all() and np.abs(out).max() <= 1.5

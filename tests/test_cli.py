@@ -91,6 +91,29 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(tmp_path, make, message):
     assert message in result.stderr and result.stderr.startswith("streamer: error:")
 
 
+def test_diarize_survives_huge_finite_samples(tmp_path):
+    """A float WAV with 50 ms of +-1e30 inside speech: the turns after it are those of the
+    clean file, give or take a frame or two."""
+    data, rate = sf.read(Path(__file__).parent / "data" / "two_voices.wav", dtype="float32")
+    data = data[:20 * rate]
+    results = {}
+    for name, spike in (("clean", 0.0), ("spike", 1e30)):
+        samples = data.copy()
+        if spike:
+            samples[6 * rate: 6 * rate + 800] = np.where(np.arange(800) % 2, spike, -spike)
+        sf.write(tmp_path / f"{name}.wav", samples, rate, subtype="FLOAT")
+        result = streamer("diarize", str(tmp_path / f"{name}.wav"), "--json",
+                          str(tmp_path / f"{name}.json"))
+        assert result.returncode == 0, result.stderr
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())["segments"]
+    assert results["spike"][-1]["end"] > 19.0
+    later, expected = ([s for s in results[name] if s["start"] > 8] for name in ("spike", "clean"))
+    assert [s["speaker"] for s in later] == [s["speaker"] for s in expected]
+    for turn, reference in zip(later, expected):
+        assert abs(turn["start"] - reference["start"]) < 0.1
+        assert abs(turn["end"] - reference["end"]) < 0.1
+
+
 def test_bad_settings_are_reported_by_name(tmp_path):
     path = tmp_path / "silence.wav"
     sf.write(path, np.zeros(16000, np.float32), 16000)
