@@ -45,8 +45,37 @@ def test_folder_without_checkpoint_says_which_files_it_holds(tmp_path: Path) -> 
 
 
 def test_missing_local_path_is_not_taken_for_a_repo(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="neither an existing file or folder"):
+    with pytest.raises(ModelLoadError, match="x.bin: no such file or folder$"):
         load_embedding(str(tmp_path / "nope" / "deeper" / "x.bin"))
+
+
+def test_repo_like_path_is_local_unless_it_says_hf(fake_hub: Any, checkpoints: dict[str, Path],
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``owner/name`` is a relative path: missing, it says so (and how to ask the hub)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"^pyannote/segmentation-3\.0: no such file or "
+                                             r"folder; .* write hf:pyannote/segmentation-3\.0$"):
+        load_segmentation(REPO)
+    local = tmp_path / "pyannote" / "segmentation-3.0"
+    local.mkdir(parents=True)
+    (local / "pytorch_model.bin").write_bytes(checkpoints["segmentation-3.0"].read_bytes())
+    assert load_segmentation(REPO).num_speakers == 3
+    assert fake_hub.calls == []
+    for bad in ("hf:", "hf:pyannote", "hf:/etc/passwd", "hf:../x/y"):
+        with pytest.raises(ModelLoadError, match="is not a Hugging Face repo id"):
+            load_segmentation(bad)
+    assert fake_hub.calls == []
+
+
+def test_unreadable_checkpoint_says_permission_denied(checkpoints: dict[str, Path]) -> None:
+    from tests.test_audio import unreadable_copies, unprivileged
+
+    with unreadable_copies(checkpoints["xvector"]) as (readable, locked, hidden):
+        assert unprivileged(lambda: load_embedding(readable).dimension) == "16"
+        for path in (locked, hidden, hidden.parent):
+            message = unprivileged(lambda: load_embedding(path))
+            assert message.endswith("permission denied"), message
 
 
 @pytest.mark.parametrize("kind,loader,says", [
@@ -355,33 +384,33 @@ def test_hub_repo_id_downloads_pytorch_model_bin(fake_hub: Any, checkpoints: dic
                                                  tmp_path: Path) -> None:
     fake_hub.result = checkpoints["segmentation-3.0"]
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    model = load_segmentation(REPO, revision="v3", cache_dir=tmp_path)
+    model = load_segmentation(f"hf:{REPO}", revision="v3", cache_dir=tmp_path)
     assert model.powerset and model.num_speakers == 3
     call = fake_hub.calls[-1]
     assert (call["repo_id"], call["filename"]) == (REPO, "pytorch_model.bin")
     assert call["revision"] == "v3" and call["token"] == "hf_from_env"
     assert Path(call["cache_dir"]) == tmp_path
     fake_hub.result = checkpoints["wespeaker"]
-    load_embedding("pyannote/wespeaker-voxceleb-resnet34-LM@abc123", token="hf_flag")
+    load_embedding("hf:pyannote/wespeaker-voxceleb-resnet34-LM@abc123", token="hf_flag")
     assert fake_hub.calls[-1]["revision"] == "abc123" and fake_hub.calls[-1]["token"] == "hf_flag"
 
 
 def test_gated_repo_says_accept_conditions_and_set_token(fake_hub: Any) -> None:
     fake_hub.result = _hub_error("GatedRepoError", "Access to model is restricted.")
     with pytest.raises(ModelLoadError) as error:
-        load_segmentation(REPO)
+        load_segmentation(f"hf:{REPO}")
     message = str(error.value)
     assert f"https://huggingface.co/{REPO}" in message and "accept" in message
     assert "HF_TOKEN" in message and "settings/tokens" in message
     with pytest.raises(ModelLoadError, match="token in use has no access"):
-        load_segmentation(REPO, token="hf_wrong")
+        load_segmentation(f"hf:{REPO}", token="hf_wrong")
 
 
 @pytest.mark.parametrize("name", ["LocalEntryNotFoundError", "OfflineModeIsEnabled"])
 def test_offline_hub_suggests_downloading_elsewhere(fake_hub: Any, name: str) -> None:
     fake_hub.result = _hub_error(name, "cannot find the requested files in the local cache")
     with pytest.raises(ModelLoadError) as error:
-        load_embedding("pyannote/wespeaker-voxceleb-resnet34-LM")
+        load_embedding("hf:pyannote/wespeaker-voxceleb-resnet34-LM")
     message = str(error.value)
     assert "cannot reach the Hugging Face hub" in message
     assert "pytorch_model.bin" in message and "pass that folder path" in message
@@ -390,24 +419,24 @@ def test_offline_hub_suggests_downloading_elsewhere(fake_hub: Any, name: str) ->
 def test_unknown_repo_and_missing_file(fake_hub: Any) -> None:
     fake_hub.result = _hub_error("RepositoryNotFoundError", "404")
     with pytest.raises(ModelLoadError, match="no model repo 'pyannote/segmentation-3.0'"):
-        load_segmentation(REPO)
+        load_segmentation(f"hf:{REPO}")
     fake_hub.result = _hub_error("RemoteEntryNotFoundError", "404 entry")
     with pytest.raises(ModelLoadError, match="has no pytorch_model.bin: it is not a pyannote model"):
-        load_segmentation("pyannote/speaker-diarization-3.1")
+        load_segmentation("hf:pyannote/speaker-diarization-3.1")
 
 
 def test_hub_download_goes_through_the_same_checks(fake_hub: Any, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     fake_hub.result = write_torchscript_payload(tmp_path / "cache" / "pytorch_model.bin", marker)
     with pytest.raises(ModelLoadError, match="TorchScript"):
-        load_segmentation(REPO)
+        load_segmentation(f"hf:{REPO}")
     assert not marker.exists()
 
 
 def test_hub_without_huggingface_hub_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ModelLoadError, match="pip install huggingface_hub"):
-        load_segmentation(REPO)
+        load_segmentation(f"hf:{REPO}")
 
 
 def test_import_downloads_nothing() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -212,13 +213,15 @@ def _plain(value: Any) -> Any:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a pyannote checkpoint safely; raise :class:`ModelLoadError` on anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file {path} does not exist")
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ModelLoadError(f"{path} is not a file: pass a pytorch_model.bin")
         with path.open("rb") as file:
             raw = _unpickle(path, file)
     except PermissionError:
-        raise ModelLoadError(f"{path}: permission denied (cannot read the checkpoint)") from None
+        raise ModelLoadError(f"{path}: permission denied") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ModelLoadError(f"checkpoint file {path} does not exist") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
         raise ModelLoadError(
             f"{path} is not a pyannote checkpoint: it has no 'state_dict' entry (expected the "
