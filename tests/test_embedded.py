@@ -158,3 +158,18 @@ def test_huge_finite_samples_neither_raise_nor_end_the_stream(frontend, two_voic
         assert abs(turn.start - reference.start) < 0.1 and abs(turn.end - reference.end) < 0.1
     with pytest.raises(AudioFormatError, match="NaN or infinite"):
         StreamingDiarizer(frontend).feed(np.array([0.1, np.nan], np.float32))
+
+
+def test_stream_state_does_not_grow_with_the_stream(frontend, two_voices):
+    """What a stream keeps (VAD probabilities, audio, mel frames, windows) covers the last
+    buffer and one window, however long the stream has run (file mode on hours of
+    audio)."""
+    engine = StreamingDiarizer(frontend)
+    samples = two_voices[0]
+    for offset in range(0, len(samples), 8000):
+        engine.feed(samples[offset: offset + 8000])
+    stream = engine._stream
+    kept = 16000 * (engine.config.duration + frontend.settings.window + 0.1)
+    assert len(samples) > 3 * kept
+    assert stream.probs.size * 512 <= kept and stream.audio.size <= kept
+    assert len(stream.mels) * 160 <= kept and len(stream.windows) <= kept / 8000
