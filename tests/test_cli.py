@@ -178,3 +178,70 @@ def test_diarize_refuses_a_torchscript_checkpoint_before_its_code_runs(tmp_path,
     assert "TorchScript archive" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("missing/out.json", "no such folder"), ("folder", "is a folder"),
+    ("good.rttm", "same file"),
+], ids=["no-folder", "a-folder", "same-as-rttm"])
+def test_bad_output_path_fails_before_the_work(tmp_path, bad, says):
+    """Reported at once, with nothing written: the other output is not created."""
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    (tmp_path / "folder").mkdir()
+    result = streamer("diarize", str(audio), "--rttm", str(tmp_path / "good.rttm"),
+                      "--json", str(tmp_path / bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith("streamer: error: ") and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "of audio" not in result.stderr
+    assert not (tmp_path / "good.rttm").exists() and not (tmp_path / "missing").exists()
+
+
+def test_a_failed_run_keeps_the_previous_output(tmp_path):
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    rttm = tmp_path / "talk.rttm"
+    rttm.write_text("previous result\n")
+    result = streamer("diarize", str(audio), "--rttm", str(rttm),
+                      "--segmentation", str(tmp_path / "nope.bin"))
+    assert result.returncode == 2 and "nope.bin: no such file" in result.stderr
+    assert rttm.read_text() == "previous result\n"
+    result = streamer("diarize", str(audio), "--rttm", str(rttm))
+    assert result.returncode == 0 and rttm.read_text() == ""  # silence: no turns
+
+
+def test_hub_models_need_the_hf_prefix(tmp_path):
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    result = streamer("diarize", str(audio), "--segmentation", "pyannote/segmentation-3.0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "streamer: error: pyannote/segmentation-3.0: no such file or folder; to fetch it "
+        "from the Hugging Face hub, write hf:pyannote/segmentation-3.0")
+
+
+def test_unreadable_input_and_output_say_permission_denied(tmp_path):
+    """Run unprivileged (root reads and writes anything), in a forked child."""
+    import contextlib
+    import io
+
+    from streamer import cli
+    from tests.test_audio import unprivileged, unreadable_copies
+
+    cli.build_parser()  # imports everything the child needs
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+
+    def diarize(*args: str) -> str:
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            code = cli.main(["diarize", *args])
+        return f"{code} {errors.getvalue().strip()}"
+
+    with unreadable_copies(audio) as (readable, locked, hidden):
+        for path in (locked, hidden):
+            assert unprivileged(lambda: diarize(str(path))) == (
+                f"2 streamer: error: {path}: permission denied")
+        output = readable.parent / "out.rttm"  # a folder of root's: nobody may not write
+        assert unprivileged(lambda: diarize(str(readable), "--rttm", str(output))) == (
+            f"2 streamer: error: cannot write --rttm {output}: permission denied")
