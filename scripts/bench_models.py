@@ -3,7 +3,7 @@
 
     python scripts/bench_models.py                      # ../shared/parity checkpoints, 1 thread
     python scripts/bench_models.py --threads 2 --repeats 20
-    python scripts/bench_models.py --model seg=pyannote/segmentation-3.0 --backends torch
+    python scripts/bench_models.py --model seg=hf:pyannote/segmentation-3.0 --backends torch
 
 Rows: one segmentation chunk; one streaming step of segmentation (the buffer moved by
 0.5 s: the sinc filterbank's work of the previous step is reused); the same network computed

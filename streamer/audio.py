@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
 import soxr
@@ -37,6 +40,18 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
 def check_finite(samples: np.ndarray, what: str = "audio") -> None:
     if not np.isfinite(samples).all():
         raise AudioFormatError(f"{what} contains NaN or infinite samples")
+
+
+def clip_samples(samples: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Float samples as float32 within full scale [-1, 1]; NaN or infinity is refused.
+
+    Finite values beyond full scale (a float WAV with 1e30 in it) are clipped rather than
+    refused: the models square and sum samples, so such values overflow to inf and NaN,
+    which would poison every later step of the stream.
+    """
+    samples = np.asarray(samples)
+    check_finite(samples, what)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
 class PcmDecoder:
@@ -76,10 +91,7 @@ class PcmDecoder:
                 f"{self.encoding})")
         raw = np.frombuffer(data, dtype=self.dtype)
         if self.dtype.kind == "f":
-            check_finite(raw, "frame")
-            # Float PCM is full scale at +-1; larger finite values only overflow the
-            # resampler and the models, so they are clipped like an integer encoding would.
-            samples = np.clip(raw, -1.0, 1.0).astype(np.float32)
+            samples = clip_samples(raw, "frame")
         else:
             samples = raw.astype(np.float32) / 32768.0
         if self.channels > 1:
@@ -97,59 +109,177 @@ class PcmDecoder:
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
-    """Read an audio file as 16 kHz mono float32.
+    """Read a whole audio file as 16 kHz mono float32 (see :class:`AudioFile`, which
+    decodes it block by block instead)."""
+    with AudioFile(path) as audio:
+        return np.concatenate([np.zeros(0, np.float32), *audio.blocks()])
+
+
+class AudioFile:
+    """An audio file decoded block by block to 16 kHz mono float32.
 
     wav/flac/ogg (and the other formats libsndfile reads) are decoded in-process; mp3, m4a
-    and the rest go through ``ffmpeg`` when it is installed.
+    and the rest go through ``ffmpeg`` when it is installed. Opening checks the file and
+    reads its header (with ffmpeg: its first block), so that a bad file fails before any
+    model is loaded; :meth:`blocks` then decodes ``block_seconds`` at a time, so memory
+    does not grow with the file's length. Samples beyond full scale are clipped to [-1, 1].
 
     Raises:
         AudioFileError: missing or unreadable file, no samples, or no decoder for it.
-        AudioFormatError: NaN or infinite samples.
+        AudioFormatError: NaN or infinite samples (from :meth:`blocks`, where they are).
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AudioFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise AudioFileError(f"{path}: is a folder, not an audio file")
-    if os.path.getsize(path) == 0:
-        raise AudioFileError(f"{path}: empty file")
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in SOUNDFILE_SUFFIXES:
-        samples, rate = _read_soundfile(path)
-    else:
+
+    def __init__(self, path: str | os.PathLike, block_seconds: float = 10.0):
+        self.path = os.fspath(path)
+        _check_readable(self.path)
+        self._soundfile = self._ffmpeg = None
+        suffix = os.path.splitext(self.path)[1].lower()
         try:
-            samples, rate = _read_soundfile(path)
+            self._soundfile = _open_soundfile(self.path)
         except AudioFileError:
-            samples, rate = _read_ffmpeg(path), SAMPLE_RATE
-    if samples.size == 0:
-        raise AudioFileError(f"{path}: the file holds no audio samples")
-    check_finite(samples, f"{path}")
-    return resample(to_mono(samples), rate)
+            if suffix in SOUNDFILE_SUFFIXES:
+                raise
+            self._ffmpeg = _FfmpegReader(self.path, int(block_seconds * SAMPLE_RATE))
+        if self._soundfile is not None:
+            self.rate = int(self._soundfile.samplerate)
+            #: Samples the file will give at 16 kHz (None when only ffmpeg knows).
+            self.expected_samples: int | None = int(
+                self._soundfile.frames * SAMPLE_RATE / self.rate)
+            if self._soundfile.frames <= 0:
+                self.close()
+                raise AudioFileError(f"{self.path}: the file holds no audio samples")
+        else:
+            self.rate, self.expected_samples = SAMPLE_RATE, None
+        self.block_frames = max(1, int(block_seconds * self.rate))
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """16 kHz mono float32 blocks, in order, until the end of the file."""
+        resampler = (None if self.rate == SAMPLE_RATE else soxr.ResampleStream(
+            self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"))
+        offset = 0
+        for raw in self._raw_blocks():
+            finite = np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
+            if not finite.all():
+                at = (offset + int(np.argmin(finite))) / self.rate
+                raise AudioFormatError(
+                    f"{self.path} contains NaN or infinite samples (the first at {at:.3f} s)")
+            samples = to_mono(np.clip(raw, -1.0, 1.0))
+            offset += len(raw)
+            if resampler is not None:
+                samples = resampler.resample_chunk(samples, last=False)
+            if len(samples):
+                yield samples
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                yield tail
+
+    def _raw_blocks(self) -> Iterator[np.ndarray]:
+        if self._ffmpeg is not None:
+            yield from self._ffmpeg.blocks()
+            return
+        import soundfile
+
+        while True:
+            try:
+                block = self._soundfile.read(self.block_frames, dtype="float32", always_2d=True)
+            except (RuntimeError, soundfile.LibsndfileError, ValueError) as error:
+                raise AudioFileError(
+                    f"{self.path}: cannot decode audio ({_first_line(error)})") from None
+            if not len(block):
+                return
+            yield block
+
+    def close(self) -> None:
+        if self._soundfile is not None:
+            self._soundfile.close()
+        if self._ffmpeg is not None:
+            self._ffmpeg.close()
+
+    def __enter__(self) -> "AudioFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
+def _check_readable(path: str) -> None:
+    """Say what is wrong with a path that cannot be an audio file we can read."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_size:
+            open(path, "rb").close()
+    except PermissionError:
+        raise AudioFileError(f"{path}: permission denied") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise AudioFileError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise AudioFileError(f"{path}: cannot open it ({_first_line(error)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioFileError(f"{path}: is a folder, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioFileError(f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise AudioFileError(f"{path}: empty file")
+
+
+def _open_soundfile(path: str) -> Any:
     import soundfile
 
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        return soundfile.SoundFile(path)
     except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError) as error:
         raise AudioFileError(f"{path}: cannot decode audio ({_first_line(error)})") from None
-    return samples, int(rate)
 
 
-def _read_ffmpeg(path: str) -> np.ndarray:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioFileError(
-            f"{path}: this format needs ffmpeg, which is not installed "
-            "(install it, e.g. 'apt-get install ffmpeg', or convert the file to wav/flac)")
-    command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-ac", "1",
-               "-ar", str(SAMPLE_RATE), "-"]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioFileError(f"{path}: ffmpeg cannot decode it ({message[-1] if message else 'error'})")
-    return np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
+class _FfmpegReader:
+    """``ffmpeg`` decoding to 16 kHz mono float32 on a pipe, read block by block."""
+
+    def __init__(self, path: str, block_samples: int):
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:
+            raise AudioFileError(
+                f"{path}: this format needs ffmpeg, which is not installed "
+                "(install it, e.g. 'apt-get install ffmpeg', or convert the file to wav/flac)")
+        self.path = path
+        self.block_bytes = 4 * block_samples
+        command = [ffmpeg, "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-ac", "1",
+                   "-ar", str(SAMPLE_RATE), "-"]
+        self._errors = tempfile.TemporaryFile()  # a pipe could fill up and stall ffmpeg
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._errors)
+        self._first = self._read()
+        if len(self._first) == 0:
+            self._finish()
+            self.close()
+            raise AudioFileError(f"{path}: the file holds no audio samples")
+
+    def _read(self) -> np.ndarray:
+        data = self._process.stdout.read(self.block_bytes)
+        if len(data) < self.block_bytes:
+            self._finish()
+        return np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4")
+
+    def _finish(self) -> None:
+        """At the end of ffmpeg's output: raise if it failed."""
+        if self._process.wait() != 0:
+            self._errors.seek(0)
+            message = self._errors.read().decode(errors="replace").strip().splitlines()
+            self.close()
+            raise AudioFileError(
+                f"{self.path}: ffmpeg cannot decode it ({message[-1] if message else 'error'})")
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        block, self._first = self._first, np.zeros(0, np.float32)
+        while len(block):
+            yield block
+            block = self._read() if self._process.returncode is None else block[:0]
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
+        self._errors.close()
 
 
 def _first_line(error: BaseException) -> str:

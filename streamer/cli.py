@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from streamer import __version__
 from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_from_args,
                               frontend_from_args)
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 
 logger = logging.getLogger("streamer")
 
@@ -101,14 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------- diarize
-def _progress(total: int, enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
+def _progress(total: int | None,
+              enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
     if not enabled or not sys.stderr.isatty():
         return (lambda done: None), (lambda: None)
     from tqdm import tqdm
 
-    bar = tqdm(total=round(total / 16000, 1), unit="s", unit_scale=False, desc="diarizing",
-               leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s "
-                                       "[{elapsed}<{remaining}]")
+    shape = ("{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]"
+             if total else "{desc} {n:.1f} s [{elapsed}]")  # ffmpeg formats: length unknown
+    bar = tqdm(total=round(total / 16000, 1) if total else None, unit="s", unit_scale=False,
+               desc="diarizing", leave=False, bar_format=shape)
 
     def update(done: int) -> None:
         bar.n = round(done / 16000, 1)
@@ -118,36 +121,87 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[int], None], Callabl
 
 
 def _run_diarize(args: argparse.Namespace) -> int:
-    from streamer.audio import load_audio
-    from streamer.engine import diarize_array
+    from streamer.audio import AudioFile
+    from streamer.filemode import diarize_file
     from streamer.rttm import write_rttm
 
-    samples = load_audio(args.audio)  # fails fast on a bad file, before loading models
-    config = config_from_args(args)
-    frontend = frontend_from_args(args)
-    update, close = _progress(len(samples), not args.no_progress)
-    started = time.perf_counter()
-    try:
-        turns, engine = diarize_array(frontend, samples, config, chunk=5.0, progress=update)
-    finally:
-        close()
-    elapsed = time.perf_counter() - started
-    uri = os.path.splitext(os.path.basename(args.audio))[0]
-    if args.rttm:
-        with open(args.rttm, "w", encoding="utf-8") as out:
-            write_rttm(turns, uri, out)
-    if args.json:
-        document = diarization_document(args.audio, len(samples) / 16000, turns, engine)
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=1)
+    with AudioFile(args.audio) as audio:  # fails fast on a bad file, before loading models
+        config = config_from_args(args)
+        with _open_outputs({"--rttm": args.rttm, "--json": args.json}) as outputs:
+            frontend = frontend_from_args(args)
+            update, close = _progress(audio.expected_samples, not args.no_progress)
+            started = time.perf_counter()
+            try:
+                turns, engine = diarize_file(frontend, audio, config, chunk=5.0,
+                                             progress=update)
+            finally:
+                close()
+            elapsed = time.perf_counter() - started
+            duration = engine.position
+            uri = os.path.splitext(os.path.basename(args.audio))[0]
+            if "--rttm" in outputs:
+                write_rttm(turns, uri, _emptied(outputs["--rttm"]))
+            if "--json" in outputs:
+                document = diarization_document(args.audio, duration, turns, engine)
+                json.dump(document, _emptied(outputs["--json"]), indent=1)
     if not args.rttm and not args.json:
         for turn in turns:
             print(f"{turn.start:9.3f} {turn.end:9.3f} {turn.speaker}")
-    duration = len(samples) / 16000
     print(f"streamer: {duration:.1f} s of audio, {len(turns)} turns, "
           f"{len({t.speaker for t in turns})} speakers, {elapsed:.2f} s "
-          f"(real-time factor {elapsed / duration:.3f})", file=sys.stderr)
+          f"(real-time factor {elapsed / max(duration, 1e-9):.3f})", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _open_outputs(paths: dict[str, str | None]) -> Iterator[dict[str, IO[str]]]:
+    """The output files, opened before the work so that a bad path fails at once rather
+    than after an hour of audio. They are opened without truncating (an old result
+    survives a failed run) and emptied just before writing; a file this run created is
+    removed if the run fails."""
+    files: dict[str, IO[str]] = {}
+    created: list[str] = []
+    done = False
+    try:
+        for flag, path in paths.items():
+            if not path:
+                continue
+            if any(os.path.exists(path) and os.path.samefile(path, f.name)
+                   for f in files.values()):
+                raise ConfigError(f"{flag} {path}: the same file as another output")
+            existed = os.path.lexists(path)
+            try:
+                files[flag] = open(path, "a", encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot write {flag} {path}: {_os_reason(error, path)}") from None
+            if not existed:
+                created.append(path)
+        yield files
+        done = True
+    finally:
+        for file in files.values():
+            file.close()
+        if not done:
+            for path in created:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def _emptied(file: IO[str]) -> IO[str]:
+    if file.seekable():
+        file.truncate(0)
+    return file
+
+
+def _os_reason(error: OSError, path: str) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"no such folder {os.path.dirname(path) or '.'}"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or str(error)
 
 
 def diarization_document(audio: str, duration: float, turns: list, engine) -> dict:

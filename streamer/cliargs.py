@@ -18,10 +18,11 @@ def add_model_arguments(parser: argparse.ArgumentParser,
                             "--segmentation/--embedding is given)")
     group.add_argument("--segmentation", default=None, metavar="SRC",
                        help="pyannote segmentation model: pytorch_model.bin, a folder "
-                            "holding one, or a hub repo id (e.g. pyannote/segmentation-3.0)")
+                            "holding one, or hf:REPO for the Hugging Face hub (e.g. "
+                            "hf:pyannote/segmentation-3.0)")
     group.add_argument("--embedding", default=None, metavar="SRC",
-                       help="pyannote embedding model: file, folder or hub repo id "
-                            "(e.g. pyannote/wespeaker-voxceleb-resnet34-LM)")
+                       help="pyannote embedding model: file, folder or hf:REPO "
+                            "(e.g. hf:pyannote/wespeaker-voxceleb-resnet34-LM)")
     group.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                        help="where torch models run (default %(default)s)")
     group.add_argument("--backend", default="torch", choices=["torch", "onnx"],

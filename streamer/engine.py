@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from streamer.aggregation import Aggregator
+from streamer.audio import clip_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
@@ -66,10 +67,13 @@ class StreamingDiarizer:
         return self._buffer.received / self.sample_rate
 
     def feed(self, samples: np.ndarray) -> list[Turn]:
-        """Add audio; returns the turn events it produced (final and interim)."""
+        """Add audio; returns the turn events it produced (final and interim).
+
+        Samples beyond full scale are clipped to [-1, 1]; NaN or infinity raises
+        :class:`AudioFormatError`."""
         if self._finished:
             raise RuntimeError("flush() ended this stream: call reset() to start another")
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        samples = clip_samples(np.asarray(samples).reshape(-1), "samples")
         events: list[Turn] = []
         stepped = False
         for buffer, end in self._buffer.push(samples):

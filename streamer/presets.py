@@ -19,8 +19,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pyannote": {
         "description": "pyannote segmentation + speaker embedding models (most accurate); "
                        "weights from the Hugging Face hub or a local folder",
-        "segmentation": "pyannote/segmentation-3.0",
-        "embedding": "pyannote/wespeaker-voxceleb-resnet34-LM",
+        "segmentation": "hf:pyannote/segmentation-3.0",
+        "embedding": "hf:pyannote/wespeaker-voxceleb-resnet34-LM",
     },
 }
 DEVICES = ("cpu", "cuda", "auto")
@@ -32,7 +32,7 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
                   backend: str = "torch", precision: str = "fp32", **hub: Any) -> Frontend:
     """Load the models of a preset once; the result is shared by every stream.
 
-    ``segmentation`` / ``embedding`` (a file, a folder or a hub repo id) select pyannote
+    ``segmentation`` / ``embedding`` (a file, a folder or ``hf:<repo id>``) select pyannote
     models and imply ``preset="pyannote"``; the missing one takes the preset's default.
     ``precision="bf16"`` runs the pyannote embedding model in bfloat16 (torch backend).
     ``hub`` passes ``revision``, ``cache_dir`` and ``token`` to hub downloads.

@@ -169,6 +169,29 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(tmp_path, make, message):
     assert message in result.stderr and result.stderr.startswith("streamer: error:")
 
 
+def test_diarize_survives_huge_finite_samples(tmp_path):
+    """A float WAV with 50 ms of +-1e30 inside speech: the turns after it are those of the
+    clean file, give or take a frame or two."""
+    data, rate = sf.read(Path(__file__).parent / "data" / "two_voices.wav", dtype="float32")
+    data = data[:20 * rate]
+    results = {}
+    for name, spike in (("clean", 0.0), ("spike", 1e30)):
+        samples = data.copy()
+        if spike:
+            samples[6 * rate: 6 * rate + 800] = np.where(np.arange(800) % 2, spike, -spike)
+        sf.write(tmp_path / f"{name}.wav", samples, rate, subtype="FLOAT")
+        result = streamer("diarize", str(tmp_path / f"{name}.wav"), "--json",
+                          str(tmp_path / f"{name}.json"))
+        assert result.returncode == 0, result.stderr
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())["segments"]
+    assert results["spike"][-1]["end"] > 19.0
+    later, expected = ([s for s in results[name] if s["start"] > 8] for name in ("spike", "clean"))
+    assert [s["speaker"] for s in later] == [s["speaker"] for s in expected]
+    for turn, reference in zip(later, expected):
+        assert abs(turn["start"] - reference["start"]) < 0.1
+        assert abs(turn["end"] - reference["end"]) < 0.1
+
+
 def test_bad_settings_are_reported_by_name(tmp_path):
     path = tmp_path / "silence.wav"
     sf.write(path, np.zeros(16000, np.float32), 16000)
@@ -215,3 +238,88 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
         assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
     result = streamer("diarize", str(audio), "--precision", "bf16")
     assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--segmentation", "--embedding"])
+def test_diarize_refuses_a_torchscript_checkpoint_before_its_code_runs(tmp_path, flag):
+    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.test_pyannote_loading import write_torchscript_payload
+
+    marker = tmp_path / "pwned"
+    models = {"--segmentation": write_checkpoint(tmp_path / "seg.bin", "segmentation-3.0"),
+              "--embedding": write_checkpoint(tmp_path / "emb.bin", "wespeaker")}
+    models[flag] = write_torchscript_payload(tmp_path / "model.pt", marker)
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    result = streamer("diarize", str(audio), *(str(x) for item in models.items() for x in item))
+    assert result.returncode == 2, result.stderr
+    assert "TorchScript archive" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("missing/out.json", "no such folder"), ("folder", "is a folder"),
+    ("good.rttm", "same file"),
+], ids=["no-folder", "a-folder", "same-as-rttm"])
+def test_bad_output_path_fails_before_the_work(tmp_path, bad, says):
+    """Reported at once, with nothing written: the other output is not created."""
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    (tmp_path / "folder").mkdir()
+    result = streamer("diarize", str(audio), "--rttm", str(tmp_path / "good.rttm"),
+                      "--json", str(tmp_path / bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith("streamer: error: ") and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "of audio" not in result.stderr
+    assert not (tmp_path / "good.rttm").exists() and not (tmp_path / "missing").exists()
+
+
+def test_a_failed_run_keeps_the_previous_output(tmp_path):
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    rttm = tmp_path / "talk.rttm"
+    rttm.write_text("previous result\n")
+    result = streamer("diarize", str(audio), "--rttm", str(rttm),
+                      "--segmentation", str(tmp_path / "nope.bin"))
+    assert result.returncode == 2 and "nope.bin: no such file" in result.stderr
+    assert rttm.read_text() == "previous result\n"
+    result = streamer("diarize", str(audio), "--rttm", str(rttm))
+    assert result.returncode == 0 and rttm.read_text() == ""  # silence: no turns
+
+
+def test_hub_models_need_the_hf_prefix(tmp_path):
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+    result = streamer("diarize", str(audio), "--segmentation", "pyannote/segmentation-3.0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "streamer: error: pyannote/segmentation-3.0: no such file or folder; to fetch it "
+        "from the Hugging Face hub, write hf:pyannote/segmentation-3.0")
+
+
+def test_unreadable_input_and_output_say_permission_denied(tmp_path):
+    """Run unprivileged (root reads and writes anything), in a forked child."""
+    import contextlib
+    import io
+
+    from streamer import cli
+    from tests.test_audio import unprivileged, unreadable_copies
+
+    cli.build_parser()  # imports everything the child needs
+    audio = tmp_path / "talk.wav"
+    sf.write(audio, np.zeros(16000, np.float32), 16000)
+
+    def diarize(*args: str) -> str:
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            code = cli.main(["diarize", *args])
+        return f"{code} {errors.getvalue().strip()}"
+
+    with unreadable_copies(audio) as (readable, locked, hidden):
+        for path in (locked, hidden):
+            assert unprivileged(lambda: diarize(str(path))) == (
+                f"2 streamer: error: {path}: permission denied")
+        output = readable.parent / "out.rttm"  # a folder of root's: nobody may not write
+        assert unprivileged(lambda: diarize(str(readable), "--rttm", str(output))) == (
+            f"2 streamer: error: cannot write --rttm {output}: permission denied")

@@ -10,6 +10,7 @@ import torch
 from streamer.audio import load_audio
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
+from streamer.errors import AudioFormatError
 from streamer.evaluation import der_components
 from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings
 from streamer.models.ge2e import MelSpectrogram, volume_gain
@@ -143,3 +144,38 @@ def test_padded_batches_of_windows_embed_like_single_windows():
     together = encoder.embed_padded(padded, np.array([150, 80, 113]))
     for index, window in enumerate(windows):
         np.testing.assert_allclose(together[index], encoder.embed(window[None])[0], atol=1e-5)
+
+
+def test_huge_finite_samples_neither_raise_nor_end_the_stream(frontend, two_voices):
+    """50 ms of +-1e30 inside speech, fed straight to the engine (as the server does):
+    the turns after it are those of the clean signal (the clipped burst itself is loud
+    noise, so boundaries may move by a frame or two)."""
+    samples = two_voices[0][:16000 * 20].copy()
+    clean, _ = diarize_array(frontend, samples, chunk=0.5)
+    samples[16000 * 6: 16000 * 6 + 800] = np.where(np.arange(800) % 2, 1e30, -1e30)
+    engine = StreamingDiarizer(frontend)
+    turns = [t for i in range(0, len(samples), 8000) for t in engine.feed(samples[i:i + 8000])
+             if t.final] + [t for t in engine.flush() if t.final]
+    assert turns[-1].end > 19.0 and len({t.speaker for t in turns}) == 2
+    later = [t for t in turns if t.start > 8]
+    expected = [t for t in clean if t.start > 8]
+    assert [t.speaker for t in later] == [t.speaker for t in expected]
+    for turn, reference in zip(later, expected):
+        assert abs(turn.start - reference.start) < 0.1 and abs(turn.end - reference.end) < 0.1
+    with pytest.raises(AudioFormatError, match="NaN or infinite"):
+        StreamingDiarizer(frontend).feed(np.array([0.1, np.nan], np.float32))
+
+
+def test_stream_state_does_not_grow_with_the_stream(frontend, two_voices):
+    """What a stream keeps (VAD probabilities, audio, mel frames, windows) covers the last
+    buffer and one window, however long the stream has run (file mode on hours of
+    audio)."""
+    engine = StreamingDiarizer(frontend)
+    samples = two_voices[0]
+    for offset in range(0, len(samples), 8000):
+        engine.feed(samples[offset: offset + 8000])
+    stream = engine._stream
+    kept = 16000 * (engine.config.duration + frontend.settings.window + 0.1)
+    assert len(samples) > 3 * kept
+    assert stream.probs.size * 512 <= kept and stream.audio.size <= kept
+    assert len(stream.mels) * 160 <= kept and len(stream.windows) <= kept / 8000

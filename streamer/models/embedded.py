@@ -130,7 +130,8 @@ class _Stream:
         self.s = frontend.settings
         self.threshold = config.speech_threshold
         self.vad_state = frontend.vad.new_state()
-        self.probs = np.zeros(0, np.float32)  # one per 32 ms VAD frame since t=0
+        self.probs = np.zeros(0, np.float32)  # one per 32 ms VAD frame, from frame
+        self.probs_start = 0  # index self.probs_start on
         self.audio = np.zeros(0, np.float32)  # kept from sample index self.audio_start
         self.audio_start = 0
         self.received = 0
@@ -172,7 +173,8 @@ class _Stream:
             self.next_window += 1
             start = max(0, stop - self.window_samples)
             lo_vad, hi_vad = start // 512, stop // 512
-            speech = self.probs[lo_vad:hi_vad] >= self.threshold
+            speech = self.probs[lo_vad - self.probs_start:hi_vad - self.probs_start]
+            speech = speech >= self.threshold
             if speech.sum() * 512 < self.s.min_speech * SAMPLE_RATE:
                 continue
             mel_index = np.arange(start // MEL_HOP,
@@ -193,6 +195,11 @@ class _Stream:
             if drop > 0:
                 self.mels = self.mels[drop:]
                 self.mel_start += drop
+            # later windows start after keep_from, later buffers too
+            drop = keep_from // 512 - self.probs_start
+            if drop > 0:
+                self.probs = self.probs[drop:]
+                self.probs_start += drop
         for stop in [s for s in self.windows if s < buffer_start]:
             del self.windows[stop]
 
@@ -203,7 +210,7 @@ class _Stream:
         begin = max(0, end - len(buffer))
         self._forget(begin)
         first, last = int(np.ceil(begin / 512)), end // 512
-        probs = self.probs[first:last]
+        probs = self.probs[first - self.probs_start:last - self.probs_start]
         timing = FrameTiming(first * 512 / SAMPLE_RATE - start, 512 / SAMPLE_RATE,
                              512 / SAMPLE_RATE)
         stops = np.array(sorted(s for s in self.windows if s > begin), dtype=np.int64)

@@ -6,7 +6,8 @@
   ``pyannote/embedding`` (x-vector with SincNet features).
 
 ``source`` is a ``pytorch_model.bin`` file, a folder holding one, or a Hugging Face hub repo
-id (``huggingface_hub`` needed, token from ``token=`` or ``HF_TOKEN``). Checkpoints are read
+id written ``hf:owner/name`` (``huggingface_hub`` needed, token from ``token=`` or
+``HF_TOKEN``). Checkpoints are read
 with a restricted unpickler (no pyannote.audio, lightning or torchaudio needed, no code
 execution). ``backend="onnx"`` exports the same network to ONNX and runs it with onnxruntime.
 Nothing is downloaded at import time.
@@ -76,8 +77,8 @@ def _prepare(source: str | os.PathLike[str], kind: str, device: str, backend: st
                      "segmentation" else (EMBEDDING_ARCHITECTURES, SEGMENTATION_ARCHITECTURES))
     if architecture in other:
         other_kind = "embedding" if kind == "segmentation" else "segmentation"
-        example = ("pyannote/segmentation-3.0" if kind == "segmentation"
-                   else "pyannote/wespeaker-voxceleb-resnet34-LM")
+        example = ("hf:pyannote/segmentation-3.0" if kind == "segmentation"
+                   else "hf:pyannote/wespeaker-voxceleb-resnet34-LM")
         raise ModelLoadError(
             f"{checkpoint.path} is a speaker {other_kind} checkpoint ({architecture}), not a "
             f"{kind} model: pass it as the {other_kind} model (--{other_kind}) and give a "
@@ -98,7 +99,7 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
 
     Args:
         source: ``pytorch_model.bin``, a folder holding one, or a hub repo id
-            (``"pyannote/segmentation-3.0"``, optionally ``"repo@revision"``).
+            (``"hf:pyannote/segmentation-3.0"``, optionally ``"hf:repo@revision"``).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         backend: ``"torch"`` or ``"onnx"`` (export once, run with onnxruntime).
         revision, cache_dir, token: hub download options (token defaults to ``HF_TOKEN``).

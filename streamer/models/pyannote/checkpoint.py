@@ -8,12 +8,15 @@ tampered file asks for. :class:`RestrictedUnpickler` resolves only an allow-list
 harmless torch/numpy/collections rebuild functions and replaces every pyannote / lightning
 class with an inert :class:`Stub` that just records its constructor arguments and state.
 Anything else (``os.system``, ``subprocess.Popen``, ``builtins.eval`` ...) is refused.
+The file's container is checked (and a zip read) by :mod:`.torchfile` so that a
+TorchScript archive never reaches ``torch.jit.load``; weights that are not finite are
+refused too (they would silently give no speech at all).
 """
 from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +24,7 @@ from typing import Any, BinaryIO
 import torch
 
 from streamer.errors import ModelLoadError
+from streamer.models.pyannote.torchfile import container_kind, load_zip, storage_type
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +143,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _safe_reconstructor
         if module.startswith(STUBBED_PREFIXES) or module in {"pyannote", "lightning"}:
             return stub_class(module, name)
-        if module == "torch" and (name.endswith("Storage")
-                                  or isinstance(getattr(torch, name, None), torch.dtype)):
-            return getattr(torch, name)  # storage types and dtypes are plain data
+        if module == "torch" and name.endswith("Storage") and storage_type(name):
+            return storage_type(name)  # which dtype a tensor's bytes hold
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise RefusedGlobalError(
@@ -208,27 +213,15 @@ def _plain(value: Any) -> Any:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a pyannote checkpoint safely; raise :class:`ModelLoadError` on anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as f:
-            head = f.read(64)
-        if head.lstrip().startswith((b"{", b"<", b"version")) or b"git-lfs" in head:
-            raise ModelLoadError(
-                f"{path} is not a PyTorch checkpoint (it looks like a text file, e.g. a "
-                "Git LFS pointer or an HTML error page): download the real "
-                "pytorch_model.bin from the model page and pass its path"
-            )
     try:
-        raw = torch.load(path, map_location="cpu", pickle_module=restricted_pickle_module,
-                         weights_only=False)
-    except RefusedGlobalError as exc:
-        raise ModelLoadError(f"refusing to load {path}: {exc}") from exc
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ... on corrupt files
-        raise ModelLoadError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
-            "it may be truncated or not a pyannote pytorch_model.bin"
-        ) from exc
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ModelLoadError(f"{path} is not a file: pass a pytorch_model.bin")
+        with path.open("rb") as file:
+            raw = _unpickle(path, file)
+    except PermissionError:
+        raise ModelLoadError(f"{path}: permission denied") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ModelLoadError(f"checkpoint file {path} does not exist") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
         raise ModelLoadError(
             f"{path} is not a pyannote checkpoint: it has no 'state_dict' entry (expected the "
@@ -246,7 +239,38 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         specs = specs[0] if specs else {}
     hparams = _plain(raw.get("hyper_parameters") or {})
     state_dict = {k: v for k, v in raw["state_dict"].items() if isinstance(v, torch.Tensor)}
+    _check_finite(path, state_dict)
     logger.debug("read %s: architecture=%s, %d tensors", path, architecture or "?", len(state_dict))
     return Checkpoint(path, state_dict, hparams if isinstance(hparams, dict) else {},
                       architecture, specs if isinstance(specs, dict) else {})
 
+
+
+def _unpickle(path: Path, file: BinaryIO) -> Any:
+    """The checkpoint's pickled object, read through :class:`RestrictedUnpickler`."""
+    kind = container_kind(path, file)  # refuses TorchScript before torch sees the file
+    try:
+        if kind == "zip":
+            return load_zip(path, file, RestrictedUnpickler)
+        # torch's legacy reader only unpickles (with the module given), it runs no code
+        return torch.load(file, map_location="cpu", pickle_module=restricted_pickle_module,
+                          weights_only=False)
+    except RefusedGlobalError as exc:
+        raise ModelLoadError(f"refusing to load {path}: {exc}") from exc
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # RuntimeError, EOFError, UnpicklingError ... on corrupt files
+        raise ModelLoadError(
+            f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+            "it may be truncated or not a pyannote pytorch_model.bin"
+        ) from exc
+
+
+def _check_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state_dict.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+                torch.isfinite(tensor).all()):
+            raise ModelLoadError(
+                f"refusing to load {path}: its tensor {name!r} holds NaN or infinite "
+                "values (a corrupt file or a diverged training run); such a model gives "
+                "no speech at all")

@@ -1,5 +1,8 @@
 """Where weights come from: a local ``pytorch_model.bin``, a folder holding one, or a
-Hugging Face hub repo id (``pyannote/segmentation-3.0``, optionally ``@revision``).
+Hugging Face hub repo id written ``hf:pyannote/segmentation-3.0`` (optionally ``@revision``).
+
+The ``hf:`` prefix is required: a mistyped local path such as ``models/seg`` must say "no
+such file", not quietly fetch some repo of that name from the internet.
 
 ``huggingface_hub`` is an optional dependency imported only when a repo id is given; nothing
 is ever downloaded at import time. Every failure becomes a :class:`ModelLoadError` whose
@@ -17,6 +20,8 @@ from streamer.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "pytorch_model.bin"
+#: What marks a model source as a Hugging Face hub repo id.
+HUB_PREFIX = "hf:"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -61,9 +66,8 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | Path | None,
             f"accept its user conditions; then {advice}.") from exc
     except hub_errors.RepositoryNotFoundError as exc:
         raise ModelLoadError(
-            f"no model repo {repo_id!r} on the Hugging Face hub (or it is private), and no local "
-            f"file or folder of that name: check the spelling; for a private repo set HF_TOKEN "
-            "to a token that can read it.") from exc
+            f"no model repo {repo_id!r} on the Hugging Face hub (or it is private): check the "
+            "spelling; for a private repo set HF_TOKEN to a token that can read it.") from exc
     except hub_errors.RevisionNotFoundError as exc:
         raise ModelLoadError(
             f"revision {revision!r} of {repo_id} does not exist: check the branch, tag or "
@@ -78,7 +82,7 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | Path | None,
         raise ModelLoadError(
             f"{repo_id} has no {CHECKPOINT_NAME}: it is not a pyannote model repo (e.g. a "
             "pipeline repo such as pyannote/speaker-diarization-3.1 only points to models; "
-            "pass the model repo, e.g. pyannote/segmentation-3.0).") from exc
+            "pass the model repo, e.g. hf:pyannote/segmentation-3.0).") from exc
     except (hub_errors.HfHubHTTPError, OSError) as exc:
         raise ModelLoadError(
             f"fetching {where}/{CHECKPOINT_NAME} from the Hugging Face hub failed: {exc}. "
@@ -88,24 +92,41 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | Path | None,
 
 def resolve_checkpoint(source: str | os.PathLike[str], *, revision: str | None = None,
                        cache_dir: str | Path | None = None, token: str | None = None) -> Path:
-    """Return the local path of the ``pytorch_model.bin`` that ``source`` designates."""
+    """Return the local path of the ``pytorch_model.bin`` that ``source`` designates:
+    a file, a folder holding one, or ``hf:<repo id>[@revision]`` (downloaded)."""
     text = os.fspath(source)
     if not text.strip():
-        raise ModelLoadError("empty model source: give a file, a folder or a hub repo id")
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        candidate = path / CHECKPOINT_NAME
-        if candidate.is_file():
-            return candidate
-        others = sorted(p.name for p in path.glob("*.bin")) + sorted(
-            p.name for p in path.glob("*.ckpt"))
-        hint = f" (it holds {', '.join(others[:3])}: pass that file's path)" if others else ""
-        raise ModelLoadError(f"folder {path} has no {CHECKPOINT_NAME}{hint}")
-    if is_repo_id(text):
-        repo_id, _, at_revision = text.partition("@")
+        raise ModelLoadError("empty model source: give a file, a folder or hf:<hub repo id>")
+    if text.startswith(HUB_PREFIX):
+        repo = text[len(HUB_PREFIX):]
+        if not is_repo_id(repo):
+            raise ModelLoadError(
+                f"{text!r} is not a Hugging Face repo id: write hf:OWNER/NAME, e.g. "
+                "hf:pyannote/segmentation-3.0 (optionally @revision)")
+        repo_id, _, at_revision = repo.partition("@")
         return _download(repo_id, revision or at_revision or None, cache_dir, token)
-    raise ModelLoadError(
-        f"model source {text!r} is neither an existing file or folder nor a Hugging Face repo "
-        "id like 'pyannote/segmentation-3.0'")
+    path = Path(text).expanduser()
+    try:
+        is_dir = path.is_dir()
+        if not is_dir:
+            path.stat()
+    except PermissionError:
+        raise ModelLoadError(f"{path}: permission denied") from None
+    except (OSError, ValueError):
+        hint = (f"; to fetch it from the Hugging Face hub, write hf:{text}" if is_repo_id(text)
+                else "")
+        raise ModelLoadError(f"{text}: no such file or folder{hint}") from None
+    if not is_dir:
+        return path
+    candidate = path / CHECKPOINT_NAME
+    try:
+        candidate.stat()
+        return candidate
+    except PermissionError:
+        raise ModelLoadError(f"{path}: permission denied") from None
+    except OSError:
+        pass
+    others = sorted(p.name for p in path.glob("*.bin")) + sorted(
+        p.name for p in path.glob("*.ckpt"))
+    hint = f" (it holds {', '.join(others[:3])}: pass that file's path)" if others else ""
+    raise ModelLoadError(f"folder {path} has no {CHECKPOINT_NAME}{hint}")

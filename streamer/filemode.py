@@ -1,0 +1,54 @@
+"""File mode: an audio file streamed through one engine, block by block.
+
+The file is decoded a few seconds at a time (:class:`streamer.audio.AudioFile`) and fed to
+the engine in fixed chunks, so memory stays flat however long the file is; the chunks are
+those :func:`streamer.engine.diarize_array` would feed, so the turns are the same.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from streamer.audio import AudioFile
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer
+from streamer.events import Turn
+from streamer.models.base import Frontend
+
+
+def diarize_file(frontend: Frontend, audio: AudioFile, config: StreamConfig | None = None,
+                 chunk: float = 5.0, progress: Callable[[int], None] | None = None,
+                 ) -> tuple[list[Turn], StreamingDiarizer]:
+    """Stream an open audio file through a new engine; returns its final turns and the
+    engine (``engine.position`` is the file's duration in seconds)."""
+    engine = StreamingDiarizer(frontend, config)
+    finals: list[Turn] = []
+    done = 0
+    for samples in rechunk(audio.blocks(), max(1, int(chunk * engine.sample_rate))):
+        finals += [t for t in engine.feed(samples) if t.final]
+        done += len(samples)
+        if progress is not None:
+            progress(done)
+    finals += [t for t in engine.flush() if t.final]
+    return finals, engine
+
+
+def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The samples of ``blocks`` in chunks of exactly ``size`` (the last one shorter)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for block in blocks:
+        pending.append(block)
+        count += len(block)
+        if count < size:
+            continue
+        joined = np.concatenate(pending)
+        cut = count - count % size
+        yield from (joined[i: i + size] for i in range(0, cut, size))
+        pending, count = [joined[cut:].copy()], count - cut
+    if count:
+        yield np.concatenate(pending)
+
+
+__all__ = ["diarize_file", "rechunk"]
