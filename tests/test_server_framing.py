@@ -135,6 +135,32 @@ def test_a_protocol_violation_right_behind_a_refused_message_changes_nothing(
     assert finals(events) == expected_finals(audio)
 
 
+@pytest.mark.parametrize("before", [
+    [client_frame(TEXT, json.dumps({**json.loads(START), "x": 1}).encode())],
+    [client_frame(TEXT, START.encode()), client_frame(BINARY, bytes(4 * 800)),
+     client_frame(TEXT, START.encode())],
+], ids=["bad start", "second start"])
+def test_a_protocol_violation_buffered_behind_a_message_the_session_refuses_changes_nothing(
+        before: list[bytes]) -> None:
+    """A message the session refuses (not the framing layer), with a violation of the
+    websocket protocol (a ping of 126 bytes) behind it in the same write: both are in the
+    server's buffer before the session has read the message, yet the error event and its
+    close code (1008) are what the client gets, not a 1002."""
+
+    async def body():
+        async with running_server(close_timeout=1.0) as server:
+            reader, writer = await raw_open(server)
+            writer.write(b"".join(before + [client_frame(PING, bytes(126)),
+                                            client_frame(TEXT, b'{"type": "stop"}')]))
+            events, close_code = await raw_events(reader)
+            writer.close()
+            return events, close_code
+
+    events, close_code = run(body())
+    assert events and events[-1]["type"] == "error", (close_code, events)
+    assert events[-1]["code"] == "protocol_error" and close_code == 1008, (close_code, events)
+
+
 def test_empty_frames_do_not_count_as_activity() -> None:
     async def body():
         async with running_server(idle_timeout=0.5) as server:

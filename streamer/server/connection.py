@@ -25,8 +25,9 @@ import dataclasses
 from typing import Any, Callable, Generator
 
 from websockets.asyncio.server import Server, ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import BINARY, CONT, DATA_OPCODES, TEXT, CloseCode, Frame, Opcode
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.frames import (BINARY, CONT, DATA_OPCODES, TEXT, Close, CloseCode, Frame,
+                               Opcode)
 from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
@@ -77,6 +78,17 @@ class Refusal:
     error: StreamerError
 
 
+@dataclasses.dataclass
+class Violation:
+    """A protocol event: a violation of the websocket protocol, parsed while messages
+    before it were not yet received by the application; the connection fails (``code``)
+    when :meth:`StreamConnection.recv` reaches it, unless the application refuses one of
+    those messages first."""
+
+    code: int
+    reason: str
+
+
 class StreamProtocol(ServerProtocol):
     """websockets' server protocol with the stream's limits on incoming messages.
 
@@ -91,6 +103,13 @@ class StreamProtocol(ServerProtocol):
         super().__init__(max_size=None, logger=logger)
         self.frame_limit = frame_limit
         self.refusal: StreamerError | None = None
+        #: A violation held behind messages the application has not received yet.
+        self.violation: Violation | None = None
+        #: Complete data messages parsed so far.
+        self.messages_parsed = 0
+        #: How many of them the application received (set by the connection).
+        self.messages_received: Callable[[], int] = lambda: self.messages_parsed
+        self._parsing = False
         self._message_size = 0
         self._fragments = 0
         self._text: codecs.IncrementalDecoder | None = None
@@ -101,7 +120,11 @@ class StreamProtocol(ServerProtocol):
         next(self.parser)
 
     def receive_data(self, data: bytes | bytearray) -> None:
-        super().receive_data(data)
+        self._parsing = True
+        try:
+            super().receive_data(data)
+        finally:
+            self._parsing = False
         # An oversized frame is refused as soon as its header is in, not when its last
         # byte has been skipped.
         skipping = getattr(self.reader, "skipping", 0)
@@ -114,6 +137,34 @@ class StreamProtocol(ServerProtocol):
             self._refuse(refusal)
             return
         super().recv_frame(frame)
+        if frame.opcode in DATA_OPCODES and frame.fin:
+            self.messages_parsed += 1
+
+    def fail(self, code: CloseCode | int, reason: str = "") -> None:
+        """A violation of the websocket protocol found while parsing fails the connection
+        at once only when the application has received every message before it: else it
+        takes its place in the message stream (a :class:`Violation`), so that a refusal
+        of an earlier message keeps its own close code. Input after it is not parsed."""
+        if (self._parsing and code == CloseCode.PROTOCOL_ERROR and self.state is OPEN
+                and self.refusal is None and self.violation is None
+                and self.messages_parsed > self.messages_received()):
+            self.violation = Violation(code, reason)
+            self.events.append(self.violation)
+            self.parser = self._ignore_input()
+            next(self.parser)
+            return
+        super().fail(code, reason)
+
+    def stop_input(self, error: StreamerError) -> None:
+        """The application refused a message: the peer's input is no longer parsed (nor
+        a violation held behind it acted on), so nothing it sent can change how the
+        connection closes."""
+        if self.refusal is not None:
+            return
+        self.refusal = error
+        self.violation = None
+        self.parser = self._ignore_input()
+        next(self.parser)
 
     def _check(self, frame: Frame) -> StreamerError | None:
         """Why ``frame`` ends the stream, if it does."""
@@ -180,6 +231,7 @@ class StreamConnection(ServerConnection):
         self._messages_out = 0
         self._refusal: StreamerError | None = None
         self._refused_after = 0
+        self._violation_after: int | None = None
         self._reading_paused_by: set[str] = set()
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -203,6 +255,12 @@ class StreamConnection(ServerConnection):
         self._messages_out += 1
         if self._refusal is not None and self._messages_out > self._refused_after:
             raise self._refusal
+        violation = getattr(self.protocol, "violation", None)
+        if (violation is not None and self._violation_after is not None
+                and self._messages_out > self._violation_after):
+            # The held violation is reached: fail the connection as websockets would have.
+            await self.close(violation.code, violation.reason)
+            raise ConnectionClosedError(None, Close(violation.code, violation.reason))
         kind = self._kinds.popleft()
         if decode or (decode is None and kind is TEXT):
             return data.decode()
@@ -211,6 +269,10 @@ class StreamConnection(ServerConnection):
     def process_event(self, event: Any) -> None:
         if isinstance(event, Refusal):
             self._deliver_refusal(event.error)
+            return
+        if isinstance(event, Violation):
+            self._violation_after = self._messages_in
+            self._wake_recv()
             return
         if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
             if event.opcode is not CONT:
@@ -224,8 +286,20 @@ class StreamConnection(ServerConnection):
         """End the message stream with ``error``, after the messages received so far."""
         self._refusal = error
         self._refused_after = self._messages_in
+        self._wake_recv()
+
+    def stop_input(self, error: StreamerError) -> None:
+        """The application refused a message (``error``): stop reading the peer's input
+        now, before anything else runs, so that input already buffered or still to come
+        (a violation of the websocket protocol included) cannot change the close code.
+        :meth:`close` then sends the close frame and ends the TCP connection."""
+        stop = getattr(self.protocol, "stop_input", None)
+        if stop is not None and self.protocol.state is OPEN:
+            stop(error)
+
+    def _wake_recv(self) -> None:
         # One last frame wakes a recv() that waits, and completes a message left half
-        # received, so that recv() reaches the refusal in order.
+        # received, so that recv() reaches the refusal (or violation) in order.
         try:
             self.recv_messages.put(Frame(CONT if self._in_message else BINARY, b"", True))
         except EOFError:
@@ -235,7 +309,9 @@ class StreamConnection(ServerConnection):
         """Close; after a refusal the peer's input is no longer read, so its close frame
         would never be seen: send ours and end the TCP connection at once, as when
         websockets fails a connection."""
-        if self.protocol.state is not OPEN or getattr(self.protocol, "refusal", None) is None:
+        held = (getattr(self.protocol, "refusal", None) is not None
+                or getattr(self.protocol, "violation", None) is not None)
+        if self.protocol.state is not OPEN or not held:
             await super().close(code, reason)
             return
         try:
@@ -248,6 +324,8 @@ class StreamConnection(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if isinstance(self.protocol, StreamProtocol):
+            self.protocol.messages_received = lambda: self._messages_out
         # Reading pauses while websockets' receive queue is full or the write buffer is.
         self.recv_messages.pause = lambda: self._pause_reading("queue")
         self.recv_messages.resume = lambda: self._resume_reading("queue")
@@ -298,4 +376,4 @@ class StreamConnection(ServerConnection):
         self.loop.call_later(self.close_timeout or 0, self.transport.abort)
 
 
-__all__ = ["StreamConnection", "StreamProtocol", "Refusal", "MAX_FRAGMENTS"]
+__all__ = ["StreamConnection", "StreamProtocol", "Refusal", "Violation", "MAX_FRAGMENTS"]

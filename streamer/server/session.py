@@ -148,6 +148,7 @@ class StreamSession:
         return f"{slow.code} ({slow})"
 
     async def _end_with_error(self, error: StreamerError) -> None:
+        self._stop_input(error)
         self.context.metrics.error(error.code)
         if isinstance(error, SlowClient):
             self.context.metrics.count("slow_clients")
@@ -195,6 +196,21 @@ class StreamSession:
             raise IdleTimeout(f"no message for {idle:g} s") from None
 
     async def _read(self) -> None:
+        try:
+            await self._read_messages()
+        except StreamerError as error:
+            # Decided: stop reading the client's input before anything else runs, so
+            # that what it sent after (a websocket protocol violation included, even one
+            # already buffered) cannot change how the stream ends.
+            self._stop_input(error)
+            raise
+
+    def _stop_input(self, error: StreamerError) -> None:
+        stop = getattr(self.connection, "stop_input", None)
+        if stop is not None:
+            stop(error)
+
+    async def _read_messages(self) -> None:
         message = await self._receive()
         if isinstance(message, bytes):
             raise ProtocolError("audio before start: send a start message first")
