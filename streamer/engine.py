@@ -9,6 +9,7 @@ interim view of the open turn).
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -196,15 +197,27 @@ class StreamingDiarizer:
 def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig | None = None,
                   chunk: float = 0.5, progress=None) -> tuple[list[Turn], StreamingDiarizer]:
     """Stream a whole signal through a new engine; returns its final turns and the engine."""
+    size = max(1, int(chunk * frontend.sample_rate))
+    chunks = (samples[offset: offset + size] for offset in range(0, len(samples), size))
+    return diarize_chunks(frontend, chunks, config, progress)
+
+
+def diarize_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
+                   config: StreamConfig | None = None,
+                   progress: Callable[[int], None] | None = None,
+                   ) -> tuple[list[Turn], StreamingDiarizer]:
+    """Feed ``chunks`` to a new engine, then flush it; returns its final turns and the
+    engine. ``progress`` gets the number of samples fed so far after each chunk."""
     engine = StreamingDiarizer(frontend, config)
-    size = max(1, int(chunk * engine.sample_rate))
     finals: list[Turn] = []
-    for offset in range(0, len(samples), size):
-        finals += [t for t in engine.feed(samples[offset: offset + size]) if t.final]
+    done = 0
+    for samples in chunks:
+        finals += [t for t in engine.feed(samples) if t.final]
+        done += len(samples)
         if progress is not None:
-            progress(min(offset + size, len(samples)))
+            progress(done)
     finals += [t for t in engine.flush() if t.final]
     return finals, engine
 
 
-__all__ = ["StreamingDiarizer", "diarize_array"]
+__all__ = ["StreamingDiarizer", "diarize_array", "diarize_chunks"]

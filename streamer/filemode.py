@@ -12,7 +12,7 @@ import numpy as np
 
 from streamer.audio import AudioFile
 from streamer.config import StreamConfig
-from streamer.engine import StreamingDiarizer
+from streamer.engine import StreamingDiarizer, diarize_chunks
 from streamer.events import Turn
 from streamer.models.base import Frontend
 
@@ -22,16 +22,8 @@ def diarize_file(frontend: Frontend, audio: AudioFile, config: StreamConfig | No
                  ) -> tuple[list[Turn], StreamingDiarizer]:
     """Stream an open audio file through a new engine; returns its final turns and the
     engine (``engine.position`` is the file's duration in seconds)."""
-    engine = StreamingDiarizer(frontend, config)
-    finals: list[Turn] = []
-    done = 0
-    for samples in rechunk(audio.blocks(), max(1, int(chunk * engine.sample_rate))):
-        finals += [t for t in engine.feed(samples) if t.final]
-        done += len(samples)
-        if progress is not None:
-            progress(done)
-    finals += [t for t in engine.flush() if t.final]
-    return finals, engine
+    size = max(1, int(chunk * frontend.sample_rate))
+    return diarize_chunks(frontend, rechunk(audio.blocks(), size), config, progress)
 
 
 def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
