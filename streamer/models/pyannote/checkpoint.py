@@ -245,12 +245,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                       architecture, specs if isinstance(specs, dict) else {})
 
 
-
 def _unpickle(path: Path, file: BinaryIO) -> Any:
     """The checkpoint's pickled object, read through :class:`RestrictedUnpickler`."""
-    kind = container_kind(path, file)  # refuses TorchScript before torch sees the file
+    kind = container_kind(path, file)
     try:
-        if kind == "zip":
+        if kind == "zip":  # checked entry by entry (TorchScript refused), read without torch
             return load_zip(path, file, RestrictedUnpickler)
         # torch's legacy reader only unpickles (with the module given), it runs no code
         return torch.load(file, map_location="cpu", pickle_module=restricted_pickle_module,

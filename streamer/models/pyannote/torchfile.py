@@ -57,12 +57,12 @@ def storage_type(name: str) -> StorageType | None:
 
 
 def container_kind(path: Path, file: BinaryIO) -> str:
-    """``"zip"`` or ``"legacy"``; raises :class:`ModelLoadError` for anything else,
-    e.g. a TorchScript archive."""
+    """``"zip"`` or ``"legacy"`` by the file's first bytes; raises
+    :class:`ModelLoadError` for anything else. A zip's entries are checked by
+    :func:`load_zip`, which refuses a TorchScript archive before reading anything."""
     head = file.read(64)
     file.seek(0)
     if head.startswith(ZIP_MAGIC):
-        check_zip(path, file)
         return "zip"
     if head.startswith(LEGACY_HEADS):
         return "legacy"
@@ -118,7 +118,8 @@ def check_zip(path: Path, file: BinaryIO) -> str:
 
 
 def load_zip(path: Path, file: BinaryIO, unpickler: type[pickle.Unpickler]) -> Any:
-    """Unpickle a checked zip checkpoint with ``unpickler``, tensors on the CPU."""
+    """Unpickle a zip checkpoint with ``unpickler``, tensors on the CPU, once
+    :func:`check_zip` has found it a plain ``torch.save`` file."""
     root = check_zip(path, file)
     with _archive(path, file) as archive:
         names = set(archive.namelist())
