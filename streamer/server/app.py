@@ -227,7 +227,9 @@ class DiarizationServer:
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
     def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
-        if path not in ("/healthz", "/metrics") and static_path(path, self.web_root) is None:
+        builtin = path in ("/healthz", "/metrics")
+        page = None if builtin else static_path(path, self.web_root)
+        if not builtin and page is None:
             return response(404, "not found\n")
         if method not in READ_METHODS:
             return not_allowed()
@@ -242,7 +244,7 @@ class DiarizationServer:
         elif path == "/metrics":
             answer = response(200, self.metrics.render(), CONTENT_TYPE)
         else:
-            answer = static_file(path, self.web_root) or response(404, "not found\n")
+            answer = static_file(page)
         return for_method(method, answer)
 
 

@@ -115,7 +115,7 @@ class StreamProtocol(ServerProtocol):
         self._text: codecs.IncrementalDecoder | None = None
         # The parser started by __init__ holds on to the reader of that moment: start it
         # again on the skipping one, before any byte arrives.
-        self.reader = _SkippingReader(frame_limit)
+        self.reader: _SkippingReader = _SkippingReader(frame_limit)
         self.parser = self.parse()
         next(self.parser)
 
@@ -127,7 +127,7 @@ class StreamProtocol(ServerProtocol):
             self._parsing = False
         # An oversized frame is refused as soon as its header is in, not when its last
         # byte has been skipped.
-        skipping = getattr(self.reader, "skipping", 0)
+        skipping = self.reader.skipping
         if skipping and self.refusal is None and self.state is OPEN:
             self._refuse(self._too_large(f"frame of {skipping} bytes"))
 
@@ -169,7 +169,7 @@ class StreamProtocol(ServerProtocol):
     def _check(self, frame: Frame) -> StreamerError | None:
         """Why ``frame`` ends the stream, if it does."""
         reader = self.reader
-        if isinstance(reader, _SkippingReader) and reader.skipped:
+        if reader.skipped:
             size, reader.skipped = reader.skipped, 0
             return self._too_large(f"frame of {size} bytes")
         if frame.opcode not in DATA_OPCODES:
@@ -218,6 +218,8 @@ class StreamConnection(ServerConnection):
     nothing else to receive.
     """
 
+    protocol: StreamProtocol
+
     def __init__(self, protocol: ServerProtocol, server: Server, *, frame_limit: int,
                  stall_timeout: float, **kwargs: Any) -> None:
         super().__init__(StreamProtocol(frame_limit, logger=protocol.logger), server,
@@ -255,7 +257,7 @@ class StreamConnection(ServerConnection):
         self._messages_out += 1
         if self._refusal is not None and self._messages_out > self._refused_after:
             raise self._refusal
-        violation = getattr(self.protocol, "violation", None)
+        violation = self.protocol.violation
         if (violation is not None and self._violation_after is not None
                 and self._messages_out > self._violation_after):
             # The held violation is reached: fail the connection as websockets would have.
@@ -293,9 +295,8 @@ class StreamConnection(ServerConnection):
         now, before anything else runs, so that input already buffered or still to come
         (a violation of the websocket protocol included) cannot change the close code.
         :meth:`close` then sends the close frame and ends the TCP connection."""
-        stop = getattr(self.protocol, "stop_input", None)
-        if stop is not None and self.protocol.state is OPEN:
-            stop(error)
+        if self.protocol.state is OPEN:
+            self.protocol.stop_input(error)
 
     def _wake_recv(self) -> None:
         # One last frame wakes a recv() that waits, and completes a message left half
@@ -309,8 +310,7 @@ class StreamConnection(ServerConnection):
         """Close; after a refusal the peer's input is no longer read, so its close frame
         would never be seen: send ours and end the TCP connection at once, as when
         websockets fails a connection."""
-        held = (getattr(self.protocol, "refusal", None) is not None
-                or getattr(self.protocol, "violation", None) is not None)
+        held = self.protocol.refusal is not None or self.protocol.violation is not None
         if self.protocol.state is not OPEN or not held:
             await super().close(code, reason)
             return
@@ -324,8 +324,7 @@ class StreamConnection(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if isinstance(self.protocol, StreamProtocol):
-            self.protocol.messages_received = lambda: self._messages_out
+        self.protocol.messages_received = lambda: self._messages_out
         # Reading pauses while websockets' receive queue is full or the write buffer is.
         self.recv_messages.pause = lambda: self._pause_reading("queue")
         self.recv_messages.resume = lambda: self._resume_reading("queue")

@@ -66,11 +66,8 @@ def static_path(path: str, root: Path = WEB_ROOT) -> Path | None:
         return None
 
 
-def static_file(path: str, root: Path = WEB_ROOT) -> Response | None:
-    """The response serving the web page's file at ``path``, or ``None``."""
-    file = static_path(path, root)
-    if file is None:
-        return None
+def static_file(file: Path) -> Response:
+    """The response serving ``file`` of the web page (found by :func:`static_path`)."""
     content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
     return response(200, file.read_bytes(), content_type)
 

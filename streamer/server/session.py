@@ -20,12 +20,12 @@ import uuid
 from typing import Any, Callable
 
 import numpy as np
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamer.audio import PcmDecoder
 from streamer.errors import ProtocolError, StreamerError
 from streamer.server import protocol
+from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
 from streamer.server.sender import EventSender
@@ -42,7 +42,7 @@ class _Ended(Exception):
 class StreamSession:
     """The state and tasks of one connection to ``/v1/stream``."""
 
-    def __init__(self, connection: ServerConnection, context: ServerContext) -> None:
+    def __init__(self, connection: StreamConnection, context: ServerContext) -> None:
         self.connection = connection
         self.context = context
         self.settings = context.settings
@@ -140,7 +140,7 @@ class StreamSession:
     def _disconnected(self, outcome: str) -> str:
         """The outcome of a closed connection: ``slow_client`` when the connection gave
         up on a client that did not read (see :class:`StreamConnection`)."""
-        slow = getattr(self.connection, "gave_up", None)
+        slow = self.connection.gave_up
         if slow is None:
             return outcome
         self.context.metrics.error(slow.code)
@@ -148,7 +148,7 @@ class StreamSession:
         return f"{slow.code} ({slow})"
 
     async def _end_with_error(self, error: StreamerError) -> None:
-        self._stop_input(error)
+        self.connection.stop_input(error)
         self.context.metrics.error(error.code)
         if isinstance(error, SlowClient):
             self.context.metrics.count("slow_clients")
@@ -202,13 +202,8 @@ class StreamSession:
             # Decided: stop reading the client's input before anything else runs, so
             # that what it sent after (a websocket protocol violation included, even one
             # already buffered) cannot change how the stream ends.
-            self._stop_input(error)
+            self.connection.stop_input(error)
             raise
-
-    def _stop_input(self, error: StreamerError) -> None:
-        stop = getattr(self.connection, "stop_input", None)
-        if stop is not None:
-            stop(error)
 
     async def _read_messages(self) -> None:
         message = await self._receive()
@@ -216,7 +211,8 @@ class StreamSession:
             raise ProtocolError("audio before start: send a start message first")
         parsed = protocol.parse_text(message)
         if parsed["type"] != "start":
-            raise ProtocolError(f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
+            raise ProtocolError(
+                f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
         await self._start(protocol.parse_start(parsed))
         while True:
             if not self._resume.is_set():
