@@ -94,8 +94,13 @@ def _pieces(reference: list[Segment], hypothesis: list[Segment],
         uem = [(0.0, max(ends, default=0.0))]
     pieces = _elementary(reference, hypothesis, uem)
     if skip_overlap:
-        pieces = [p for p in pieces if len(p[1]) < 2]
+        pieces = _without_overlap(pieces)
     return pieces
+
+
+def _without_overlap(pieces: list[Piece]) -> list[Piece]:
+    """The pieces where at most one reference speaker talks."""
+    return [p for p in pieces if len(p[1]) < 2]
 
 
 def _optimal_mapping(pieces: list[Piece]) -> dict[str, str]:
@@ -117,7 +122,10 @@ def _optimal_mapping(pieces: list[Piece]) -> dict[str, str]:
 def der_components(reference: list[Segment], hypothesis: list[Segment],
                    uem: list[tuple[float, float]] | None = None,
                    skip_overlap: bool = False) -> DerComponents:
-    pieces = _pieces(reference, hypothesis, uem, skip_overlap)
+    return _der(_pieces(reference, hypothesis, uem, skip_overlap))
+
+
+def _der(pieces: list[Piece]) -> DerComponents:
     mapping = {h: r for r, h in _optimal_mapping(pieces).items()}
     result = DerComponents()
     for duration, ref, hyp in pieces:
@@ -133,7 +141,10 @@ def der_components(reference: list[Segment], hypothesis: list[Segment],
 def jer_components(reference: list[Segment], hypothesis: list[Segment],
                    uem: list[tuple[float, float]] | None = None,
                    skip_overlap: bool = False) -> JerComponents:
-    pieces = _pieces(reference, hypothesis, uem, skip_overlap)
+    return _jer(_pieces(reference, hypothesis, uem, skip_overlap))
+
+
+def _jer(pieces: list[Piece]) -> JerComponents:
     mapping = _optimal_mapping(pieces)
     result = JerComponents()
     for speaker in sorted({spk for _, r, _ in pieces for spk in r}):
@@ -212,9 +223,10 @@ def score_file(reference: list[Segment], hypothesis: list[Segment],
     """All scores of one diarized file; speaker counts are over the whole file."""
     speakers = len({spk for *_, spk in hypothesis})
     reference_speakers = len({spk for *_, spk in reference})
-    return Score(der=der_components(reference, hypothesis, uem),
-                 der_no_overlap=der_components(reference, hypothesis, uem, skip_overlap=True),
-                 jer=jer_components(reference, hypothesis, uem),
+    pieces = _pieces(reference, hypothesis, uem, skip_overlap=False)
+    return Score(der=_der(pieces),
+                 der_no_overlap=_der(_without_overlap(pieces)),
+                 jer=_jer(pieces),
                  duration=duration, compute=compute, files=1,
                  right_count=int(speakers == reference_speakers),
                  speakers=speakers, reference_speakers=reference_speakers)
