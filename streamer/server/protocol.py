@@ -107,7 +107,8 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
         rate = int(rate)
     if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
         raise AudioFormatError(
-            f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, got {excerpt(rate)}")
+            f"sample_rate must be a whole number between {MIN_RATE} and {MAX_RATE}, "
+            f"got {excerpt(rate)}")
     encoding = message.get("encoding", "pcm_s16le")
     if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise AudioFormatError(
@@ -148,6 +149,7 @@ def encode(message: Mapping[str, Any]) -> str:
 
 __all__ = [
     "PATH", "StartRequest", "parse_text", "parse_start", "error_message", "warning_message",
-    "encode", "excerpt", "names", "BadJson", "UnknownMessage", "FrameTooLarge", "StreamTooLong", "IdleTimeout",
+    "encode", "excerpt", "names", "BadJson", "UnknownMessage", "FrameTooLarge",
+    "StreamTooLong", "IdleTimeout",
     "TooManyConnections", "SlowClient", "ConfigError",
 ]

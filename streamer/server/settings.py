@@ -107,7 +107,8 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size", "write_limit", "batch_max_size"):
+        for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size",
+                     "write_limit", "batch_max_size"):
             _positive(name, getattr(self, name), whole=True)
             setattr(self, name, int(getattr(self, name)))
         for name in ("workers", "torch_threads"):
