@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from streamer.linalg import min_cost_assignment
 
 _FORBIDDEN = 1e6
 #: Below ``min_speakers``, a new speaker costs this fraction of ``delta_new``.
@@ -67,7 +68,7 @@ class CentroidMemory:
         extra = np.full((count, count), _FORBIDDEN)
         np.fill_diagonal(extra, np.where(creates & (room <= 0), _FORBIDDEN / 2, cost_new))
         cost = np.concatenate([distances, extra], axis=1)
-        rows, columns = linear_sum_assignment(cost)
+        rows, columns = min_cost_assignment(cost)
         seen: set[int] = set()
         for row, column in sorted(zip(rows, columns), key=lambda rc: cost[rc[0], rc[1]]):
             if column < known:

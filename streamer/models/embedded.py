@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
+from streamer.linalg import LINKAGES, linkage_clusters
 from streamer.models.base import BufferAnalysis, FrameTiming
 from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.ge2e import N_FFT, MelSpectrogram, VoiceEncoder, volume_gain
@@ -67,7 +67,7 @@ class EmbeddedSettings:
             raise ValueError(f"max_local must be between 1 and 10, got {self.max_local}")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
-        if self.linkage not in ("average", "complete", "single", "weighted"):
+        if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be average, complete, single or weighted, "
                              f"got {self.linkage!r}")
 
@@ -237,8 +237,7 @@ class _Stream:
         are folded into the nearest large cluster."""
         if len(embeddings) == 1:
             return np.zeros(1, int)
-        tree = linkage(embeddings, method=self.s.linkage, metric="cosine")
-        labels = fcluster(tree, self.s.local_threshold, criterion="distance") - 1
+        labels = linkage_clusters(embeddings, self.s.local_threshold, self.s.linkage)
         sizes = np.bincount(labels)
         order = np.argsort(-sizes, kind="stable")
         big = [k for k in order[: self.s.max_local] if sizes[k] >= self.s.min_windows]
