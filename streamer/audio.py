@@ -54,6 +54,53 @@ def clip_samples(samples: np.ndarray, what: str = "audio") -> np.ndarray:
     return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
+#: Most channels an in-memory signal may have (a longer axis is the time axis).
+MAX_CHANNELS = 32
+
+
+def float_samples(samples: Any, what: str = "samples") -> np.ndarray:
+    """A number array as float samples in full scale: integer PCM is scaled (int16 by
+    1/32768, int32 by 1/2**31, int8 by 1/128; uint8 is offset by 128), floats are kept
+    and clipped to [-1, 1]. Anything else (bool, complex, strings, objects) is refused."""
+    array = np.asarray(samples)
+    kind = array.dtype.kind
+    if kind == "i" and array.dtype.itemsize <= 4:
+        return (array.astype(np.float64) / 2.0 ** (8 * array.dtype.itemsize - 1)).astype(np.float32)
+    if array.dtype == np.uint8:
+        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if kind != "f":
+        raise AudioFormatError(
+            f"{what} must be float (full scale [-1, 1]) or int8/int16/int32/uint8 PCM, "
+            f"got dtype {array.dtype}")
+    return clip_samples(array, what)
+
+
+def prepare_samples(samples: Any, sample_rate: int, what: str = "samples") -> np.ndarray:
+    """An in-memory signal of any supported dtype, rate and layout as 16 kHz mono float32.
+
+    ``samples`` is ``(time,)`` or two-dimensional with up to :data:`MAX_CHANNELS` channels
+    on either axis (``(channels, time)`` as pyannote and torchaudio lay them out, or
+    ``(time, channels)`` as soundfile does: the shorter axis is the channels); channels
+    are averaged. ``sample_rate`` is the signal's rate, resampled to 16 kHz.
+
+    Raises:
+        AudioFormatError: a dtype, shape or rate that cannot be audio, or NaN/inf.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or not 1000 <= sample_rate <= 384000:
+        raise AudioFormatError(
+            f"sample_rate must be a whole number of Hz between 1000 and 384000, "
+            f"got {sample_rate!r}")
+    array = float_samples(samples, what)
+    if array.ndim == 2 and min(array.shape) <= MAX_CHANNELS:
+        array = array.mean(axis=int(np.argmin(array.shape)), dtype=np.float32)
+    elif array.ndim != 1:
+        raise AudioFormatError(
+            f"{what} must be (time,) or (channels, time) with at most {MAX_CHANNELS} "
+            f"channels, got shape {array.shape}")
+    return resample(array, int(sample_rate))
+
+
 class PcmDecoder:
     """Decodes binary PCM frames of one stream to 16 kHz mono float32, statefully.
 

@@ -14,10 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from streamer.aggregation import Aggregator
-from streamer.audio import clip_samples
+from streamer.audio import clip_samples, prepare_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
+from streamer.errors import AudioFormatError
 from streamer.events import SpeakerSummary, Turn, speaker_label
 from streamer.models.base import BufferAnalysis, Frontend
 from streamer.turns import TurnBuilder
@@ -70,11 +71,23 @@ class StreamingDiarizer:
     def feed(self, samples: np.ndarray) -> list[Turn]:
         """Add audio; returns the turn events it produced (final and interim).
 
-        Samples beyond full scale are clipped to [-1, 1]; NaN or infinity raises
-        :class:`AudioFormatError`."""
+        ``samples`` are 16 kHz mono floats in full scale [-1, 1] (see
+        :func:`diarize_array` for other rates, integer PCM and channels). Samples beyond
+        full scale are clipped; NaN or infinity, integer or other non-float samples, and
+        more than one channel raise :class:`AudioFormatError`."""
         if self._finished:
             raise RuntimeError("flush() ended this stream: call reset() to start another")
-        samples = clip_samples(np.asarray(samples).reshape(-1), "samples")
+        samples = np.asarray(samples)
+        if samples.dtype.kind != "f":
+            raise AudioFormatError(
+                f"feed takes float samples in [-1, 1] at {self.sample_rate} Hz, got dtype "
+                f"{samples.dtype}: scale integer PCM first (int16: samples / 32768) or use "
+                f"diarize_array(..., sample_rate=...)")
+        if sum(size > 1 for size in samples.shape) > 1:
+            raise AudioFormatError(
+                f"feed takes one channel, got shape {samples.shape}: average the channels "
+                f"first or use diarize_array(..., sample_rate=...)")
+        samples = clip_samples(samples.reshape(-1), "samples")
         events: list[Turn] = []
         stepped = False
         for buffer, end in self._buffer.push(samples):
@@ -195,8 +208,16 @@ class StreamingDiarizer:
 
 
 def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig | None = None,
-                  chunk: float = 0.5, progress=None) -> tuple[list[Turn], StreamingDiarizer]:
-    """Stream a whole signal through a new engine; returns its final turns and the engine."""
+                  chunk: float = 0.5, progress=None, *, sample_rate: int = 16000,
+                  ) -> tuple[list[Turn], StreamingDiarizer]:
+    """Stream a whole signal through a new engine; returns its final turns and the engine.
+
+    ``samples`` may be float (full scale [-1, 1]) or int8/int16/int32/uint8 PCM, mono
+    ``(time,)`` or with channels on either axis, at any ``sample_rate``: it is scaled,
+    downmixed and resampled to 16 kHz first (every model here runs at 16 kHz) (see
+    :func:`streamer.audio.prepare_samples`). A bad dtype, shape or rate raises
+    :class:`AudioFormatError`."""
+    samples = prepare_samples(samples, sample_rate)
     size = max(1, int(chunk * frontend.sample_rate))
     chunks = (samples[offset: offset + size] for offset in range(0, len(samples), size))
     return diarize_chunks(frontend, chunks, config, progress)
