@@ -16,6 +16,8 @@ from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_
 from streamer.errors import ConfigError, StreamerError
 
 logger = logging.getLogger("streamer")
+#: Shapes of the file-mode JSON result (--json-format).
+JSON_FORMATS = ("streamer", "meronym")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     diarize.add_argument("--rttm", metavar="OUT", help="write the turns as RTTM")
     diarize.add_argument("--json", metavar="OUT", help="write segments, speakers and "
                                                       "embeddings as JSON")
+    diarize.add_argument("--json-format", choices=JSON_FORMATS, default="streamer",
+                         help="shape of --json: streamer (default: segments in seconds, "
+                              "speakers, speech, embeddings, model and config) or meronym "
+                              "(the hosted-service shape: segments with H:MM:SS.ffffff "
+                              "start/stop, speakers with count, labels and embeddings)")
     diarize.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(diarize)
     add_stream_arguments(diarize)
@@ -142,7 +149,8 @@ def _run_diarize(args: argparse.Namespace) -> int:
             if "--rttm" in outputs:
                 write_rttm(turns, uri, _emptied(outputs["--rttm"]))
             if "--json" in outputs:
-                document = diarization_document(args.audio, duration, turns, engine)
+                document = (meronym_document(turns, engine) if args.json_format == "meronym"
+                            else diarization_document(args.audio, duration, turns, engine))
                 json.dump(document, _emptied(outputs["--json"]), indent=1)
     if not args.rttm and not args.json:
         for turn in turns:
@@ -219,6 +227,31 @@ def diarization_document(audio: str, duration: float, turns: list, engine) -> di
         "model": engine.frontend.describe(),
         "config": engine.config.to_dict(),
     }
+
+
+def meronym_document(turns: list, engine) -> dict:
+    """The JSON result in the shape of the hosted pyannote-based diarization services:
+    ``{"segments": [{"speaker", "start", "stop"}], "speakers": {"count", "labels",
+    "embeddings"}}``, times as ``H:MM:SS.ffffff`` strings, one embedding per label."""
+    speakers = [s for s in engine.speakers() if s.speech > 0]
+    return {
+        "segments": [{"speaker": t.speaker, "start": clock(t.start), "stop": clock(t.end)}
+                     for t in turns],
+        "speakers": {
+            "count": len(speakers),
+            "labels": [s.label for s in speakers],
+            "embeddings": {s.label: [round(x, 6) for x in s.embedding] for s in speakers},
+        },
+    }
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS.ffffff`` (hours unpadded, microseconds always written)."""
+    micro = int(round(max(seconds, 0.0) * 1_000_000))
+    hours, micro = divmod(micro, 3_600_000_000)
+    minutes, micro = divmod(micro, 60_000_000)
+    whole, micro = divmod(micro, 1_000_000)
+    return f"{hours}:{minutes:02d}:{whole:02d}.{micro:06d}"
 
 
 # ---------------------------------------------------------------------------- eval

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from streamer.cli import clock
 from streamer.evaluation import der_components
 from streamer.rttm import read_rttm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "eval" / "sample.wav"
 needs_shared = pytest.mark.skipif(not SAMPLE.exists(), reason=f"{SHARED} is absent")
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def streamer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -42,6 +45,45 @@ def test_diarize_sample_writes_rttm_and_json(tmp_path):
     starts = [s["start"] for s in data["segments"]]
     assert starts == sorted(starts)
     assert "real-time factor" in result.stderr
+
+
+def seconds(clock_text: str) -> float:
+    hours, minutes, rest = clock_text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+
+
+def test_meronym_json_has_the_hosted_shape_and_the_rttm_turns(tmp_path):
+    rttm, document = tmp_path / "out.rttm", tmp_path / "out.json"
+    result = streamer("diarize", str(DATA / "two_voices.wav"), "--rttm", str(rttm),
+                      "--json", str(document), "--json-format", "meronym")
+    assert result.returncode == 0, result.stderr
+    turns = read_rttm(rttm)["two_voices"]
+    data = json.loads(document.read_text())
+    assert set(data) == {"segments", "speakers"}
+    assert len(data["segments"]) == len(turns) > 0
+    for segment, (start, end, speaker) in zip(data["segments"], turns):
+        assert set(segment) == {"speaker", "start", "stop"}
+        assert re.fullmatch(r"\d+:\d\d:\d\d\.\d{6}", segment["start"])
+        assert re.fullmatch(r"\d+:\d\d:\d\d\.\d{6}", segment["stop"])
+        assert seconds(segment["start"]) == pytest.approx(start, abs=1e-3)
+        assert seconds(segment["stop"]) == pytest.approx(end, abs=1e-3)
+        assert segment["speaker"] == speaker
+    speakers = data["speakers"]
+    assert speakers["count"] == len(speakers["labels"]) == len({t[2] for t in turns}) == 2
+    assert set(speakers["embeddings"]) == set(speakers["labels"])
+    assert all(len(v) == 256 for v in speakers["embeddings"].values())
+
+
+def test_clock_writes_hours_minutes_seconds_and_microseconds():
+    assert clock(0.0) == "0:00:00.000000"
+    assert clock(3661.5) == "1:01:01.500000"
+    assert clock(59.9999996) == "0:01:00.000000"
+    assert clock(36000.000001) == "10:00:00.000001"
+
+
+def test_unknown_json_format_is_refused():
+    result = streamer("diarize", str(DATA / "two_voices.wav"), "--json-format", "xml")
+    assert result.returncode == 2 and "invalid choice: 'xml'" in result.stderr
 
 
 @needs_shared
