@@ -25,6 +25,8 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", "
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """``(samples,)`` or ``(samples, channels)`` -> ``(samples,)`` float32, by averaging."""
     samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2 and samples.shape[1] == 1:
+        return samples[:, 0]
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
     return samples
@@ -93,7 +95,7 @@ def prepare_samples(samples: Any, sample_rate: int, what: str = "samples") -> np
             f"got {sample_rate!r}")
     array = float_samples(samples, what)
     if array.ndim == 2 and min(array.shape) <= MAX_CHANNELS:
-        array = array.mean(axis=int(np.argmin(array.shape)), dtype=np.float32)
+        array = to_mono(array if array.shape[1] <= array.shape[0] else array.T)
     elif array.ndim != 1:
         raise AudioFormatError(
             f"{what} must be (time,) or (channels, time) with at most {MAX_CHANNELS} "
@@ -136,13 +138,8 @@ class PcmDecoder:
                 f"frame of {len(data)} bytes does not hold whole samples "
                 f"({self.frame_bytes} bytes per sample of {self.channels} channel(s), "
                 f"{self.encoding})")
-        raw = np.frombuffer(data, dtype=self.dtype)
-        if self.dtype.kind == "f":
-            samples = clip_samples(raw, "frame")
-        else:
-            samples = raw.astype(np.float32) / 32768.0
-        if self.channels > 1:
-            samples = samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        samples = to_mono(float_samples(np.frombuffer(data, dtype=self.dtype), "frame")
+                          .reshape(-1, self.channels))
         self.samples_in += len(samples)
         if self._resampler is None:
             return samples

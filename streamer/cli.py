@@ -214,7 +214,7 @@ def _os_reason(error: OSError, path: str) -> str:
 
 def diarization_document(audio: str, duration: float, turns: list, engine) -> dict:
     """The JSON result of file mode, shaped like offline diarization services' output."""
-    speakers = [s for s in engine.speakers() if s.speech > 0]
+    speakers = _spoken(engine)
     return {
         "audio": os.path.basename(audio),
         "duration": round(duration, 3),
@@ -223,7 +223,7 @@ def diarization_document(audio: str, duration: float, turns: list, engine) -> di
         "segments": [{"speaker": t.speaker, "start": round(t.start, 3), "end": round(t.end, 3)}
                      for t in turns],
         "speech": {s.label: round(s.speech, 3) for s in speakers},
-        "embeddings": {s.label: [round(x, 6) for x in s.embedding] for s in speakers},
+        "embeddings": _embeddings(speakers),
         "model": engine.frontend.describe(),
         "config": engine.config.to_dict(),
     }
@@ -233,16 +233,25 @@ def meronym_document(turns: list, engine) -> dict:
     """The JSON result in the shape of the hosted pyannote-based diarization services:
     ``{"segments": [{"speaker", "start", "stop"}], "speakers": {"count", "labels",
     "embeddings"}}``, times as ``H:MM:SS.ffffff`` strings, one embedding per label."""
-    speakers = [s for s in engine.speakers() if s.speech > 0]
+    speakers = _spoken(engine)
     return {
         "segments": [{"speaker": t.speaker, "start": clock(t.start), "stop": clock(t.end)}
                      for t in turns],
         "speakers": {
             "count": len(speakers),
             "labels": [s.label for s in speakers],
-            "embeddings": {s.label: [round(x, 6) for x in s.embedding] for s in speakers},
+            "embeddings": _embeddings(speakers),
         },
     }
+
+
+def _spoken(engine) -> list:
+    """The engine's speakers that have speech in final turns."""
+    return [s for s in engine.speakers() if s.speech > 0]
+
+
+def _embeddings(speakers: list) -> dict[str, list[float]]:
+    return {s.label: [round(x, 6) for x in s.embedding] for s in speakers}
 
 
 def clock(seconds: float) -> str:

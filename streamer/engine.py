@@ -214,7 +214,7 @@ def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig 
 
     ``samples`` may be float (full scale [-1, 1]) or int8/int16/int32/uint8 PCM, mono
     ``(time,)`` or with channels on either axis, at any ``sample_rate``: it is scaled,
-    downmixed and resampled to 16 kHz first (every model here runs at 16 kHz) (see
+    downmixed and resampled to 16 kHz, the rate of every model here, first (see
     :func:`streamer.audio.prepare_samples`). A bad dtype, shape or rate raises
     :class:`AudioFormatError`."""
     samples = prepare_samples(samples, sample_rate)
