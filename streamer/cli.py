@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_arguments(bench)
     bench.set_defaults(run=_run_bench)
 
+    from streamer.tasks import cli_detection, cli_embedding
+
+    cli_detection.add_commands(commands)
+    cli_embedding.add_commands(commands)
+
     models = commands.add_parser("models", help="list presets and where their weights "
                                                 "come from")
     models.set_defaults(run=_run_models)
