@@ -13,11 +13,11 @@ from typing import IO, Callable, Iterator, Sequence
 from streamer import __version__
 from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_from_args,
                               frontend_from_args)
+from streamer.config import StreamConfig
 from streamer.errors import ConfigError, StreamerError
+from streamer.results import JSON_FORMATS
 
 logger = logging.getLogger("streamer")
-#: Shapes of the file-mode JSON result (--json-format).
-JSON_FORMATS = ("streamer", "meronym")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "speakers, speech, embeddings, model and config) or meronym "
                               "(the hosted-service shape: segments with H:MM:SS.ffffff "
                               "start/stop, speakers with count, labels and embeddings)")
+    diarize.add_argument("--rttm-overlap", metavar="OUT",
+                         help="write the regular (overlap-aware) diarization as RTTM: "
+                              "turns of different speakers may overlap (pyannote presets)")
+    diarize.add_argument("--overlap", action="store_true",
+                         help="also find overlapped speech and the overlap-aware "
+                              "diarization (implied by --rttm-overlap); --json then holds "
+                              "regular_segments and overlap (pyannote presets)")
     diarize.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(diarize)
     add_stream_arguments(diarize)
@@ -134,34 +141,39 @@ def _progress(total: int | None,
 
 def _run_diarize(args: argparse.Namespace) -> int:
     from streamer.audio import AudioFile
-    from streamer.filemode import diarize_file
-    from streamer.rttm import write_rttm
+    from streamer.filemode import run_file
+    from streamer.results import Diarization, uri_of
 
     with AudioFile(args.audio) as audio:  # fails fast on a bad file, before loading models
         config = config_from_args(args)
-        with _open_outputs({"--rttm": args.rttm, "--json": args.json}) as outputs:
+        if args.overlap or args.rttm_overlap:
+            config = StreamConfig(**{**config.to_dict(), "outputs": ["overlap", "regular"]})
+        with _open_outputs({"--rttm": args.rttm, "--rttm-overlap": args.rttm_overlap,
+                            "--json": args.json}) as outputs:
             frontend = frontend_from_args(args)
             update, close = _progress(audio.expected_samples, not args.no_progress)
             started = time.perf_counter()
             try:
-                turns, engine = diarize_file(frontend, audio, config, chunk=5.0,
-                                             progress=update)
+                turns, regions, engine = run_file(frontend, audio, config, chunk=5.0,
+                                                  progress=update)
             finally:
                 close()
             elapsed = time.perf_counter() - started
-            duration = engine.position
-            uri = os.path.splitext(os.path.basename(args.audio))[0]
+            result = Diarization(turns, regions, engine, uri_of(args.audio),
+                                 os.path.basename(args.audio))
             if "--rttm" in outputs:
-                write_rttm(turns, uri, _emptied(outputs["--rttm"]))
+                _emptied(outputs["--rttm"]).write(result.to_rttm())
+            if "--rttm-overlap" in outputs:
+                _emptied(outputs["--rttm-overlap"]).write(result.to_rttm(regular=True))
             if "--json" in outputs:
-                document = (meronym_document(turns, engine) if args.json_format == "meronym"
-                            else diarization_document(args.audio, duration, turns, engine))
-                json.dump(document, _emptied(outputs["--json"]), indent=1)
-    if not args.rttm and not args.json:
+                json.dump(result.to_json(args.json_format), _emptied(outputs["--json"]),
+                          indent=1)
+    if not args.rttm and not args.json and not args.rttm_overlap:
         for turn in turns:
             print(f"{turn.start:9.3f} {turn.end:9.3f} {turn.speaker}")
+    duration = result.duration
     print(f"streamer: {duration:.1f} s of audio, {len(turns)} turns, "
-          f"{len({t.speaker for t in turns})} speakers, {elapsed:.2f} s "
+          f"{len(result.labels)} speakers, {elapsed:.2f} s "
           f"(real-time factor {elapsed / max(duration, 1e-9):.3f})", file=sys.stderr)
     return 0
 
@@ -215,57 +227,6 @@ def _os_reason(error: OSError, path: str) -> str:
     if isinstance(error, PermissionError):
         return "permission denied"
     return error.strerror or str(error)
-
-
-def diarization_document(audio: str, duration: float, turns: list, engine) -> dict:
-    """The JSON result of file mode, shaped like offline diarization services' output."""
-    speakers = _spoken(engine)
-    return {
-        "audio": os.path.basename(audio),
-        "duration": round(duration, 3),
-        "num_speakers": len(speakers),
-        "speakers": [s.label for s in speakers],
-        "segments": [{"speaker": t.speaker, "start": round(t.start, 3), "end": round(t.end, 3)}
-                     for t in turns],
-        "speech": {s.label: round(s.speech, 3) for s in speakers},
-        "embeddings": _embeddings(speakers),
-        "model": engine.frontend.describe(),
-        "config": engine.config.to_dict(),
-    }
-
-
-def meronym_document(turns: list, engine) -> dict:
-    """The JSON result in the shape of the hosted pyannote-based diarization services:
-    ``{"segments": [{"speaker", "start", "stop"}], "speakers": {"count", "labels",
-    "embeddings"}}``, times as ``H:MM:SS.ffffff`` strings, one embedding per label."""
-    speakers = _spoken(engine)
-    return {
-        "segments": [{"speaker": t.speaker, "start": clock(t.start), "stop": clock(t.end)}
-                     for t in turns],
-        "speakers": {
-            "count": len(speakers),
-            "labels": [s.label for s in speakers],
-            "embeddings": _embeddings(speakers),
-        },
-    }
-
-
-def _spoken(engine) -> list:
-    """The engine's speakers that have speech in final turns."""
-    return [s for s in engine.speakers() if s.speech > 0]
-
-
-def _embeddings(speakers: list) -> dict[str, list[float]]:
-    return {s.label: [round(x, 6) for x in s.embedding] for s in speakers}
-
-
-def clock(seconds: float) -> str:
-    """``H:MM:SS.ffffff`` (hours unpadded, microseconds always written)."""
-    micro = int(round(max(seconds, 0.0) * 1_000_000))
-    hours, micro = divmod(micro, 3_600_000_000)
-    minutes, micro = divmod(micro, 60_000_000)
-    whole, micro = divmod(micro, 1_000_000)
-    return f"{hours}:{minutes:02d}:{whole:02d}.{micro:06d}"
 
 
 # ---------------------------------------------------------------------------- eval

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from streamer.errors import ConfigError
+from streamer.events import OUTPUTS
 
 #: Default delay between the audio and the final decision about it, in seconds.
 DEFAULT_LATENCY = 2.0
@@ -38,6 +39,17 @@ def _count(name: str, value: Any, low: int = 1, high: int = 1000) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"outputs must be a list of names among {', '.join(OUTPUTS)}, "
+                          f"got {value!r}")
+    unknown = [name for name in value if name not in OUTPUTS]
+    if unknown:
+        raise ConfigError(f"unknown output(s) {', '.join(map(repr, unknown))}: choose among "
+                          f"{', '.join(OUTPUTS)}")
+    return tuple(name for name in OUTPUTS if name in value)
 
 
 @dataclass
@@ -69,6 +81,10 @@ class StreamConfig:
             takes the model's tuned value.
         gamma, beta: Shape of the overlap-aware embedding weights
             (``activation**gamma * softmax(beta * activations)**gamma``).
+        outputs: Opt-in outputs next to the exclusive turns, any of ``"speech"`` (speech
+            regions), ``"overlap"`` (overlapped speech regions) and ``"regular"`` (the
+            overlap-aware diarization: turns that may overlap). ``overlap`` and
+            ``regular`` need a model that detects overlapped speech (pyannote presets).
     """
 
     duration: float | None = None
@@ -85,6 +101,7 @@ class StreamConfig:
     speech_threshold: float | None = None
     gamma: float = 3.0
     beta: float = 10.0
+    outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.duration is not None:
@@ -120,6 +137,7 @@ class StreamConfig:
                                             low_open=True)
         self.gamma = _number("gamma", self.gamma, 0.0, 10.0)
         self.beta = _number("beta", self.beta, 0.0, 100.0)
+        self.outputs = _outputs(self.outputs)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "StreamConfig":
@@ -135,7 +153,9 @@ class StreamConfig:
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["outputs"] = list(self.outputs)
+        return values
 
     def resolve(self, chunk_duration: float, delta_new: float, speech_threshold: float
                 ) -> "StreamConfig":

@@ -18,10 +18,14 @@ from streamer.audio import clip_samples, prepare_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
-from streamer.errors import AudioFormatError
-from streamer.events import SpeakerSummary, Turn, speaker_label
+from streamer.errors import AudioFormatError, ConfigError
+from streamer.events import OVERLAP_OUTPUTS, Region, SpeakerSummary, Turn, speaker_label
 from streamer.models.base import BufferAnalysis, Frontend
+from streamer.regions import RegionTracker
 from streamer.turns import TurnBuilder
+
+#: An engine event: an exclusive turn, or a region of an opt-in output.
+Event = Turn | Region
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +43,24 @@ class StreamingDiarizer:
             frontend.chunk_duration, frontend.default_delta_new,
             frontend.default_speech_threshold)
         c = self.config
+        needs_overlap = [name for name in c.outputs if name in OVERLAP_OUTPUTS]
+        if needs_overlap and not getattr(frontend, "detects_overlap", False):
+            raise ConfigError(
+                f"the {frontend.name} preset has no overlapped speech model, so it cannot "
+                f"give the {' and '.join(needs_overlap)} output(s): use the pyannote preset")
         self.resolution = frontend.frame_step
         self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)),
                                      int(round(c.step * self.sample_rate)))
         self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
                                       getattr(frontend, "confirm_steps", 1))
-        self._aggregator = Aggregator(self.resolution, c.max_speakers,
+        # One more column than speakers: the number of active local speakers per frame,
+        # averaged like the activations, gives the overlap-aware outputs their counts.
+        self._aggregator = Aggregator(self.resolution, c.max_speakers + 1,
                                       getattr(frontend, "aggregation_window", "hamming"))
         self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
                                   speaker_label)
+        self._regions = RegionTracker(c.outputs, self.resolution, c.min_duration_on,
+                                      c.min_duration_off)
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -57,6 +70,7 @@ class StreamingDiarizer:
         self._memory.reset()
         self._aggregator.reset()
         self._turns.reset()
+        self._regions.reset()
         self._stream = self.frontend.stream(self.config)
         self._speech: dict[str, float] = {}
         self._last_interim: Turn | None = None
@@ -68,8 +82,9 @@ class StreamingDiarizer:
         """Seconds of audio fed so far."""
         return self._buffer.received / self.sample_rate
 
-    def feed(self, samples: np.ndarray) -> list[Turn]:
-        """Add audio; returns the turn events it produced (final and interim).
+    def feed(self, samples: np.ndarray) -> list[Event]:
+        """Add audio; returns the events it produced: turns (final and interim), and the
+        final regions of the opt-in ``config.outputs``.
 
         ``samples`` are 16 kHz mono floats in full scale [-1, 1] (see
         :func:`diarize_array` for other rates, integer PCM and channels). Samples beyond
@@ -88,7 +103,7 @@ class StreamingDiarizer:
                 f"feed takes one channel, got shape {samples.shape}: average the channels "
                 f"first or use diarize_array(..., sample_rate=...)")
         samples = clip_samples(samples.reshape(-1), "samples")
-        events: list[Turn] = []
+        events: list[Event] = []
         stepped = False
         for buffer, end in self._buffer.push(samples):
             self._process(buffer, end)
@@ -98,8 +113,9 @@ class StreamingDiarizer:
             events += self._interim()
         return events
 
-    def flush(self) -> list[Turn]:
-        """End of stream: decide every remaining frame; returns the last final turns."""
+    def flush(self) -> list[Event]:
+        """End of stream: decide every remaining frame; returns the last final turns and
+        regions."""
         if self._finished:
             return []
         tail = self._buffer.tail()
@@ -108,6 +124,7 @@ class StreamingDiarizer:
             self._process(*tail)
         events = self._commit(end, final=True)
         events += self._record(self._turns.flush())
+        events += self._regions.flush()
         self._finished = True
         return events
 
@@ -137,9 +154,10 @@ class StreamingDiarizer:
             speech = np.asarray(analysis.speech, np.float64)
         else:
             speech = local.max(axis=1) if count else np.zeros(frames)
-        result = np.zeros((frames, c.max_speakers))
+        result = np.zeros((frames, c.max_speakers + 1))
         if count == 0:
             return result, speech
+        result[:, -1] = (local >= c.speech_threshold).sum(axis=1)
         embeddings = np.asarray(analysis.embeddings, np.float64)
         usable = np.isfinite(embeddings).all(axis=1) & (local.max(axis=0) >= c.tau_active)
         if not usable.any():
@@ -176,7 +194,7 @@ class StreamingDiarizer:
             self._hold = hold
         return labels
 
-    def _commit(self, end_sample: int, final: bool = False) -> list[Turn]:
+    def _commit(self, end_sample: int, final: bool = False) -> list[Event]:
         """Decide the frames before ``end_sample`` (all received frames if ``final``)
         and feed their labels to the turn builder; returns the turns made final."""
         received = int(np.ceil(self._buffer.received / self.sample_rate / self.resolution))
@@ -184,16 +202,23 @@ class StreamingDiarizer:
             received, int(np.floor(end_sample / self.sample_rate / self.resolution)))
         if end_frame <= self._aggregator.first:
             return []
-        first, activations, speech = self._aggregator.commit(end_frame)
-        missing = end_frame - first - len(speech)
+        first, columns, speech = self._aggregator.commit(end_frame)
+        activations, count = columns[:, :-1], columns[:, -1]
+        missing = max(end_frame - first - len(speech), 0)
         labels = np.concatenate([self._labels(activations, speech, commit=True),
-                                 np.full(max(missing, 0), -1)])
+                                 np.full(missing, -1)])
         if missing > 0:
             self._aggregator.first = end_frame
-        return self._record(self._turns.push(labels))
+        events: list[Event] = self._record(self._turns.push(labels))
+        if self.config.outputs:
+            activations = np.concatenate([activations, np.zeros((missing, activations.shape[1]))])
+            count = np.concatenate([count, np.zeros(missing)])
+            events += self._regions.push(labels, activations, count)
+        return events
 
     def _interim(self) -> list[Turn]:
-        activations, speech = self._aggregator.peek(self._aggregator.available)
+        columns, speech = self._aggregator.peek(self._aggregator.available)
+        activations = columns[:, :-1]
         turn = self._turns.preview(self._labels(activations, speech, commit=False))
         if (turn is None or turn == self._last_interim
                 or turn.duration < max(self.config.min_duration_on, MIN_INTERIM)):
@@ -229,16 +254,35 @@ def diarize_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
                    ) -> tuple[list[Turn], StreamingDiarizer]:
     """Feed ``chunks`` to a new engine, then flush it; returns its final turns and the
     engine. ``progress`` gets the number of samples fed so far after each chunk."""
-    engine = StreamingDiarizer(frontend, config)
-    finals: list[Turn] = []
-    done = 0
-    for samples in chunks:
-        finals += [t for t in engine.feed(samples) if t.final]
-        done += len(samples)
-        if progress is not None:
-            progress(done)
-    finals += [t for t in engine.flush() if t.final]
+    finals, _, engine = run_chunks(frontend, chunks, config, progress)
     return finals, engine
 
 
-__all__ = ["StreamingDiarizer", "diarize_array", "diarize_chunks"]
+def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
+               config: StreamConfig | None = None,
+               progress: Callable[[int], None] | None = None,
+               ) -> tuple[list[Turn], list[Region], StreamingDiarizer]:
+    """Like :func:`diarize_chunks`, also returning the final regions of the opt-in
+    ``config.outputs``: ``(turns, regions, engine)``."""
+    engine = StreamingDiarizer(frontend, config)
+    turns: list[Turn] = []
+    regions: list[Region] = []
+
+    def keep(events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Region):
+                regions.append(event)
+            elif event.final:
+                turns.append(event)
+
+    done = 0
+    for samples in chunks:
+        keep(engine.feed(samples))
+        done += len(samples)
+        if progress is not None:
+            progress(done)
+    keep(engine.flush())
+    return turns, regions, engine
+
+
+__all__ = ["Event", "StreamingDiarizer", "diarize_array", "diarize_chunks", "run_chunks"]

@@ -36,6 +36,42 @@ class Turn:
         }
 
 
+#: Opt-in outputs of a stream next to its exclusive turns (``StreamConfig.outputs``).
+OUTPUTS = ("speech", "overlap", "regular")
+#: Outputs that need a segmentation model that detects overlapped speech.
+OVERLAP_OUTPUTS = ("overlap", "regular")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A final region of one opt-in output, in seconds from stream start.
+
+    ``kind`` is ``"speech"`` (someone speaks), ``"overlap"`` (two or more speakers at
+    once) or ``"regular"`` (one speaker's turn in the overlap-aware diarization: regular
+    turns of different speakers may overlap; ``speaker`` names the speaker). Regions are
+    sent once, final, when they close; ``id`` numbers the regions of one kind in order.
+    """
+
+    kind: str
+    id: int
+    start: float
+    end: float
+    speaker: str | None = None
+    final: bool = True
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": "regular_turn" if self.kind == "regular" else self.kind,
+                                 "id": self.id}
+        if self.speaker is not None:
+            event["speaker"] = self.speaker
+        event.update(start=round(self.start, 3), end=round(self.end, 3), final=True)
+        return event
+
+
 @dataclass
 class SpeakerSummary:
     """A global speaker of a stream: its label, total speech in final turns, and centroid."""

@@ -12,8 +12,8 @@ import numpy as np
 
 from streamer.audio import AudioFile
 from streamer.config import StreamConfig
-from streamer.engine import StreamingDiarizer, diarize_chunks
-from streamer.events import Turn
+from streamer.engine import StreamingDiarizer, run_chunks
+from streamer.events import Region, Turn
 from streamer.models.base import Frontend
 
 
@@ -22,8 +22,17 @@ def diarize_file(frontend: Frontend, audio: AudioFile, config: StreamConfig | No
                  ) -> tuple[list[Turn], StreamingDiarizer]:
     """Stream an open audio file through a new engine; returns its final turns and the
     engine (``engine.position`` is the file's duration in seconds)."""
+    turns, _, engine = run_file(frontend, audio, config, chunk, progress)
+    return turns, engine
+
+
+def run_file(frontend: Frontend, audio: AudioFile, config: StreamConfig | None = None,
+             chunk: float = 5.0, progress: Callable[[int], None] | None = None,
+             ) -> tuple[list[Turn], list[Region], StreamingDiarizer]:
+    """Like :func:`diarize_file`, also returning the final regions of the opt-in
+    ``config.outputs``."""
     size = max(1, int(chunk * frontend.sample_rate))
-    return diarize_chunks(frontend, rechunk(audio.blocks(), size), config, progress)
+    return run_chunks(frontend, rechunk(audio.blocks(), size), config, progress)
 
 
 def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -43,4 +52,4 @@ def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
-__all__ = ["diarize_file", "rechunk"]
+__all__ = ["diarize_file", "rechunk", "run_file"]

@@ -12,8 +12,15 @@ Segment = tuple[float, float, str]  # start, end, speaker
 
 def write_rttm(turns: Iterable[Turn], uri: str, out: TextIO) -> None:
     for turn in turns:
-        out.write(f"SPEAKER {uri} 1 {turn.start:.3f} {turn.duration:.3f} <NA> <NA> "
-                  f"{turn.speaker} <NA> <NA>\n")
+        out.write(rttm_line(uri, turn.start, turn.end, turn.speaker))
+
+
+def rttm_line(uri: str, start: float, end: float, speaker: str) -> str:
+    """One RTTM ``SPEAKER`` line (with its newline). RTTM fields are separated by spaces,
+    so whitespace inside the file id or the speaker becomes ``_``."""
+    uri, speaker = ("_".join(str(text).split()) or "_" for text in (uri, speaker))
+    return (f"SPEAKER {uri} 1 {start:.3f} {end - start:.3f} <NA> <NA> {speaker} "
+            f"<NA> <NA>\n")
 
 
 def read_rttm(path: str | os.PathLike) -> dict[str, list[Segment]]:

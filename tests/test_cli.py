@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamer.cli import clock
 from streamer.evaluation import der_components
+from streamer.results import clock
 from streamer.rttm import read_rttm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -280,6 +280,39 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
         assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
     result = streamer("diarize", str(audio), "--precision", "bf16")
     assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr
+
+
+def test_diarize_writes_the_overlap_aware_diarization_with_pyannote_models(tmp_path):
+    from streamer.models.pyannote.synthetic import write_checkpoint
+
+    seg = write_checkpoint(tmp_path / "seg.bin", "segmentation-2")
+    emb = write_checkpoint(tmp_path / "emb.bin", "wespeaker")
+    audio = tmp_path / "talk.wav"
+    data, rate = sf.read(DATA / "two_voices.wav", dtype="float32")
+    sf.write(audio, data[:12 * rate], rate)
+    rttm, regular, document = (tmp_path / name for name in ("x.rttm", "r.rttm", "x.json"))
+    result = streamer("diarize", str(audio), "--segmentation", str(seg), "--embedding",
+                      str(emb), "--set", "tau_active=0.3", "--set", "speech_threshold=0.3",
+                      "--rttm", str(rttm), "--rttm-overlap", str(regular),
+                      "--json", str(document))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(document.read_text())
+    exclusive = read_rttm(rttm)["talk"]
+    overlap_aware = read_rttm(regular)["talk"]
+    assert exclusive and overlap_aware
+    assert out["config"]["outputs"] == ["overlap", "regular"]
+    assert len(out["regular_segments"]) == len(overlap_aware) and "overlap" in out
+    for start, end, speaker in exclusive:  # each exclusive turn within a regular one
+        assert any(s <= start + 1e-3 and end <= e + 1e-3 and k == speaker
+                   for s, e, k in overlap_aware)
+
+
+def test_diarize_refuses_overlap_output_with_the_embedded_preset(tmp_path):
+    out = tmp_path / "r.rttm"
+    result = streamer("diarize", str(DATA / "two_voices.wav"), "--rttm-overlap", str(out))
+    assert result.returncode == 2
+    assert "embedded preset has no overlapped speech model" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("flag", ["--segmentation", "--embedding"])

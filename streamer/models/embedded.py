@@ -84,6 +84,8 @@ class EmbeddedFrontend:
     confirm_steps = 1
     #: Every buffer counts alike when averaged: its older frames have full context here.
     aggregation_window = "uniform"
+    #: A voice activity model and one voice per window: no overlapped speech.
+    detects_overlap = False
 
     def __init__(self, settings: EmbeddedSettings | None = None, vad: SileroVad | None = None,
                  encoder: VoiceEncoder | None = None, mean: np.ndarray | None = None):

@@ -26,6 +26,10 @@ def overlap_aware_weights(activations: np.ndarray, gamma: float, beta: float) ->
 class SegmentationEmbeddingFrontend:
     """Runs ``segmentation`` on each buffer and ``embedding`` per active local speaker."""
 
+    #: The segmentation model activates several local speakers at once where they
+    #: overlap, which the overlap-aware outputs need.
+    detects_overlap = True
+
     def __init__(self, segmentation: SegmentationModel, embedding: EmbeddingModel,
                  name: str = "pyannote", delta_new: float = 1.0, speech_threshold: float = 0.5,
                  sources: dict[str, str] | None = None):

@@ -1,0 +1,238 @@
+"""The Python API: a pipeline object in the manner of pyannote's, over the streaming engine.
+
+>>> from streamer import Pipeline
+>>> pipeline = Pipeline("embedded")                  # or Pipeline(segmentation=..., ...)
+>>> result = pipeline("meeting.wav", num_speakers=3)
+>>> for segment, speaker in result:
+...     print(f"{segment.start:.1f} {segment.end:.1f} {speaker}")
+
+A pipeline loads its models once and diarizes any number of inputs, one after the other
+or from several threads (each call runs its own engine). Every call streams the audio
+through :class:`streamer.engine.StreamingDiarizer` exactly as the server does, so a file
+gives the turns a live stream of it would give.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from streamer.audio import AudioFile, prepare_samples
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer, run_chunks
+from streamer.errors import AudioFormatError, ConfigError
+from streamer.filemode import rechunk
+from streamer.models.base import Frontend
+from streamer.results import Diarization, uri_of
+
+#: Seconds of audio fed to the engine per call (as file mode does).
+CHUNK = 5.0
+#: ``hook(step, artifact, *, file=None, total=None, completed=None)``, as pyannote's.
+Hook = Callable[..., Any]
+
+
+class Pipeline:
+    """Speaker diarization with the models of a preset, loaded once.
+
+    Args:
+        preset: ``"embedded"`` (default: Silero VAD + GE2E, weights packaged) or
+            ``"pyannote"``; ``segmentation``/``embedding`` imply ``"pyannote"``.
+        segmentation, embedding: pyannote model sources: a ``pytorch_model.bin``, a
+            folder holding one, or ``hf:<repo id>`` (hub download; ``revision``,
+            ``cache_dir`` and ``token`` go in ``hub``).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``. backend: ``"torch"`` or ``"onnx"``.
+        precision: ``"fp32"`` or ``"bf16"`` (pyannote embedding model, torch backend).
+        frontend: an already loaded front end (then the other model arguments are unused).
+        config: default :class:`StreamConfig` (or its fields as a dict) of every call.
+
+    Raises:
+        ConfigError: an unknown preset, device, backend or precision, or a bad config.
+        ModelLoadError: weights that cannot be loaded.
+    """
+
+    def __init__(self, preset: str | None = None, *, segmentation: str | None = None,
+                 embedding: str | None = None, device: str = "cpu", backend: str = "torch",
+                 precision: str = "fp32", frontend: Frontend | None = None,
+                 config: StreamConfig | Mapping[str, Any] | None = None, **hub: Any):
+        if frontend is None:
+            from streamer.presets import load_frontend
+
+            frontend = load_frontend(preset, segmentation, embedding, device=device,
+                                     backend=backend, precision=precision, **hub)
+        self.frontend = frontend
+        self.config = _config(config)
+
+    @property
+    def detects_overlap(self) -> bool:
+        """Whether the models give overlapped speech (the regular diarization)."""
+        return bool(getattr(self.frontend, "detects_overlap", False))
+
+    def describe(self) -> dict[str, Any]:
+        """The models: preset, sources, sample rate, dimensions."""
+        return self.frontend.describe()
+
+    def __call__(self, audio: Any, *, num_speakers: int | None = None,
+                 min_speakers: int | None = None, max_speakers: int | None = None,
+                 hook: Hook | None = None, **config: Any) -> Diarization:
+        """Diarize ``audio``: a file path, or ``{"waveform": array, "sample_rate": int}``
+        (numpy array or torch tensor; float in [-1, 1] or int8/int16/int32/uint8 PCM;
+        ``(time,)`` or ``(channels, time)``; any rate, resampled to 16 kHz), optionally
+        with ``"uri"``. ``{"audio": path}`` is a path too.
+
+        ``num_speakers`` fixes the number of speakers; ``min_speakers`` and
+        ``max_speakers`` bound it. Being a stream, the engine cannot name a speaker before
+        that speaker has spoken enough to be embedded (see the README). Other keyword
+        arguments override :class:`StreamConfig` fields for this call (e.g.
+        ``latency=5.0``). ``hook`` is called as audio is processed:
+        ``hook("diarization", None, file=..., total=seconds, completed=seconds)``
+        (see :class:`ProgressHook`).
+
+        The result holds the exclusive diarization, the regular (overlap-aware) one when
+        the models detect overlapped speech, and one embedding per speaker.
+        """
+        settings = dict(config)
+        for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers),
+                            ("max_speakers", max_speakers)):
+            if value is not None:
+                settings[name] = value
+        if settings.get("num_speakers") is None and (
+                "min_speakers" in settings or "max_speakers" in settings):
+            settings["num_speakers"] = None  # explicit bounds replace a default count
+        if self.detects_overlap and "outputs" not in settings:
+            settings["outputs"] = ["overlap", "regular"]
+        stream_config = _config({**self.config.to_dict(), **settings})
+        source = AudioSource(audio)
+        progress = _progress_calls(hook, source)
+        turns, regions, engine = run_chunks(self.frontend, source.chunks(), stream_config,
+                                            progress)
+        return Diarization(turns, regions, engine, source.uri, source.name)
+
+    def stream(self, config: StreamConfig | Mapping[str, Any] | None = None,
+               **fields: Any) -> StreamingDiarizer:
+        """A new streaming engine on these models (``feed``/``flush``), for live audio."""
+        base = self.config.to_dict() if config is None else _config(config).to_dict()
+        return StreamingDiarizer(self.frontend, _config({**base, **fields}))
+
+
+class AudioSource:
+    """One input of the API, validated at once: a path or an in-memory waveform."""
+
+    def __init__(self, audio: Any):
+        self.name: str | None = None
+        self._path: str | None = None
+        self._samples: np.ndarray | None = None
+        if isinstance(audio, (str, os.PathLike)):
+            audio = {"audio": audio}
+        if not isinstance(audio, Mapping):
+            raise AudioFormatError(
+                f"audio must be a file path or a dict with 'waveform' and 'sample_rate' "
+                f"(or 'audio': path), got {type(audio).__name__}")
+        unknown = sorted(set(audio) - {"audio", "waveform", "sample_rate", "uri"})
+        if unknown:
+            raise AudioFormatError(f"unknown key(s) in the audio dict: {', '.join(unknown)}")
+        if "waveform" in audio:
+            if "audio" in audio:
+                raise AudioFormatError("give either 'audio' (a path) or 'waveform', not both")
+            if "sample_rate" not in audio:
+                raise AudioFormatError("a 'waveform' needs its 'sample_rate' (Hz)")
+            self._samples = prepare_samples(_to_numpy(audio["waveform"]),
+                                            audio["sample_rate"], "waveform")
+            self.uri = str(audio.get("uri", "audio"))
+            self.total: int | None = len(self._samples)
+        elif "audio" in audio:
+            self._path = os.fspath(audio["audio"])
+            with AudioFile(self._path) as file:  # a bad file fails here, at once
+                self.total = file.expected_samples
+            self.uri = str(audio.get("uri", uri_of(self._path)))
+            self.name = os.path.basename(self._path)
+        else:
+            raise AudioFormatError("the audio dict needs 'waveform' and 'sample_rate', "
+                                   "or 'audio' (a path)")
+
+    def chunks(self, seconds: float = CHUNK) -> Iterator[np.ndarray]:
+        """16 kHz mono float32 chunks of ``seconds`` (a file is decoded as it goes)."""
+        size = int(seconds * 16000)
+        if self._samples is not None:
+            yield from (self._samples[i: i + size] for i in range(0, len(self._samples), size))
+            return
+        with AudioFile(self._path) as file:  # type: ignore[arg-type]
+            yield from rechunk(file.blocks(), size)
+
+    def samples(self) -> np.ndarray:
+        """The whole signal, 16 kHz mono float32."""
+        if self._samples is not None:
+            return self._samples
+        return np.concatenate([np.zeros(0, np.float32), *self.chunks()])
+
+
+class ProgressHook:
+    """A progress bar for :class:`Pipeline` calls, like pyannote's ``ProgressHook``::
+
+        with ProgressHook() as hook:
+            result = pipeline("meeting.wav", hook=hook)
+    """
+
+    def __init__(self, leave: bool = False):
+        self.leave = leave
+        self._bar: Any = None
+
+    def __enter__(self) -> "ProgressHook":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, step: str, artifact: Any = None, *, file: Any = None,
+                 total: float | None = None, completed: float | None = None) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.desc != step:
+            self.close()
+            self._bar = tqdm(total=total, desc=step, unit="s", leave=self.leave,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                        "{n:.1f}/{total:.1f} s [{elapsed}<{remaining}]"
+                             if total else "{desc} {n:.1f} s [{elapsed}]")
+        if completed is not None:
+            self._bar.n = completed
+            self._bar.refresh()
+
+
+def _progress_calls(hook: Hook | None, source: AudioSource) -> Callable[[int], None] | None:
+    if hook is None:
+        return None
+    total = None if source.total is None else round(source.total / 16000, 3)
+
+    def update(done: int) -> None:
+        hook("diarization", None, file=source.uri, total=total,
+             completed=round(done / 16000, 3))
+
+    return update
+
+
+def _to_numpy(waveform: Any) -> Any:
+    """A torch tensor (on any device) as a numpy array; anything else unchanged."""
+    if hasattr(waveform, "detach") and hasattr(waveform, "cpu"):
+        waveform = waveform.detach().cpu()
+        if str(getattr(waveform, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
+            waveform = waveform.float()
+        return waveform.numpy()
+    return waveform
+
+
+def _config(config: StreamConfig | Mapping[str, Any] | None) -> StreamConfig:
+    if config is None:
+        return StreamConfig()
+    if isinstance(config, StreamConfig):
+        return config
+    if isinstance(config, Mapping):
+        return StreamConfig.from_dict(config)
+    raise ConfigError(f"config must be a StreamConfig or a dict, got {type(config).__name__}")
+
+
+__all__ = ["AudioSource", "Pipeline", "ProgressHook"]
