@@ -18,12 +18,25 @@ from streamer.events import Region, SpeakerSummary, Turn
 from streamer.pipeline import Pipeline, ProgressHook
 from streamer.presets import load_frontend
 from streamer.results import Annotation, Diarization, Segment
+from streamer.tasks.detection import PRESETS as BINARIZATION_PRESETS
+from streamer.tasks.detection import Binarization, Scores
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The embedding tasks import torch; ``import streamer`` alone stays light.
+    if name == "cosine_distance":
+        from streamer.tasks.embedding import cosine_distance
+
+        return cosine_distance
+    raise AttributeError(f"module 'streamer' has no attribute {name!r}")
+
+
 __all__ = [
-    "Annotation", "AudioFileError", "AudioFormatError", "ConfigError", "Diarization",
-    "ModelLoadError", "Pipeline", "ProgressHook", "Region", "Segment", "SpeakerSummary",
-    "StreamConfig", "StreamerError", "StreamingDiarizer", "Turn", "__version__",
+    "Annotation", "AudioFileError", "AudioFormatError", "BINARIZATION_PRESETS",
+    "Binarization", "ConfigError", "Diarization", "ModelLoadError", "Pipeline",
+    "ProgressHook", "Region", "Scores", "Segment", "SpeakerSummary", "StreamConfig",
+    "StreamerError", "StreamingDiarizer", "Turn", "__version__", "cosine_distance",
     "diarize_array", "load_frontend",
 ]

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from typing import IO, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from streamer import __version__
 from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_from_args,
-                              frontend_from_args)
+                              emptied, frontend_from_args, open_outputs)
 from streamer.config import StreamConfig
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import StreamerError
 from streamer.results import JSON_FORMATS
 
 logger = logging.getLogger("streamer")
@@ -148,7 +147,7 @@ def _run_diarize(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if args.overlap or args.rttm_overlap:
             config = StreamConfig(**{**config.to_dict(), "outputs": ["overlap", "regular"]})
-        with _open_outputs({"--rttm": args.rttm, "--rttm-overlap": args.rttm_overlap,
+        with open_outputs({"--rttm": args.rttm, "--rttm-overlap": args.rttm_overlap,
                             "--json": args.json}) as outputs:
             frontend = frontend_from_args(args)
             update, close = _progress(audio.expected_samples, not args.no_progress)
@@ -162,11 +161,11 @@ def _run_diarize(args: argparse.Namespace) -> int:
             result = Diarization(turns, regions, engine, uri_of(args.audio),
                                  os.path.basename(args.audio))
             if "--rttm" in outputs:
-                _emptied(outputs["--rttm"]).write(result.to_rttm())
+                emptied(outputs["--rttm"]).write(result.to_rttm())
             if "--rttm-overlap" in outputs:
-                _emptied(outputs["--rttm-overlap"]).write(result.to_rttm(regular=True))
+                emptied(outputs["--rttm-overlap"]).write(result.to_rttm(regular=True))
             if "--json" in outputs:
-                json.dump(result.to_json(args.json_format), _emptied(outputs["--json"]),
+                json.dump(result.to_json(args.json_format), emptied(outputs["--json"]),
                           indent=1)
     if not args.rttm and not args.json and not args.rttm_overlap:
         for turn in turns:
@@ -176,57 +175,6 @@ def _run_diarize(args: argparse.Namespace) -> int:
           f"{len(result.labels)} speakers, {elapsed:.2f} s "
           f"(real-time factor {elapsed / max(duration, 1e-9):.3f})", file=sys.stderr)
     return 0
-
-
-@contextlib.contextmanager
-def _open_outputs(paths: dict[str, str | None]) -> Iterator[dict[str, IO[str]]]:
-    """The output files, opened before the work so that a bad path fails at once rather
-    than after an hour of audio. They are opened without truncating (an old result
-    survives a failed run) and emptied just before writing; a file this run created is
-    removed if the run fails."""
-    files: dict[str, IO[str]] = {}
-    created: list[str] = []
-    done = False
-    try:
-        for flag, path in paths.items():
-            if not path:
-                continue
-            if any(os.path.exists(path) and os.path.samefile(path, f.name)
-                   for f in files.values()):
-                raise ConfigError(f"{flag} {path}: the same file as another output")
-            existed = os.path.lexists(path)
-            try:
-                files[flag] = open(path, "a", encoding="utf-8")
-            except OSError as error:
-                raise ConfigError(
-                    f"cannot write {flag} {path}: {_os_reason(error, path)}") from None
-            if not existed:
-                created.append(path)
-        yield files
-        done = True
-    finally:
-        for file in files.values():
-            file.close()
-        if not done:
-            for path in created:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-
-
-def _emptied(file: IO[str]) -> IO[str]:
-    if file.seekable():
-        file.truncate(0)
-    return file
-
-
-def _os_reason(error: OSError, path: str) -> str:
-    if isinstance(error, FileNotFoundError):
-        return f"no such folder {os.path.dirname(path) or '.'}"
-    if isinstance(error, IsADirectoryError):
-        return "is a folder, not a file"
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    return error.strerror or str(error)
 
 
 # ---------------------------------------------------------------------------- eval

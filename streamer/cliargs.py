@@ -1,10 +1,14 @@
-"""Command-line flags shared by ``streamer diarize``, ``eval``, ``bench`` and ``serve``."""
+"""What the ``streamer`` subcommands share: model and stream flags, model loading from
+them, and output files opened before the work."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import os
+from typing import IO, Any, Iterator
 
 from streamer.config import StreamConfig
+from streamer.errors import ConfigError
 from streamer.models.base import Frontend
 
 
@@ -56,24 +60,67 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def frontend_from_args(args: argparse.Namespace) -> Frontend:
-    import torch
-
+    """The preset's front end (segmentation and embedding models) from the model flags."""
     from streamer.presets import load_frontend
 
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-
-    hub: dict[str, Any] = {}
-    for key in ("revision", "cache_dir"):
-        if getattr(args, key, None):
-            hub[key] = getattr(args, key)
-    if getattr(args, "hf_token", None):
-        hub["token"] = args.hf_token
+    _set_threads(args)
     return load_frontend(args.preset, args.segmentation, args.embedding, args.device,
-                         args.backend, precision=getattr(args, "precision", "fp32"), **hub)
+                         args.backend, precision=getattr(args, "precision", "fp32"),
+                         **hub_options(args))
+
+
+def preset_of(args: argparse.Namespace) -> str:
+    """The preset the model flags select (--segmentation/--embedding imply pyannote)."""
+    return args.preset or ("pyannote" if args.segmentation or args.embedding else "embedded")
+
+
+def segmentation_from_args(args: argparse.Namespace) -> Any:
+    """The pyannote segmentation model alone (tasks that need no embedding model load or
+    download none); the embedded preset's whole front end."""
+    if preset_of(args) == "embedded":
+        return frontend_from_args(args)  # refuses the pyannote-only flags too
+    from streamer.models.pyannote import load_segmentation
+    from streamer.presets import PRESETS
+
+    _set_threads(args)
+    return load_segmentation(args.segmentation or PRESETS["pyannote"]["segmentation"],
+                             device=args.device, backend=args.backend, **hub_options(args))
+
+
+def embedding_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+    """The pyannote embedding model alone and its source (tasks that need no segmentation
+    model load or download none); for the embedded preset, its front end and name."""
+    if preset_of(args) == "embedded":
+        return frontend_from_args(args), "embedded"
+    from streamer.models.pyannote import load_embedding
+    from streamer.presets import PRESETS
+
+    _set_threads(args)
+    source = args.embedding or PRESETS["pyannote"]["embedding"]
+    return load_embedding(source, device=args.device, backend=args.backend,
+                          precision=getattr(args, "precision", "fp32"),
+                          **hub_options(args)), source
+
+
+def hub_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``revision``, ``cache_dir`` and ``token`` of hub downloads, where given."""
+    hub: dict[str, Any] = {}
+    for key, flag in (("revision", "revision"), ("cache_dir", "cache_dir"),
+                      ("token", "hf_token")):
+        if getattr(args, flag, None):
+            hub[key] = getattr(args, flag)
+    return hub
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def config_from_args(args: argparse.Namespace) -> StreamConfig:
@@ -98,3 +145,55 @@ def _parse_value(raw: str) -> Any:
         except ValueError:
             pass
     return raw
+
+
+@contextlib.contextmanager
+def open_outputs(paths: dict[str, str | None]) -> Iterator[dict[str, IO[str]]]:
+    """The output files, opened before the work so that a bad path fails at once rather
+    than after an hour of audio. They are opened without truncating (an old result
+    survives a failed run) and emptied just before writing; a file this run created is
+    removed if the run fails."""
+    files: dict[str, IO[str]] = {}
+    created: list[str] = []
+    done = False
+    try:
+        for flag, path in paths.items():
+            if not path:
+                continue
+            if any(os.path.exists(path) and os.path.samefile(path, f.name)
+                   for f in files.values()):
+                raise ConfigError(f"{flag} {path}: the same file as another output")
+            existed = os.path.lexists(path)
+            try:
+                files[flag] = open(path, "a", encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot write {flag} {path}: {_os_reason(error, path)}") from None
+            if not existed:
+                created.append(path)
+        yield files
+        done = True
+    finally:
+        for file in files.values():
+            file.close()
+        if not done:
+            for path in created:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def emptied(file: IO[str]) -> IO[str]:
+    """``file`` truncated, just before the result is written into it."""
+    if file.seekable():
+        file.truncate(0)
+    return file
+
+
+def _os_reason(error: OSError, path: str) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"no such folder {os.path.dirname(path) or '.'}"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or str(error)

@@ -24,7 +24,7 @@ from streamer.engine import StreamingDiarizer, run_chunks
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.filemode import rechunk
 from streamer.models.base import Frontend
-from streamer.results import Diarization, uri_of
+from streamer.results import Annotation, Diarization, Segment, uri_of
 
 #: Seconds of audio fed to the engine per call (as file mode does).
 CHUNK = 5.0
@@ -107,6 +107,80 @@ class Pipeline:
         turns, regions, engine = run_chunks(self.frontend, source.chunks(), stream_config,
                                             progress)
         return Diarization(turns, regions, engine, source.uri, source.name)
+
+    # ------------------------------------------------------------- model-card tasks
+    def vad(self, audio: Any, *, tuned_on: str | None = None, step: float | None = None,
+            **binarization: float) -> list[Segment]:
+        """Speech regions of ``audio`` (voice activity detection). pyannote presets: the
+        segmentation model slid over the file, thresholded with the
+        pyannote/segmentation card's values ``tuned_on`` ``"ami"``, ``"dihard3"`` or
+        ``"voxconverse"`` (or the model's default); embedded preset: Silero VAD. Explicit
+        ``onset``, ``offset``, ``min_duration_on``, ``min_duration_off`` override."""
+        from streamer.tasks import detection
+
+        settings = detection.binarization_for("vad", self.frontend, tuned_on, **binarization)
+        regions = detection.detect_speech(self.frontend, AudioSource(audio).samples(),
+                                          settings, step=step)
+        return [Segment(start, end) for start, end in regions]
+
+    def osd(self, audio: Any, *, tuned_on: str | None = None, step: float | None = None,
+            **binarization: float) -> list[Segment]:
+        """Overlapped speech regions of ``audio`` (pyannote presets; see :meth:`vad` for
+        the thresholds). The embedded preset raises :class:`ConfigError`."""
+        from streamer.tasks import detection
+
+        settings = detection.binarization_for("osd", self.frontend, tuned_on, **binarization)
+        regions = detection.detect_overlap(self.frontend, AudioSource(audio).samples(),
+                                           settings, step=step)
+        return [Segment(start, end) for start, end in regions]
+
+    def scores(self, audio: Any, *, raw: bool = False, step: float | None = None) -> Any:
+        """The segmentation model's frame scores over the whole of ``audio``, aggregated
+        over sliding chunks: a :class:`streamer.tasks.detection.Scores` (``data`` of
+        ``(frames, classes)``, ``timing``, ``labels``). ``raw``: the network output
+        (powerset log-probabilities). Embedded preset: Silero's speech probabilities."""
+        from streamer.tasks import detection
+
+        return detection.file_scores(self.frontend, AudioSource(audio).samples(), raw=raw,
+                                     step=step)
+
+    def resegment(self, audio: Any, baseline: Any, *, tuned_on: str | None = None,
+                  step: float | None = None, **binarization: float) -> Annotation:
+        """``baseline`` (a :class:`Diarization`, an :class:`Annotation` or ``[(start,
+        end, speaker)]``) with its boundaries redrawn by the segmentation model, labels
+        kept (pyannote presets; the card's resegmentation values, see :meth:`vad`)."""
+        from streamer.tasks import detection
+
+        if isinstance(baseline, Diarization):
+            baseline = baseline.exclusive_speaker_diarization
+        if isinstance(baseline, Annotation):
+            baseline = [(s.start, s.end, speaker) for s, speaker in baseline]
+        settings = detection.binarization_for("resegmentation", self.frontend, tuned_on,
+                                              **binarization)
+        segments = detection.resegment(self.frontend, AudioSource(audio).samples(),
+                                       baseline, settings, step=step)
+        return Annotation([(Segment(start, end), speaker) for start, end, speaker in segments])
+
+    def embed(self, audio: Any, *, start: float | None = None,
+              end: float | None = None) -> np.ndarray:
+        """One unit-norm speaker embedding of ``audio``, or of its excerpt ``[start,
+        end)`` seconds (see :func:`streamer.tasks.embedding.embed`)."""
+        from streamer.tasks import embedding
+
+        return embedding.embed(self.frontend, AudioSource(audio).samples(), start=start,
+                               end=end)
+
+    def embed_sliding(self, audio: Any, *, window: float, step: float | None = None,
+                      start: float | None = None, end: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of sliding windows: ``(segments (n, 2) seconds, embeddings (n,
+        dim))``; ``step`` defaults to a tenth of ``window``; windows the model cannot
+        embed are rows of NaN (see :func:`streamer.tasks.embedding.embed_sliding`)."""
+        from streamer.tasks import embedding
+
+        return embedding.embed_sliding(self.frontend, AudioSource(audio).samples(),
+                                       window=window, step=window / 10 if step is None
+                                       else step, start=start, end=end)
 
     def stream(self, config: StreamConfig | Mapping[str, Any] | None = None,
                **fields: Any) -> StreamingDiarizer:

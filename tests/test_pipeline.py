@@ -189,3 +189,50 @@ def test_pyannote_models_from_files(tmp_path) -> None:
     assert result.overlap_aware and result.duration == pytest.approx(12.0)
     with pytest.raises(ConfigError, match="unknown preset"):
         Pipeline("nemo")
+
+
+def test_the_model_card_tasks_of_the_embedded_preset() -> None:
+    pipeline = Pipeline("embedded")
+    reference = read_rttm(DATA / "two_voices.rttm")["two_voices"]
+    speech = pipeline.vad(DATA / "two_voices.wav")
+    assert speech and all(isinstance(s, Segment) for s in speech)
+    found = sum(max(0.0, min(e, s.end) - max(b, s.start)) for b, e, _ in reference
+                for s in speech)
+    assert found >= 0.85 * sum(e - b for b, e, _ in reference)
+    with pytest.raises(ConfigError, match="no overlapped speech model"):
+        pipeline.osd(DATA / "two_voices.wav")
+    turns = {}
+    for start, end, speaker in reference:
+        if end - start >= 2.0:
+            turns.setdefault(speaker, []).append(
+                pipeline.embed(DATA / "two_voices.wav", start=start, end=end))
+    (a1, a2, *_), (b1, *_) = turns.values()
+    assert a1.shape == (256,) and np.linalg.norm(a1) == pytest.approx(1.0, abs=1e-5)
+    assert streamer.cosine_distance(a1, a2) < streamer.cosine_distance(a1, b1)
+    segments, vectors = pipeline.embed_sliding(DATA / "two_voices.wav", window=3.0, step=1.0)
+    assert segments.shape[1] == 2 and vectors.shape == (len(segments), 256)
+    assert segments[1, 0] - segments[0, 0] == pytest.approx(1.0)
+
+
+def test_the_model_card_tasks_of_pyannote_models(tmp_path) -> None:
+    from streamer.models.pyannote.synthetic import write_checkpoint
+
+    pipeline = Pipeline(segmentation=str(write_checkpoint(tmp_path / "s.bin", "segmentation-2")),
+                        embedding=str(write_checkpoint(tmp_path / "e.bin", "wespeaker")))
+    audio = {"waveform": two_tones(), "sample_rate": 16000}
+    scores = pipeline.scores(audio)
+    speakers = pipeline.frontend.segmentation.num_speakers
+    assert scores.data.shape[1] == len(scores.labels) == speakers and scores.timing.step > 0
+    assert len(scores.data) * scores.timing.step == pytest.approx(12.0, abs=0.1)
+    everything = pipeline.vad(audio, onset=0.0, offset=0.0)  # random weights: all speech
+    assert everything and everything[0].start < 0.1 and everything[-1].end > 11.9
+    assert pipeline.vad(audio, onset=1.0, offset=1.0) == []
+    assert isinstance(pipeline.osd(audio, tuned_on="ami"), list)
+    baseline = streamer.Annotation([(Segment(0.0, 4.0), "A"), (Segment(4.5, 8.5), "B"),
+                                    (Segment(9.0, 12.0), "A")])
+    redrawn = pipeline.resegment(audio, baseline, onset=0.0, offset=0.0)
+    assert set(redrawn.labels()) <= {"A", "B"} and len(redrawn) > 0
+    dimension = pipeline.frontend.embedding.dimension
+    assert pipeline.embed(audio, start=1.0, end=3.0).shape == (dimension,)
+    with pytest.raises(ConfigError, match="tuned"):
+        pipeline.vad(audio, tuned_on="librispeech")
