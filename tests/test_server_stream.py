@@ -74,7 +74,9 @@ def test_twenty_concurrent_clients_each_get_their_own_timeline() -> None:
     audios = [conversation(pattern) for pattern in range(20)]
 
     async def body():
-        async with running_server() as server:
+        # A burst of 20 handshakes on a fresh server passes admission's cold start only
+        # with more CPUs than CI has (test_server_admission covers it): admission off.
+        async with running_server(max_load=0, max_lag=0) as server:
             return await asyncio.gather(*(stream(server, audio, speed=4.0)
                                           for audio in audios))
 

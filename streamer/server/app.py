@@ -26,6 +26,7 @@ from websockets.http11 import Request, Response
 
 from streamer.config import StreamConfig
 from streamer.server import protocol
+from streamer.server.admission import Admission
 from streamer.server.batching import BatcherSet, BatchGroup
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
@@ -83,7 +84,9 @@ class DiarizationServer:
         self.context = ServerContext(
             settings=self.settings, metrics=self.metrics, executor=self._executor,
             engine_factory=_engine_factory(self.frontend), models=self._describe(),
-            batch_group=group)
+            batch_group=group,
+            admission=Admission(self.settings.cpu_count, self.settings.max_load,
+                                self.settings.max_lag))
         self.sessions: set[StreamSession] = set()
         self._server: Server | None = None
         self._stopping = False
@@ -167,8 +170,9 @@ class DiarizationServer:
     # -- connections -------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        if len(self.sessions) >= self.settings.max_connections or self._stopping:
-            await self._refuse(connection)
+        refusal = self._refusal()
+        if refusal is not None:
+            await self._refuse(connection, *refusal)
             return
         session = StreamSession(connection, self.context)
         self.sessions.add(session)
@@ -177,11 +181,21 @@ class DiarizationServer:
         finally:
             self.sessions.discard(session)
 
-    async def _refuse(self, connection: ServerConnection) -> None:
+    def _refusal(self) -> tuple[str, str] | None:
+        """``(reason for the metrics, message)`` when a new stream must be refused: at
+        ``max_connections``, shutting down, or beyond the measured capacity."""
+        if self._stopping:
+            return "shutting_down", "the server is shutting down"
+        if len(self.sessions) >= self.settings.max_connections:
+            return ("too_many_connections",
+                    f"the server is at its limit of {self.settings.max_connections} streams")
+        reason = self.context.admission.refusal(len(self.sessions))
+        return None if reason is None else ("overloaded", reason)
+
+    async def _refuse(self, connection: ServerConnection, reason: str, message: str) -> None:
         """A connection that slipped past the handshake check while at capacity."""
-        error = protocol.TooManyConnections(
-            f"the server is at its limit of {self.settings.max_connections} streams")
-        self.metrics.reject("too_many_connections")
+        error = protocol.TooManyConnections(message)
+        self.metrics.reject(reason)
         try:
             await connection.send(protocol.encode(protocol.error_message(error)))
             await connection.close(error.close_code, error.code)
@@ -207,11 +221,11 @@ class DiarizationServer:
             self.metrics.reject("unauthorized")
             return response(401, "missing or wrong token\n",
                             extra={"WWW-Authenticate": 'Bearer realm="streamer"'})
-        if len(self.sessions) >= self.settings.max_connections or self._stopping:
-            self.metrics.reject("too_many_connections")
-            body = protocol.encode({"type": "error", "code": "too_many_connections",
-                                    "message": "the server is at its limit of "
-                                               f"{self.settings.max_connections} streams"})
+        refusal = self._refusal()
+        if refusal is not None:
+            self.metrics.reject(refusal[0])
+            body = protocol.encode(protocol.error_message(protocol.TooManyConnections(
+                refusal[1])))
             return response(503, body + "\n", "application/json", extra={"Retry-After": "5"})
         return None
 
@@ -227,7 +241,7 @@ class DiarizationServer:
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
     def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
-        builtin = path in ("/healthz", "/metrics")
+        builtin = path in ("/healthz", "/readyz", "/metrics")
         page = None if builtin else static_path(path, self.web_root)
         if not builtin and page is None:
             return response(404, "not found\n")
@@ -241,6 +255,10 @@ class DiarizationServer:
                 extra={"WWW-Authenticate": 'Bearer realm="streamer"'}))
         if path == "/healthz":
             answer = response(200, "ok\n")
+        elif path == "/readyz":
+            refusal = self._refusal()
+            answer = (response(200, "ready\n") if refusal is None else
+                      response(503, f"not ready: {refusal[1]}\n", extra={"Retry-After": "5"}))
         elif path == "/metrics":
             answer = response(200, self.metrics.render(), CONTENT_TYPE)
         else:

@@ -92,6 +92,19 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="server processes on the same port (SO_REUSEPORT), each with "
                              "its own models; 0 for one per CPU core, at most 16; "
                              "--max-connections is split between them (default 1)")
+    limits.add_argument("--max-load", type=float, default=defaults.max_load,
+                        help="admission: refuse new streams (503) when the open ones plus "
+                             "the newcomer, at the measured cost of a real-time stream, would "
+                             "keep more than this share of the CPUs busy; 0 turns it off "
+                             "(default %(default)s: the GIL lets one process use about one "
+                             "core; --processes N uses more)")
+    limits.add_argument("--max-lag", type=float, default=defaults.max_lag,
+                        help="admission: refuse new streams while the open ones are more "
+                             "than this many seconds (95th percentile) behind real time; 0 "
+                             "turns it off (default %(default)s)")
+    limits.add_argument("--cpus", type=float, default=None,
+                        help="CPU cores the server may use, for admission (default: those "
+                             "it may run on, shared out between --processes)")
     limits.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size,
                         help="rows per micro-batched model call, 1 disables batching "
                              "(default %(default)s)")
@@ -131,7 +144,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         workers=args.workers, batch_max_size=args.batch_max_size,
         batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
-        allowed_origins=origins)
+        allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
+        cpus=args.cpus)
 
 
 def resolve_port(port: int | None) -> int:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from streamer.config import StreamConfig
 from streamer.errors import ConfigError
+from streamer.server.admission import Admission
 from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
@@ -26,6 +27,7 @@ class ServerContext:
     engine_factory: EngineFactory
     models: dict[str, Any]
     batch_group: BatchGroup
+    admission: Admission
 
     def new_engine(self, config: StreamConfig) -> Any:
         return self.engine_factory(config)

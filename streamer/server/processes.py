@@ -41,6 +41,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from streamer.server.settings import cpu_count
+
 logger = logging.getLogger(__name__)
 
 #: ``--processes 0`` means one per CPU core, at most this many.
@@ -49,14 +51,6 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Seconds after a stop signal during which a SIGTERM is taken for the same request.
 REPEAT_WINDOW = 1.0
 _PR_SET_PDEATHSIG = 1
-
-
-def cpu_count() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def process_count(requested: int) -> int:
@@ -68,13 +62,18 @@ def process_count(requested: int) -> int:
 
 def worker_args(args: argparse.Namespace, count: int) -> argparse.Namespace:
     """The flags of one of ``count`` workers: ``--max-connections`` split evenly (rounded
-    up: the kernel, not the server, picks each connection's worker) and, by default, two
-    engine threads per core shared out between the workers."""
+    up: the kernel, not the server, picks each connection's worker), the CPUs of
+    admission shared out, and by default two engine threads per core shared out between
+    the workers."""
     share = copy.copy(args)
     share.processes = 1
     share.max_connections = math.ceil(args.max_connections / count)
     if args.workers is None:
         share.workers = max(2, math.ceil(2 * cpu_count() / count))
+    if getattr(args, "cpus", None) is None:
+        share.cpus = cpu_count() / count
+    else:
+        share.cpus = args.cpus / count
     return share
 
 

@@ -267,12 +267,20 @@ class StreamSession:
     def _backlog_seconds(self) -> float:
         return (self._received_samples - self._processed_samples) / RATE
 
+    def _behind(self, now: float) -> float:
+        """Seconds this stream's processing is behind real time: the wall time since its
+        first audio minus the audio processed, at most what is queued (a stream sent
+        faster than real time is never behind)."""
+        if self._first_audio is None:
+            return 0.0
+        return max(0.0, min(self._backlog_seconds,
+                            now - self._first_audio - self._processed_samples / RATE))
+
     async def _check_backlog(self, now: float) -> None:
         limit = self.settings.max_pending_seconds
-        backlog = self._backlog_seconds
-        if backlog <= limit:
+        if self._backlog_seconds <= limit:
             return
-        behind = min(backlog, now - self._first_audio - self._processed_samples / RATE)
+        behind = self._behind(now)
         if behind > limit and not self._warned:
             self._warned = True
             self.context.metrics.count("falling_behind")
@@ -305,6 +313,7 @@ class StreamSession:
             self._processed_samples += len(samples)
             self.context.metrics.fed(self.id, len(samples) / RATE, self._backlog_seconds,
                                      done - started, done - ready_at)
+            self.context.admission.record(len(samples) / RATE, self._behind(done))
             if self._backlog_seconds <= self.settings.max_pending_seconds / 2:
                 self._warned = False
                 self._resume.set()

@@ -18,6 +18,14 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, whole: bool = 
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
+def cpu_count() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass
 class ServerSettings:
     """Every limit of the server, grouped by purpose.
@@ -80,6 +88,14 @@ class ServerSettings:
             means any. Requests without an ``Origin`` header (non-browser clients) are
             always allowed.
         shutdown_timeout: Seconds given to open streams to finish after SIGTERM.
+        max_load, max_lag, cpus: Admission by measured capacity (see
+            :mod:`streamer.server.admission`): a new stream is refused (HTTP 503,
+            ``too_many_connections``) when the open streams plus the newcomer, each at
+            the measured CPU cost of a real-time stream, would keep more than
+            ``max_load`` of ``cpus`` busy, or while streams are more than ``max_lag``
+            seconds (95th percentile) behind real time. 0 turns a rule off.
+            ``cpus`` is the cores this process may use (``None``: those it may run on;
+            under ``--processes N``, shared out between them).
     """
 
     max_connections: int = 64
@@ -105,6 +121,9 @@ class ServerSettings:
     public_metrics: bool = False
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
+    max_load: float = 0.5
+    max_lag: float = 1.0
+    cpus: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size",
@@ -121,6 +140,10 @@ class ServerSettings:
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
                      "send_timeout", "shutdown_timeout"):
             _positive(name, getattr(self, name))
+        for name in ("max_load", "max_lag"):
+            _positive(name, getattr(self, name), allow_zero=True)
+        if self.cpus is not None:
+            _positive("cpus", self.cpus)
         if self.max_feed_seconds > self.max_pending_seconds:
             raise ValueError(f"max_feed_seconds ({self.max_feed_seconds}) must not exceed "
                              f"max_pending_seconds ({self.max_pending_seconds})")
@@ -138,6 +161,11 @@ class ServerSettings:
     @property
     def worker_count(self) -> int:
         return self.workers if self.workers is not None else 2 * (os.cpu_count() or 1)
+
+    @property
+    def cpu_count(self) -> float:
+        """Cores this process may use (``cpus``, or those it may run on)."""
+        return self.cpus if self.cpus is not None else float(cpu_count())
 
     @property
     def batching(self) -> bool:
@@ -158,4 +186,4 @@ class ServerSettings:
         return origin.rstrip("/") in {o.rstrip("/") for o in self.allowed_origins}
 
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "cpu_count"]

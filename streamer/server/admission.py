@@ -1,0 +1,130 @@
+"""Admission by measured capacity: a new stream is accepted only while the process keeps
+its streams real time, so that overload refuses newcomers instead of degrading everyone.
+
+Every engine call reports how much audio it processed and how long it queued for a worker
+thread; the process's CPU time is read at each report. Over a sliding window:
+
+* cost: CPU seconds of the whole process (models, engine, websocket I/O) per second of
+  audio processed. Each open stream may send real-time audio, so the streams demand
+  ``streams * cost`` of the CPUs; a newcomer is refused when ``(streams + 1) * cost``
+  exceeds ``max_load`` of them. A stream sent faster than real time costs the same per
+  second of audio (backpressure slows it to what the server gives). Until the window
+  holds enough audio to tell the cost (a fresh server), at most ``cold_start`` streams
+  are admitted, so that a burst of connections cannot overload a server that has not
+  measured itself yet.
+* lag: after each call, how far the stream's processing is behind real time (the wall
+  time since its first audio minus the audio processed, at most its backlog). When the
+  95th percentile exceeds ``max_lag``, the process is already behind whatever the
+  estimate says, and newcomers are refused until it catches up. A stream sent faster
+  than real time is never behind real time, so a client sending a file at full speed
+  does not close the door.
+
+The default ``max_load`` is half the CPUs: the engine's Python work holds the GIL, so
+one process keeps about one core busy before its streams fall behind; ``--processes N``
+uses more cores.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from typing import Callable
+
+#: Streams a fresh server admits per CPU before it knows what a stream costs.
+COLD_START_PER_CPU = 4
+
+#: Engine calls a window needs before the lag rule applies (one slow first call of a
+#: freshly loaded model must not close the door).
+MIN_CALLS = 20
+#: Seconds of audio a window needs before the cost rule applies.
+MIN_AUDIO = 2.0
+
+
+class Admission:
+    """Thread-safe record of engine calls and the admission decision they imply.
+
+    Args:
+        cpus: CPU cores this process may use.
+        max_load: Share of ``cpus`` the streams may keep busy; 0 turns the load rule off.
+        max_lag: Seconds (95th percentile) streams may be behind real time; 0 turns the
+            lag rule off.
+        window: Seconds of calls the decision looks at.
+        cold_start: Most open streams while the cost is unknown (default: 4 per CPU,
+            at least 8).
+    """
+
+    def __init__(self, cpus: float, max_load: float = 0.5, max_lag: float = 1.0,
+                 window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 cpu_time: Callable[[], float] = time.process_time,
+                 cold_start: int | None = None):
+        self.cpus = cpus
+        self.max_load = max_load
+        self.max_lag = max_lag
+        self.window = window
+        self.cold_start = (cold_start if cold_start is not None
+                           else max(8, math.ceil(COLD_START_PER_CPU * cpus)))
+        self._clock = clock
+        self._cpu_time = cpu_time
+        self._calls: collections.deque[tuple[float, float, float, float]] = collections.deque()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_load > 0 or self.max_lag > 0
+
+    def record(self, audio: float, behind: float) -> None:
+        """One engine call: ``audio`` seconds of audio processed; after it the stream is
+        ``behind`` seconds behind real time."""
+        now, cpu = self._clock(), self._cpu_time()
+        with self._lock:
+            self._calls.append((now, cpu, audio, max(behind, 0.0)))
+            self._prune(now)
+
+    def cost(self) -> float | None:
+        """CPU seconds of the process per second of audio over the window (None: too
+        little audio to tell)."""
+        with self._lock:
+            self._prune(self._clock())
+            if len(self._calls) < 2:
+                return None
+            audio = sum(call[2] for call in list(self._calls)[1:])
+            if audio < MIN_AUDIO:
+                return None
+            return max(self._calls[-1][1] - self._calls[0][1], 0.0) / audio
+
+    def lag(self) -> float | None:
+        """95th percentile of how far streams were behind real time over the window
+        (None: too few calls)."""
+        with self._lock:
+            self._prune(self._clock())
+            if len(self._calls) < MIN_CALLS:
+                return None
+            waits = sorted(call[3] for call in self._calls)
+        return waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)]
+
+    def refusal(self, streams: int) -> str | None:
+        """Why a new stream is refused now, or None when it may come in. ``streams`` is
+        the number of open streams."""
+        if self.max_lag > 0:
+            lag = self.lag()
+            if lag is not None and lag > self.max_lag:
+                return (f"the server is behind: its streams are {lag:.2f} s behind real "
+                        f"time (limit {self.max_lag:g} s)")
+        if self.max_load > 0 and streams > 0:
+            cost = self.cost()
+            budget = self.max_load * self.cpus
+            if cost is None and streams >= self.cold_start:
+                return (f"the server is starting: {streams} streams are open and it has "
+                        f"not measured what one costs yet")
+            if cost is not None and (streams + 1) * cost > budget:
+                return (f"the server is at capacity: a real-time stream costs {cost:.3f} "
+                        f"CPU and {streams} are open, of {budget:.2f} CPU")
+        return None
+
+    def _prune(self, now: float) -> None:
+        while self._calls and self._calls[0][0] < now - self.window:
+            self._calls.popleft()
+
+
+__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS"]

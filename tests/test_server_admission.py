@@ -1,0 +1,170 @@
+"""Admission by measured capacity: past what the process can keep real time, new streams
+are refused at the handshake, and the admitted ones stay real time."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from streamer.models.frontend import SegmentationEmbeddingFrontend
+from streamer.server.admission import MIN_CALLS, Admission
+from tests.fakes import FakeEmbedding, FakeSegmentation, tone_conversation
+from tests.test_server_support import (open_stream, read_all, run, running_server, scaled,
+                                       send_audio)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.cpu = 5.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def cpu_time(self) -> float:
+        return self.cpu
+
+
+def calls(admission: Admission, clock: Clock, count: int, audio: float = 0.5,
+          cpu: float = 0.2, behind: float = 0.0) -> None:
+    """``count`` engine calls, each ``audio`` seconds long and ``cpu`` seconds of CPU."""
+    for _ in range(count):
+        clock.cpu += cpu
+        admission.record(audio, behind)
+
+
+def test_the_cost_rule_counts_every_open_stream_and_the_newcomer() -> None:
+    clock = Clock()
+    admission = Admission(cpus=1, max_load=0.85, max_lag=0, window=10.0, clock=clock,
+                          cpu_time=clock.cpu_time)
+    calls(admission, clock, 1)
+    assert admission.cost() is None  # too little audio to tell
+    calls(admission, clock, 10)  # 0.4 s of CPU per second of audio
+    assert admission.cost() == pytest.approx(0.4)
+    assert admission.refusal(streams=1) is None  # 2 * 0.4 <= 0.85
+    reason = admission.refusal(streams=2)  # 3 * 0.4 > 0.85
+    assert reason is not None and "capacity" in reason
+    assert admission.refusal(streams=0) is None  # nothing open: nothing to measure
+    clock.now += 10.5  # the window has passed
+    assert admission.cost() is None and admission.refusal(streams=2) is None
+
+
+def test_a_fresh_server_admits_a_few_streams_per_cpu_until_it_knows_their_cost() -> None:
+    clock = Clock()
+    admission = Admission(cpus=4, clock=clock, cpu_time=clock.cpu_time)
+    assert admission.cold_start == 16
+    assert admission.refusal(streams=15) is None
+    assert "not measured" in admission.refusal(streams=16)
+    calls(admission, clock, 10, cpu=0.01)  # cheap streams: the cost now decides
+    assert admission.refusal(streams=50) is None  # 51 * 0.02 <= 0.5 * 4
+    assert Admission(cpus=1).cold_start == 8
+
+
+def test_a_stream_sent_faster_than_real_time_costs_per_second_of_audio() -> None:
+    clock = Clock()
+    admission = Admission(cpus=2, max_load=0.85, max_lag=0.5, clock=clock,
+                          cpu_time=clock.cpu_time)
+    calls(admission, clock, 100, audio=2.0, cpu=0.05)  # a file at full speed
+    assert admission.cost() == pytest.approx(0.025)
+    assert admission.refusal(streams=1) is None
+
+
+def test_the_lag_rule_needs_enough_calls_and_looks_at_the_95th_percentile() -> None:
+    clock = Clock()
+    admission = Admission(cpus=8, max_load=0, max_lag=0.5, window=10.0, clock=clock,
+                          cpu_time=clock.cpu_time)
+    calls(admission, clock, 1, behind=3.0)  # one slow call (a model warming up)
+    assert admission.lag() is None and admission.refusal(streams=1) is None
+    calls(admission, clock, MIN_CALLS, behind=0.05)
+    assert admission.refusal(streams=1) is None  # one in 21 is not the 95th percentile
+    calls(admission, clock, 5, behind=2.0)
+    reason = admission.refusal(streams=1)
+    assert reason is not None and "behind" in reason
+    clock.now += 11.0
+    assert admission.refusal(streams=1) is None
+
+
+def test_rules_can_be_turned_off() -> None:
+    clock = Clock()
+    admission = Admission(cpus=1, max_load=0, max_lag=0, clock=clock,
+                          cpu_time=clock.cpu_time)
+    calls(admission, clock, 50, cpu=5.0, behind=5.0)
+    assert not admission.enabled and admission.refusal(streams=100) is None
+
+
+class SlowSegmentation(FakeSegmentation):
+    """The fake model, costing ``cost`` seconds of CPU per chunk (numpy work that lets
+    other threads run, as real models do)."""
+
+    def __init__(self, cost: float):
+        super().__init__()
+        self.cost = cost
+        self._matrix = np.random.default_rng(0).standard_normal((96, 96))
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        deadline = time.thread_time() + self.cost * len(waveforms)
+        while time.thread_time() < deadline:
+            self._matrix @ self._matrix
+        return super().__call__(waveforms)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_busy_server_refuses_newcomers_and_keeps_its_streams_real_time() -> None:
+    # Each stream costs 0.2 s of CPU per 0.5 s step (0.4 CPU); one CPU at 85 % holds
+    # two such streams, not three.
+    frontend = SegmentationEmbeddingFrontend(SlowSegmentation(0.2), FakeEmbedding(),
+                                             name="slow", delta_new=0.5)
+    audio = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
+
+    async def admitted(server, delay: float):
+        await asyncio.sleep(delay)
+        ws, _ = await open_stream(server)
+        sender = asyncio.create_task(send_audio(ws, audio, chunk=0.1, speed=1.0))
+        events = await read_all(ws)
+        await sender
+        return events
+
+    async def body():
+        async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
+                                  workers=4) as server:
+            server.context.admission.window = 3.0
+            streams = [asyncio.create_task(admitted(server, delay)) for delay in (0, 0.5)]
+            await asyncio.sleep(scaled(4.0))  # both streams measured for a few seconds
+            with pytest.raises(InvalidStatus) as refused:
+                await open_stream(server)
+            ready = await asyncio.to_thread(_get, server.port, "/readyz")
+            health = await asyncio.to_thread(_get, server.port, "/healthz")
+            results = await asyncio.gather(*streams)
+            return refused.value.response, ready, health, results, server.metrics.rejected
+
+    response, ready, health, results, rejected = run(body(), timeout=60)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    error = json.loads(response.body)
+    assert error["code"] == "too_many_connections" and "capacity" in error["message"]
+    assert ready[0] == 503 and "capacity" in ready[1]
+    assert health[0] == 200
+    assert rejected.get("overloaded", 0) >= 1
+    for events in results:  # the admitted streams ran to their end, real time
+        assert events[-1]["type"] == "end"
+        assert not [e for e in events if e["type"] == "warning"]
+
+
+def test_readyz_says_ready_when_there_is_room() -> None:
+    async def body():
+        async with running_server() as server:
+            return await asyncio.to_thread(_get, server.port, "/readyz")
+
+    assert run(body()) == (200, "ready\n")
