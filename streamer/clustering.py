@@ -24,17 +24,14 @@ class CentroidMemory:
     (clearly active) may create or update a centroid.
     """
 
-    def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1,
-                 confirm: int = 1):
+    def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1):
         self.delta_new = delta_new
         self.max_speakers = max_speakers
         self.min_speakers = min_speakers
-        self.confirm = confirm
         self.reset()
 
     def reset(self) -> None:
         self._sums: list[np.ndarray] = []
-        self._pending: list[list] = []  # [embedding sum, consecutive hits]
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -69,38 +66,12 @@ class CentroidMemory:
         np.fill_diagonal(extra, np.where(creates & (room <= 0), _FORBIDDEN / 2, cost_new))
         cost = np.concatenate([distances, extra], axis=1)
         rows, columns = min_cost_assignment(cost)
-        seen: set[int] = set()
         for row, column in sorted(zip(rows, columns), key=lambda rc: cost[rc[0], rc[1]]):
             if column < known:
                 result[row] = column
                 if can_update[row]:
                     self._sums[column] = self._sums[column] + embeddings[row]
             elif creates[row] and len(self._sums) < self.max_speakers:
-                result[row] = self._candidate(embeddings[row], cost_new, seen)
-        self._pending = [self._pending[i] for i in sorted(seen)]
+                self._sums.append(embeddings[row].copy())
+                result[row] = len(self._sums) - 1
         return result
-
-    def _candidate(self, embedding: np.ndarray, threshold: float, seen: set[int]) -> int:
-        """A new speaker (but the first) becomes a centroid once it was seen in
-        ``confirm`` consecutive calls (buffers); until then it stays a pending candidate
-        and gets no label."""
-        index = None
-        if self._pending:
-            pending = normalize(np.stack([p[0] for p in self._pending]))
-            distances = 1.0 - pending @ embedding
-            distances[list(seen)] = np.inf
-            best = int(np.argmin(distances))
-            if distances[best] <= threshold:
-                index = best
-        if index is None:
-            self._pending.append([np.zeros_like(embedding), 0])
-            index = len(self._pending) - 1
-        seen.add(index)
-        candidate = self._pending[index]
-        candidate[0] = candidate[0] + embedding
-        candidate[1] += 1
-        if candidate[1] < self.confirm and self._sums:  # the first speaker needs no wait
-            return -1
-        seen.discard(index)
-        self._sums.append(candidate[0])
-        return len(self._sums) - 1

@@ -51,8 +51,7 @@ class StreamingDiarizer:
         self.resolution = frontend.frame_step
         self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)),
                                      int(round(c.step * self.sample_rate)))
-        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
-                                      getattr(frontend, "confirm_steps", 1))
+        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers)
         # One more column than speakers: the number of active local speakers per frame,
         # averaged like the activations, gives the overlap-aware outputs their counts.
         self._aggregator = Aggregator(self.resolution, c.max_speakers + 1,

@@ -56,21 +56,3 @@ def test_min_speakers_makes_new_speakers_easier_to_create():
     lenient = CentroidMemory(delta_new=0.2, max_speakers=5, min_speakers=2)
     lenient.assign(E[:1], np.array([True]))
     assert lenient.assign(distinct, np.array([True])).tolist() == [1]
-
-
-def test_new_speakers_wait_for_confirmation_but_the_first_does_not():
-    memory = CentroidMemory(delta_new=0.5, max_speakers=5, confirm=3)
-    assert memory.assign(E[:1], np.array([True])).tolist() == [0]
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [-1]
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [-1]
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [1]
-    assert len(memory) == 2
-
-
-def test_a_candidate_must_be_seen_in_consecutive_buffers():
-    memory = CentroidMemory(delta_new=0.5, max_speakers=5, confirm=2)
-    memory.assign(E[:1], np.array([True]))
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [-1]
-    assert memory.assign(E[:1], np.array([True])).tolist() == [0]  # the candidate lapses
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [-1]
-    assert memory.assign(E[1:2], np.array([True])).tolist() == [1]

@@ -73,15 +73,14 @@ class EmbeddedSettings:
 
 
 class EmbeddedFrontend:
-    """Shared, read-only Silero VAD and GE2E encoder; one :class:`_Stream` per stream."""
+    """Shared, read-only Silero VAD and GE2E encoder; one :class:`EmbeddedStream` per
+    stream."""
 
     name = "embedded"
     sample_rate = SAMPLE_RATE
     chunk_duration = 10.0
     frame_step = SileroVad.frame_step
     default_delta_new = 0.22
-    #: Buffers in a row a new voice must appear in before it becomes a speaker.
-    confirm_steps = 1
     #: Every buffer counts alike when averaged: its older frames have full context here.
     aggregation_window = "uniform"
     #: A voice activity model and one voice per window: no overlapped speech.
@@ -114,8 +113,8 @@ class EmbeddedFrontend:
             "hop": self.settings.hop,
         }
 
-    def stream(self, config: Any) -> "_Stream":
-        return _Stream(self, config)
+    def stream(self, config: Any) -> "EmbeddedStream":
+        return EmbeddedStream(self, config)
 
     def embed(self, mels: np.ndarray, gain: float) -> np.ndarray:
         """Normalised embedding of speech mel frames ``(frames, 40)``."""
@@ -126,10 +125,13 @@ class EmbeddedFrontend:
         return raw / max(float(np.linalg.norm(raw)), 1e-8)
 
 
-class _Stream:
+class EmbeddedStream:
+    """Per-stream state of the embedded front end: VAD state, mel frames and window
+    embeddings of the audio still in reach of the rolling buffer."""
+
     def __init__(self, frontend: EmbeddedFrontend, config: Any):
-        self.f = frontend
-        self.s = frontend.settings
+        self.frontend = frontend
+        self.settings = frontend.settings
         self.threshold = config.speech_threshold
         self.vad_state = frontend.vad.new_state()
         self.probs = np.zeros(0, np.float32)  # one per 32 ms VAD frame, from frame
@@ -139,8 +141,8 @@ class _Stream:
         self.received = 0
         self.mels = np.zeros((0, 40), np.float32)  # self.mels[i] is centred on
         self.mel_start = 0  # sample (mel_start + i) * 160
-        self.hop_samples = int(round(self.s.hop * SAMPLE_RATE))
-        self.window_samples = int(round(self.s.window * SAMPLE_RATE))
+        self.hop_samples = int(round(self.settings.hop * SAMPLE_RATE))
+        self.window_samples = int(round(self.settings.window * SAMPLE_RATE))
         self.next_window = 1  # window k ends at sample k * hop_samples
         self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
 
@@ -150,7 +152,7 @@ class _Stream:
         new = end - self.received
         if new > 0:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
-            self.probs = np.concatenate([self.probs, self.f.vad.process(self.vad_state, samples)])
+            self.probs = np.concatenate([self.probs, self.frontend.vad.process(self.vad_state, samples)])
             self.audio = np.concatenate([self.audio, samples])
             self.received = end
         self._update_mels()
@@ -167,7 +169,7 @@ class _Stream:
         pad_left = max(0, self.audio_start - lo)
         segment = self.audio[max(lo - self.audio_start, 0): hi - self.audio_start]
         segment = np.pad(segment, (pad_left, 0))
-        self.mels = np.concatenate([self.mels, self.f.mel.frames(segment)])
+        self.mels = np.concatenate([self.mels, self.frontend.mel.frames(segment)])
 
     def _embed_windows(self, end: int) -> None:
         while self.next_window * self.hop_samples <= end:
@@ -177,7 +179,7 @@ class _Stream:
             lo_vad, hi_vad = start // 512, stop // 512
             speech = self.probs[lo_vad - self.probs_start:hi_vad - self.probs_start]
             speech = speech >= self.threshold
-            if speech.sum() * 512 < self.s.min_speech * SAMPLE_RATE:
+            if speech.sum() * 512 < self.settings.min_speech * SAMPLE_RATE:
                 continue
             mel_index = np.arange(start // MEL_HOP,
                                   min(stop // MEL_HOP, self.mel_start + len(self.mels)))
@@ -186,7 +188,7 @@ class _Stream:
             if len(mels) == 0:
                 continue
             audio = self.audio[start - self.audio_start: stop - self.audio_start]
-            self.windows[stop] = self.f.embed(mels, volume_gain(audio))
+            self.windows[stop] = self.frontend.embed(mels, volume_gain(audio))
 
     def _forget(self, buffer_start: int) -> None:
         keep_from = max(0, buffer_start - self.window_samples - N_FFT)
@@ -239,10 +241,10 @@ class _Stream:
         are folded into the nearest large cluster."""
         if len(embeddings) == 1:
             return np.zeros(1, int)
-        labels = linkage_clusters(embeddings, self.s.local_threshold, self.s.linkage)
+        labels = linkage_clusters(embeddings, self.settings.local_threshold, self.settings.linkage)
         sizes = np.bincount(labels)
         order = np.argsort(-sizes, kind="stable")
-        big = [k for k in order[: self.s.max_local] if sizes[k] >= self.s.min_windows]
+        big = [k for k in order[: self.settings.max_local] if sizes[k] >= self.settings.min_windows]
         kept = big or [order[0]]
         if len(kept) < len(sizes):
             means = np.stack([embeddings[labels == k].mean(axis=0) for k in kept])

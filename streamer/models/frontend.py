@@ -73,11 +73,14 @@ class SegmentationEmbeddingFrontend:
             "reuses_filterbank": self.reuse_responses,
         }
 
-    def stream(self, config: Any) -> "_Stream":
-        return _Stream(self, config)
+    def stream(self, config: Any) -> "SegmentationEmbeddingStream":
+        return SegmentationEmbeddingStream(self, config)
 
 
-class _Stream:
+class SegmentationEmbeddingStream:
+    """Per-stream state of the pyannote front end (the segmentation's filter-response
+    cache, where the model offers one)."""
+
     def __init__(self, frontend: SegmentationEmbeddingFrontend, config: Any):
         self.frontend = frontend
         self.config = config

@@ -6,7 +6,7 @@ Usage::
     async with DiarizationServer(frontend, ServerSettings()) as server:
         await server.start("127.0.0.1", 0)
         print(server.port)
-        await server.wait_for_shutdown_signal()
+        await server.serve_until_signal()
 """
 from __future__ import annotations
 
