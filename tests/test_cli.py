@@ -15,11 +15,9 @@ import soundfile as sf
 from streamer.evaluation import der_components
 from streamer.results import clock
 from streamer.rttm import read_rttm
+from tests.paths import DATA, SAMPLE, SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAMPLE = SHARED / "eval" / "sample.wav"
 needs_shared = pytest.mark.skipif(not SAMPLE.exists(), reason=f"{SHARED} is absent")
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def streamer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

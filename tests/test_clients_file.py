@@ -33,9 +33,8 @@ from clients.common import (  # noqa: E402
     start_message,
 )
 from clients.file import read_audio, stream_file  # noqa: E402
+from tests.paths import EVAL, SAMPLE  # noqa: E402
 
-EVAL = REPO.parent / "shared" / "eval"
-SAMPLE = EVAL / "sample.wav"
 TIMEOUT_FACTOR = float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
 TOKEN = secrets.token_urlsafe(12)
 

@@ -6,15 +6,13 @@ with the torch and the ONNX backends.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from streamer.models.base import EmbeddingModel, SegmentationModel
 from streamer.models.pyannote import load_embedding, load_segmentation
+from tests.paths import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PARITY = SHARED / "parity"
 TOLERANCE = 1e-4
 

@@ -2,14 +2,10 @@
 the same final turns as the engine run directly on the file (file mode)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from tests.paths import SAMPLE
 from tests.test_server_support import check_turn_invariants, finals, run, running_server, stream
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAMPLE = SHARED / "eval" / "sample.wav"
 
 pytestmark = [
     pytest.mark.slow,

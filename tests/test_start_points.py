@@ -7,8 +7,6 @@ recorded.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -19,10 +17,7 @@ from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.evaluation import der_components
 from streamer.events import Turn
 from streamer.rttm import Segment, read_rttm, read_uem
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EVAL = SHARED / "eval"
-SAMPLE = EVAL / "sample.wav"
+from tests.paths import EVAL, SAMPLE
 
 pytestmark = [
     pytest.mark.slow,
