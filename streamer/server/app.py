@@ -43,8 +43,11 @@ from streamer.server.routes import (
 )
 from streamer.server.session import StreamSession
 from streamer.server.settings import ServerSettings
+from streamer.server.tokens import SessionTokens
 
 logger = logging.getLogger(__name__)
+#: Where a backend asks for a single-use stream URL.
+SESSIONS_PATH = "/v1/sessions"
 
 
 def _engine_factory(frontend: Any) -> Callable[[StreamConfig], Any]:
@@ -88,6 +91,7 @@ class DiarizationServer:
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
                                 self.settings.max_lag))
         self.sessions: set[StreamSession] = set()
+        self.session_tokens = SessionTokens(self.settings.token, self.settings.session_ttl)
         self._server: Server | None = None
         self._stopping = False
 
@@ -217,17 +221,50 @@ class DiarizationServer:
         if not self.settings.origin_allowed(request.headers.get("Origin")):
             self.metrics.reject("origin")
             return response(403, "origin not allowed\n")
+        session_token = None
         if not self._authorized(request, url.query):
-            self.metrics.reject("unauthorized")
-            return response(401, "missing or wrong token\n",
-                            extra={"WWW-Authenticate": 'Bearer realm="streamer"'})
+            session_token = self._session_token(url.query)
+            if session_token is None:
+                return self._unauthorized()
         refusal = self._refusal()
         if refusal is not None:
             self.metrics.reject(refusal[0])
             body = protocol.encode(protocol.error_message(protocol.TooManyConnections(
                 refusal[1])))
             return response(503, body + "\n", "application/json", extra={"Retry-After": "5"})
+        if session_token is not None and self.session_tokens.redeem(session_token) is None:
+            return self._unauthorized()  # pragma: no cover - checked just above
         return None
+
+    def _unauthorized(self) -> Response:
+        self.metrics.reject("unauthorized")
+        return response(401, "missing or wrong token\n",
+                        extra={"WWW-Authenticate": 'Bearer realm="streamer"'})
+
+    def _session_token(self, query: str) -> str | None:
+        """The single-use session token of ``?token=`` when one is valid now (it is used
+        up only once the handshake is accepted)."""
+        return next((t for t in parse_qs(query).get("token", [])
+                     if self.session_tokens.valid(t)), None)
+
+    def _issue_session(self, method: str, request: Request, query: str) -> Response:
+        """``POST /v1/sessions``: a single-use stream URL, for the server token's holder."""
+        if method != "POST":
+            return not_allowed(("POST",))
+        if self.settings.token is None:
+            return response(404, "session tokens need a server token (--token-file or "
+                                 "STREAMER_TOKEN): without one, streams need no token\n")
+        if not self._authorized(request, query):
+            return self._unauthorized()
+        issued = self.session_tokens.issue()
+        self.metrics.count("sessions_issued")
+        scheme = ("wss" if request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+                  else "ws")
+        host = request.headers.get("Host") or f"127.0.0.1:{self.port}"
+        body = protocol.encode({
+            "id": issued.id, "url": f"{scheme}://{host}{protocol.PATH}?token={issued.token}",
+            "token": issued.token, "expires_at": round(issued.expires_at, 3)})
+        return response(201, body + "\n", "application/json")
 
     def _authorized(self, request: Request, query: str) -> bool:
         expected = self.settings.token
@@ -241,6 +278,8 @@ class DiarizationServer:
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
     def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
+        if path == SESSIONS_PATH:
+            return self._issue_session(method, request, query)
         builtin = path in ("/healthz", "/readyz", "/metrics")
         page = None if builtin else static_path(path, self.web_root)
         if not builtin and page is None:

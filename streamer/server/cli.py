@@ -92,6 +92,9 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="server processes on the same port (SO_REUSEPORT), each with "
                              "its own models; 0 for one per CPU core, at most 16; "
                              "--max-connections is split between them (default 1)")
+    limits.add_argument("--session-ttl", type=float, default=defaults.session_ttl,
+                        help="seconds a single-use stream URL from POST /v1/sessions stays "
+                             "valid (default %(default)s)")
     limits.add_argument("--max-load", type=float, default=defaults.max_load,
                         help="admission: refuse new streams (503) when the open ones plus "
                              "the newcomer, at the measured cost of a real-time stream, would "
@@ -145,7 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
         allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
-        cpus=args.cpus)
+        cpus=args.cpus, session_ttl=args.session_ttl)
 
 
 def resolve_port(port: int | None) -> int:

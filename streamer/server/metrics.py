@@ -71,6 +71,7 @@ class ServerMetrics:
         self.backpressure_pauses = 0
         self.slow_clients = 0
         self.turns_sent = 0
+        self.sessions_issued = 0
         self.feed_seconds = Histogram(LATENCY_BUCKETS)
         self.step_latency = Histogram(LATENCY_BUCKETS)
         self.batch_rows: dict[str, Histogram] = {}
@@ -165,6 +166,9 @@ class ServerMetrics:
                        self.slow_clients)
             add.metric("streamer_turns_sent_total", "counter", "Turn events sent.",
                        self.turns_sent)
+            add.metric("streamer_sessions_issued_total", "counter",
+                       "Single-use stream URLs issued (POST /v1/sessions).",
+                       self.sessions_issued)
             add.histogram("streamer_feed_duration_seconds",
                           "Compute time of one engine call.", self.feed_seconds)
             add.histogram("streamer_step_latency_seconds",

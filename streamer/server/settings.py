@@ -88,6 +88,8 @@ class ServerSettings:
             means any. Requests without an ``Origin`` header (non-browser clients) are
             always allowed.
         shutdown_timeout: Seconds given to open streams to finish after SIGTERM.
+        session_ttl: Lifetime of the single-use stream URLs of ``POST /v1/sessions``,
+            seconds.
         max_load, max_lag, cpus: Admission by measured capacity (see
             :mod:`streamer.server.admission`): a new stream is refused (HTTP 503,
             ``too_many_connections``) when the open streams plus the newcomer, each at
@@ -121,6 +123,7 @@ class ServerSettings:
     public_metrics: bool = False
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
+    session_ttl: float = 60.0
     max_load: float = 0.5
     max_lag: float = 1.0
     cpus: float | None = None
@@ -138,7 +141,7 @@ class ServerSettings:
                      "ping_interval", "ping_timeout", "batch_max_wait"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
-                     "send_timeout", "shutdown_timeout"):
+                     "send_timeout", "shutdown_timeout", "session_ttl"):
             _positive(name, getattr(self, name))
         for name in ("max_load", "max_lag"):
             _positive(name, getattr(self, name), allow_zero=True)
