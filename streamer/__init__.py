@@ -14,7 +14,7 @@ from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.errors import (AudioFileError, AudioFormatError, ConfigError, ModelLoadError,
                              StreamerError)
-from streamer.events import Region, SpeakerSummary, Turn
+from streamer.events import Region, SpeakerChange, SpeakerSummary, Turn
 from streamer.pipeline import Pipeline, ProgressHook
 from streamer.presets import load_frontend
 from streamer.results import Annotation, Diarization, Segment
@@ -36,7 +36,7 @@ def __getattr__(name: str):
 __all__ = [
     "Annotation", "AudioFileError", "AudioFormatError", "BINARIZATION_PRESETS",
     "Binarization", "ConfigError", "Diarization", "ModelLoadError", "Pipeline",
-    "ProgressHook", "Region", "Scores", "Segment", "SpeakerSummary", "StreamConfig",
+    "ProgressHook", "Region", "Scores", "Segment", "SpeakerChange", "SpeakerSummary", "StreamConfig",
     "StreamerError", "StreamingDiarizer", "Turn", "__version__", "cosine_distance",
     "diarize_array", "load_frontend",
 ]

@@ -82,8 +82,9 @@ class StreamConfig:
         gamma, beta: Shape of the overlap-aware embedding weights
             (``activation**gamma * softmax(beta * activations)**gamma``).
         outputs: Opt-in outputs next to the exclusive turns, any of ``"speech"`` (speech
-            regions), ``"overlap"`` (overlapped speech regions) and ``"regular"`` (the
-            overlap-aware diarization: turns that may overlap). ``overlap`` and
+            regions), ``"overlap"`` (overlapped speech regions), ``"regular"`` (the
+            overlap-aware diarization: turns that may overlap) and ``"speaker_changes"``
+            (``speaker_start``/``speaker_end`` before turns are final). ``overlap`` and
             ``regular`` need a model that detects overlapped speech (pyannote presets).
     """
 

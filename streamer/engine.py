@@ -19,13 +19,15 @@ from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
 from streamer.errors import AudioFormatError, ConfigError
-from streamer.events import OVERLAP_OUTPUTS, Region, SpeakerSummary, Turn, speaker_label
+from streamer.changes import ChangeTracker
+from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSummary, Turn,
+                             speaker_label)
 from streamer.models.base import BufferAnalysis, Frontend
 from streamer.regions import RegionTracker
 from streamer.turns import TurnBuilder
 
-#: An engine event: an exclusive turn, or a region of an opt-in output.
-Event = Turn | Region
+#: An engine event: an exclusive turn, or an event of an opt-in output.
+Event = Turn | Region | SpeakerChange
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class StreamingDiarizer:
                                   speaker_label)
         self._regions = RegionTracker(c.outputs, self.resolution, c.min_duration_on,
                                       c.min_duration_off)
+        self._changes = ChangeTracker() if "speaker_changes" in c.outputs else None
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -70,6 +73,9 @@ class StreamingDiarizer:
         self._aggregator.reset()
         self._turns.reset()
         self._regions.reset()
+        if self._changes is not None:
+            self._changes.reset()
+        self._view: Turn | None = None  # the interim view of the open turn, if shown
         self._stream = self.frontend.stream(self.config)
         self._speech: dict[str, float] = {}
         self._last_interim: Turn | None = None
@@ -110,6 +116,7 @@ class StreamingDiarizer:
             stepped = True
         if stepped:
             events += self._interim()
+            events += self._speaker_changes(events, self._view)
         return events
 
     def flush(self) -> list[Event]:
@@ -124,6 +131,9 @@ class StreamingDiarizer:
         events = self._commit(end, final=True)
         events += self._record(self._turns.flush())
         events += self._regions.flush()
+        events += self._speaker_changes(events, None)
+        if self._changes is not None:
+            events += self._changes.flush()
         self._finished = True
         return events
 
@@ -219,11 +229,19 @@ class StreamingDiarizer:
         columns, speech = self._aggregator.peek(self._aggregator.available)
         activations = columns[:, :-1]
         turn = self._turns.preview(self._labels(activations, speech, commit=False))
-        if (turn is None or turn == self._last_interim
-                or turn.duration < max(self.config.min_duration_on, MIN_INTERIM)):
+        shown = turn is not None and turn.duration >= max(self.config.min_duration_on,
+                                                          MIN_INTERIM)
+        self._view = turn if shown else None
+        if not shown or turn == self._last_interim:
             return []
         self._last_interim = turn
         return [turn]
+
+    def _speaker_changes(self, events: list[Event], view: Turn | None) -> list[Event]:
+        if self._changes is None:
+            return []
+        finals = [e for e in events if isinstance(e, Turn) and e.final]
+        return list(self._changes.update(finals, view))
 
     def _record(self, finals: list[Turn]) -> list[Turn]:
         for turn in finals:
@@ -271,7 +289,7 @@ def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
         for event in events:
             if isinstance(event, Region):
                 regions.append(event)
-            elif event.final:
+            elif isinstance(event, Turn) and event.final:
                 turns.append(event)
 
     done = 0

@@ -37,7 +37,7 @@ class Turn:
 
 
 #: Opt-in outputs of a stream next to its exclusive turns (``StreamConfig.outputs``).
-OUTPUTS = ("speech", "overlap", "regular")
+OUTPUTS = ("speech", "overlap", "regular", "speaker_changes")
 #: Outputs that need a segmentation model that detects overlapped speech.
 OVERLAP_OUTPUTS = ("overlap", "regular")
 
@@ -69,6 +69,32 @@ class Region:
         if self.speaker is not None:
             event["speaker"] = self.speaker
         event.update(start=round(self.start, 3), end=round(self.end, 3), final=True)
+        return event
+
+
+@dataclass(frozen=True)
+class SpeakerChange:
+    """A speaker starts or stops talking (opt-in output ``speaker_changes``).
+
+    ``speaker_start`` comes with the first interim view of a turn, so within about one
+    step of the speech; ``speaker_end`` with the turn's final version (``latency``
+    after its end), or as soon as the interim view drops or relabels the turn
+    (``retracted``: the start was a false alarm or went to another speaker).
+    ``turn`` is the id of the turn event it belongs to; ``time`` is the turn's start
+    (``speaker_start``) or end (``speaker_end``), in seconds from stream start.
+    """
+
+    kind: str  # "speaker_start" or "speaker_end"
+    turn: int
+    speaker: str
+    time: float
+    retracted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": self.kind, "turn": self.turn,
+                                 "speaker": self.speaker, "time": round(self.time, 3)}
+        if self.kind == "speaker_end":
+            event["retracted"] = self.retracted
         return event
 
 
