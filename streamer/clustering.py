@@ -37,13 +37,26 @@ class CentroidMemory:
         return len(self._sums)
 
     @property
+    def sums(self) -> list[np.ndarray]:
+        """The centroids' unnormalised sums (a speaker's weight is its sum's length)."""
+        return [row.copy() for row in self._sums]
+
+    def load(self, sums: list[np.ndarray]) -> None:
+        """Start from the speakers of another stream (see :meth:`sums`)."""
+        if len(sums) > self.max_speakers:
+            raise ValueError(f"{len(sums)} speakers exceed max_speakers {self.max_speakers}")
+        self._sums = [np.asarray(row, np.float64).copy() for row in sums]
+
+    @property
     def centroids(self) -> np.ndarray:
         if not self._sums:
             return np.zeros((0, 0), np.float32)
         return normalize(np.stack(self._sums))
 
-    def assign(self, embeddings: np.ndarray, can_update: np.ndarray) -> np.ndarray:
-        """Global index for each row of ``embeddings`` (-1 when none can be given)."""
+    def assign(self, embeddings: np.ndarray, can_update: np.ndarray,
+               reluctance: float = 1.0) -> np.ndarray:
+        """Global index for each row of ``embeddings`` (-1 when none can be given);
+        ``reluctance`` scales the cost of a new speaker."""
         count = len(embeddings)
         result = np.full(count, -1, dtype=int)
         if count == 0:
@@ -53,6 +66,7 @@ class CentroidMemory:
         distances = (1.0 - embeddings @ self.centroids.T) if known else np.zeros((count, 0))
         room = self.max_speakers - known
         cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
+        cost_new *= reluctance
         can_update = np.asarray(can_update, bool)
         # One private extra column per local speaker, costing cost_new: "new speaker" for
         # a clearly active one that is far from every centroid (while there is room),

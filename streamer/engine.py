@@ -33,6 +33,18 @@ logger = logging.getLogger(__name__)
 
 #: Shortest open turn shown as an interim event, in seconds (debounces noise blips).
 MIN_INTERIM = 0.25
+#: Format version of :meth:`StreamingDiarizer.state`.
+STATE_VERSION = 1
+#: How much dearer a new speaker is while a resumed stream's buffer fills up.
+RESUME_RELUCTANCE = 1.5
+
+
+def model_identity(frontend: Frontend) -> dict:
+    """What a speaker state depends on: the preset, its model sources, the dimension."""
+    described = frontend.describe()
+    return {"preset": described.get("preset"), "segmentation": described.get("segmentation"),
+            "embedding": described.get("embedding"),
+            "dimension": int(described.get("embedding_dimension", 0))}
 
 
 class StreamingDiarizer:
@@ -78,6 +90,7 @@ class StreamingDiarizer:
         self._view: Turn | None = None  # the interim view of the open turn, if shown
         self._stream = self.frontend.stream(self.config)
         self._speech: dict[str, float] = {}
+        self._restored = False
         self._last_interim: Turn | None = None
         self._hold = -1  # speaker of the last committed speech frame
         self._finished = False
@@ -137,6 +150,46 @@ class StreamingDiarizer:
         self._finished = True
         return events
 
+    def state(self) -> dict:
+        """The stream's speaker memory, to continue it in another engine on the same
+        models (:meth:`restore`): the model identity, and per global speaker its label,
+        centroid sum and seconds of speech. JSON-ready."""
+        return {"version": STATE_VERSION, "model": model_identity(self.frontend),
+                "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
+                              "speech": round(self._speech.get(speaker_label(i), 0.0), 3)}
+                             for i, row in enumerate(self._memory.sums)]}
+
+    def restore(self, state: dict) -> None:
+        """Continue the speakers of ``state`` (from :meth:`state`): known voices keep
+        their labels, new ones get the next labels. Call it before any audio.
+
+        Raises:
+            ConfigError: a state of another version or model, or a malformed one."""
+        if self.position > 0:
+            raise RuntimeError("restore() comes before any audio")
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ConfigError(f"unknown speaker state version: expected {STATE_VERSION}")
+        if state.get("model") != model_identity(self.frontend):
+            raise ConfigError("the speaker state comes from other models "
+                              f"({state.get('model')!r}), not {model_identity(self.frontend)!r}")
+        try:
+            speakers = list(state["speakers"])
+            sums = [np.asarray(s["sum"], np.float64) for s in speakers]
+            speech = {speaker_label(i): float(s["speech"]) for i, s in enumerate(speakers)}
+            labels = [s["label"] for s in speakers]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"malformed speaker state: {error}") from None
+        dimension = model_identity(self.frontend)["dimension"]
+        if labels != [speaker_label(i) for i in range(len(labels))] or any(
+                row.shape != (dimension,) or not np.isfinite(row).all() for row in sums):
+            raise ConfigError("malformed speaker state: labels or centroids do not fit")
+        try:
+            self._memory.load(sums)
+        except ValueError as error:
+            raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
+        self._speech = speech
+        self._restored = True
+
     def speakers(self) -> list[SpeakerSummary]:
         """Global speakers so far: label, seconds of speech in final turns, centroid."""
         centroids = self._memory.centroids
@@ -174,7 +227,11 @@ class StreamingDiarizer:
         speech_seconds = (local >= c.speech_threshold).sum(axis=0) * analysis.frames.step
         can_update = usable & (speech_seconds >= c.rho_update * c.duration)
         chosen = np.flatnonzero(usable)
-        globals_ = self._memory.assign(embeddings[chosen], can_update[chosen])
+        # The first buffers of a resumed stream hold little audio, so their embeddings
+        # are noisy: a known voice must not become a new speaker on their account.
+        resuming = self._restored and self._buffer.received < self._buffer.size
+        globals_ = self._memory.assign(embeddings[chosen], can_update[chosen],
+                                       RESUME_RELUCTANCE if resuming else 1.0)
         for index, target in zip(chosen, globals_):
             if target >= 0:
                 result[:, target] = np.maximum(result[:, target], local[:, index])

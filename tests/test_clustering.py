@@ -56,3 +56,15 @@ def test_min_speakers_makes_new_speakers_easier_to_create():
     lenient = CentroidMemory(delta_new=0.2, max_speakers=5, min_speakers=2)
     lenient.assign(E[:1], np.array([True]))
     assert lenient.assign(distinct, np.array([True])).tolist() == [1]
+
+
+def test_reluctance_keeps_a_noisy_known_voice_from_becoming_a_new_speaker():
+    known = np.array([[1.0, 0.0]])
+    noisy = np.array([[np.cos(0.8), np.sin(0.8)]])  # cosine distance 0.30
+    eager = CentroidMemory(delta_new=0.25, max_speakers=5)
+    eager.assign(known, np.array([True]))
+    assert eager.assign(noisy, np.array([True])).tolist() == [1]  # a new speaker
+    reluctant = CentroidMemory(delta_new=0.25, max_speakers=5)
+    reluctant.assign(known, np.array([True]))
+    assert reluctant.assign(noisy, np.array([True]), reluctance=1.5).tolist() == [0]
+    assert len(reluctant) == 1

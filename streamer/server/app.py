@@ -43,6 +43,7 @@ from streamer.server.routes import (
 )
 from streamer.server.session import StreamSession
 from streamer.server.settings import ServerSettings
+from streamer.server.state import StateSealer
 from streamer.server.tokens import SessionTokens
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class DiarizationServer:
             engine_factory=_engine_factory(self.frontend), models=self._describe(),
             batch_group=group,
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
-                                self.settings.max_lag))
+                                self.settings.max_lag),
+            states=StateSealer(self.settings.state_secret, self.settings.token))
         self.sessions: set[StreamSession] = set()
         self.session_tokens = SessionTokens(self.settings.token, self.settings.session_ttl)
         self._server: Server | None = None

@@ -148,7 +148,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
         allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
-        cpus=args.cpus, session_ttl=args.session_ttl)
+        cpus=args.cpus, session_ttl=args.session_ttl,
+        state_secret=os.environ.get("STREAMER_STATE_SECRET", "").strip() or None)
 
 
 def resolve_port(port: int | None) -> int:

@@ -12,6 +12,7 @@ from streamer.server.admission import Admission
 from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
+from streamer.server.state import StateSealer
 
 #: ``engine_factory(config) -> engine`` builds the per-stream engine (a StreamingDiarizer).
 EngineFactory = Callable[[StreamConfig], Any]
@@ -28,6 +29,7 @@ class ServerContext:
     models: dict[str, Any]
     batch_group: BatchGroup
     admission: Admission
+    states: StateSealer
 
     def new_engine(self, config: StreamConfig) -> Any:
         return self.engine_factory(config)

@@ -5,6 +5,7 @@ See ``docs/PROTOCOL.md`` for the prose version. Nothing here touches a socket.
 from __future__ import annotations
 
 import json
+import math
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -14,7 +15,7 @@ from streamer.config import StreamConfig
 from streamer.errors import AudioFormatError, ConfigError, ProtocolError, StreamerError
 
 PATH = "/v1/stream"
-START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config"}
+START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config", "resume", "offset"}
 #: Longest ``message`` of an ``error`` event: a message never echoes much client input.
 MAX_MESSAGE_CHARS = 300
 _EXCERPT = reprlib.Repr()
@@ -79,6 +80,10 @@ class StartRequest:
     encoding: str
     channels: int
     config: StreamConfig = field(default_factory=StreamConfig)
+    #: A sealed speaker state of an earlier stream to continue (``None``: fresh).
+    resume: str | None = None
+    #: Seconds added to every time the stream sends (a resumed stream's position).
+    offset: float = 0.0
 
 
 def parse_text(text: str) -> dict[str, Any]:
@@ -117,8 +122,15 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
     if isinstance(channels, bool) or channels not in (1, 2):
         raise AudioFormatError(f"channels must be 1 or 2, got {excerpt(channels)}")
     config = StreamConfig.from_dict(message.get("config"))
+    resume = message.get("resume")
+    if resume is not None and not isinstance(resume, str):
+        raise ProtocolError("resume must be the state string of an earlier end or snapshot")
+    offset = message.get("offset", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) \
+            or not math.isfinite(offset) or not 0 <= offset <= 1e9:
+        raise ProtocolError(f"offset must be seconds >= 0, got {excerpt(offset)}")
     return StartRequest(sample_rate=rate, encoding=encoding, channels=int(channels),
-                        config=config)
+                        config=config, resume=resume, offset=float(offset))
 
 
 def excerpt(value: Any) -> str:

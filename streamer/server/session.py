@@ -23,12 +23,13 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from streamer.audio import PcmDecoder
-from streamer.errors import ProtocolError, StreamerError
+from streamer.errors import ConfigError, ProtocolError, StreamerError
 from streamer.server import protocol
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
 from streamer.server.sender import EventSender
+from streamer.server.state import BadState
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class StreamSession:
                                   timeout=self.settings.send_timeout)
         self.decoder: PcmDecoder | None = None
         self.engine: Any = None
+        self._offset = 0.0  # seconds added to every time sent (a resumed stream's)
         self._pending: list[tuple[np.ndarray, float]] = []
         self._pending_samples = 0
         self._received_samples = 0
@@ -224,6 +226,9 @@ class StreamSession:
             parsed = protocol.parse_text(message)
             if parsed["type"] == "stop":
                 raise _Ended()
+            if parsed["type"] == "snapshot":
+                await self.sender.send(self._state_message("snapshot"))
+                continue
             if parsed["type"] == "start":
                 raise ProtocolError("start was already received for this stream")
             raise protocol.UnknownMessage(
@@ -233,13 +238,23 @@ class StreamSession:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
         engine = await self._call(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
+        if request.resume is not None:
+            state = self.context.states.open(request.resume)
+            try:
+                engine.restore(state)
+            except ConfigError as error:
+                raise BadState(str(error)) from None
         self.engine = engine
+        self._offset = request.offset
         models = self.context.describe()
-        await self.sender.send({
+        ready = {
             "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
             "encoding": request.encoding, "channels": request.channels, "models": models,
             "config": self.engine.config.to_dict(), "limits": self.context.client_limits(),
-        })
+        }
+        if request.resume is not None or request.offset:
+            ready.update(resumed=[s.label for s in engine.speakers()], offset=request.offset)
+        await self.sender.send(ready)
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
 
@@ -373,7 +388,7 @@ class StreamSession:
 
     async def _send_turns(self, turns: list) -> None:
         for turn in turns:
-            await self.sender.send(turn.to_dict())
+            await self.sender.send(shifted(turn.to_dict(), self._offset))
         if turns:
             self.context.metrics.count("turns_sent", len(turns))
 
@@ -390,7 +405,23 @@ class StreamSession:
 
     def _end_message(self) -> dict[str, Any]:
         return {"type": "end", "session": self.id, "duration": round(self.engine.position, 3),
-                "speakers": [s.to_dict() for s in self.engine.speakers()]}
+                "speakers": [s.to_dict() for s in self.engine.speakers()],
+                "state": self.context.states.seal(self.engine.state()),
+                "position": round(self._offset + self.engine.position, 3)}
+
+    def _state_message(self, kind: str) -> dict[str, Any]:
+        """The speaker memory so far (audio processed up to ``position``), sealed."""
+        return {"type": kind, "state": self.context.states.seal(self.engine.state()),
+                "position": round(self._offset + self.engine.position, 3)}
+
+
+def shifted(event: dict[str, Any], offset: float) -> dict[str, Any]:
+    """``event`` with its times moved by ``offset`` seconds (a resumed stream's)."""
+    if offset:
+        for key in ("start", "end", "time"):
+            if key in event:
+                event[key] = round(event[key] + offset, 3)
+    return event
 
 
 __all__ = ["StreamSession"]

@@ -90,6 +90,9 @@ class ServerSettings:
         shutdown_timeout: Seconds given to open streams to finish after SIGTERM.
         session_ttl: Lifetime of the single-use stream URLs of ``POST /v1/sessions``,
             seconds.
+        state_secret: Key of the HMAC that protects the speaker states of ``end`` and
+            ``snapshot`` (session resume). ``None``: derived from ``token``, else random
+            for the process (states then resume only on that process until it restarts).
         max_load, max_lag, cpus: Admission by measured capacity (see
             :mod:`streamer.server.admission`): a new stream is refused (HTTP 503,
             ``too_many_connections``) when the open streams plus the newcomer, each at
@@ -124,6 +127,7 @@ class ServerSettings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
     session_ttl: float = 60.0
+    state_secret: str | None = None
     max_load: float = 0.5
     max_lag: float = 1.0
     cpus: float | None = None
@@ -152,6 +156,9 @@ class ServerSettings:
                              f"max_pending_seconds ({self.max_pending_seconds})")
         if self.token is not None and (not isinstance(self.token, str) or not self.token):
             raise ValueError("token must be a non-empty string or None")
+        if self.state_secret is not None and (not isinstance(self.state_secret, str)
+                                              or not self.state_secret):
+            raise ValueError("state_secret must be a non-empty string or None")
         if not isinstance(self.public_metrics, bool):
             raise ValueError(f"public_metrics must be True or False, got {self.public_metrics!r}")
         if isinstance(self.allowed_origins, str):

@@ -1,0 +1,69 @@
+"""Integrity-protected speaker states for session resume.
+
+The ``end`` event (and the answer to a ``snapshot`` message) carries the stream's speaker
+memory (:meth:`streamer.engine.StreamingDiarizer.state`) as ``PAYLOAD.SIGNATURE``: the
+state's JSON in base64url, and an HMAC-SHA256 of it under the server's secret, so a
+client can hold it and give it back in ``start.resume`` but cannot forge or alter it.
+The secret is ``STREAMER_STATE_SECRET`` (``ServerSettings.state_secret``), else derived
+from the server token, else random for the process (states then resume only on that process
+until it restarts). A client can read the state (it holds centroids, not audio).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from typing import Any
+
+from streamer.errors import ProtocolError
+
+#: Largest sealed state accepted in ``start.resume`` (characters).
+MAX_STATE_CHARS = 1 << 20
+
+
+class BadState(ProtocolError):
+    """A ``start.resume`` state that is forged, damaged, foreign or unusable."""
+
+    code = "bad_state"
+
+
+class StateSealer:
+    """Seals and opens speaker states with one secret."""
+
+    def __init__(self, secret: str | None, token: str | None = None):
+        #: Whether states survive a restart and are shared between processes.
+        self.durable = bool(secret or token)
+        seed = secret or (f"token:{token}" if token else secrets.token_hex(32))
+        self._key = hmac.new(b"streamer speaker states", seed.encode(),
+                             hashlib.sha256).digest()
+
+    def seal(self, state: dict[str, Any]) -> str:
+        payload = base64.urlsafe_b64encode(
+            json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
+        return f"{payload}.{self._sign(payload)}"
+
+    def open(self, sealed: Any) -> dict[str, Any]:
+        """The state inside ``sealed``; raises :class:`BadState` when it was not sealed
+        by this secret, was altered, or is not a state."""
+        if not isinstance(sealed, str) or len(sealed) > MAX_STATE_CHARS or sealed.count(".") != 1:
+            raise BadState("resume must be the state string of an earlier end or snapshot")
+        payload, signature = sealed.split(".")
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
+            raise BadState("the resume state was not issued by this server or was altered")
+        try:
+            state = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (binascii.Error, ValueError):
+            raise BadState("the resume state is damaged") from None
+        if not isinstance(state, dict):
+            raise BadState("the resume state is damaged")
+        return state
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+__all__ = ["BadState", "MAX_STATE_CHARS", "StateSealer"]

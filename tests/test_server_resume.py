@@ -1,0 +1,141 @@
+"""Session resume: the speaker memory leaves in ``end``/``snapshot`` as a sealed state and
+comes back in ``start.resume``, so labels continue after a reconnect; forged, altered and
+foreign states are refused."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer
+from streamer.errors import ConfigError
+from streamer.server.state import BadState, StateSealer
+from tests.fakes import fake_frontend, tone_conversation
+from tests.test_server_support import open_stream, read_all, run, running_server, send_audio
+
+LOW_THEN_HIGH = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)])
+HIGH_THEN_LOW = tone_conversation([(700.0, 3.0), (None, 0.5), (300.0, 3.0)])
+
+
+def finals(events: list[dict]) -> list[tuple[str, float, float]]:
+    return [(e["speaker"], e["start"], e["end"]) for e in events
+            if e["type"] == "turn" and e["final"]]
+
+
+async def whole_stream(server, audio: np.ndarray, **start) -> tuple[dict, list[dict]]:
+    ws, ready = await open_stream(server, **start)
+    sender = asyncio.create_task(send_audio(ws, audio))
+    events = await read_all(ws)
+    await sender
+    return ready, events
+
+
+def test_a_resumed_stream_keeps_its_labels_and_continues_its_clock() -> None:
+    async def body():
+        async with running_server() as server:
+            _, first = await whole_stream(server, LOW_THEN_HIGH)
+            end = first[-1]
+            ready, resumed = await whole_stream(server, HIGH_THEN_LOW, resume=end["state"],
+                                                offset=end["position"])
+            _, fresh = await whole_stream(server, HIGH_THEN_LOW)
+            return first, ready, resumed, fresh
+
+    first, ready, resumed, fresh = run(body())
+    assert [s for s, *_ in finals(first)] == ["SPEAKER_00", "SPEAKER_01"]
+    assert first[-1]["position"] == pytest.approx(6.5, abs=0.01)
+    assert ready["resumed"] == ["SPEAKER_00", "SPEAKER_01"] and ready["offset"] == 6.5
+    # A fresh stream calls the first voice it hears SPEAKER_00; the resumed one knows it.
+    assert [s for s, *_ in finals(fresh)] == ["SPEAKER_00", "SPEAKER_01"]
+    assert [s for s, *_ in finals(resumed)] == ["SPEAKER_01", "SPEAKER_00"]
+    for (_, start, end), (_, fresh_start, fresh_end) in zip(finals(resumed), finals(fresh)):
+        assert start == pytest.approx(fresh_start + 6.5, abs=0.01)
+        assert end == pytest.approx(fresh_end + 6.5, abs=0.01)
+    speech = {s["label"]: s["speech"] for s in resumed[-1]["speakers"]}
+    assert speech["SPEAKER_00"] > 5.0  # its speech of both streams
+    assert resumed[-1]["position"] == pytest.approx(13.0, abs=0.01)
+
+
+def test_a_snapshot_mid_stream_can_be_resumed() -> None:
+    async def body():
+        async with running_server() as server:
+            ws, _ = await open_stream(server)
+            await send_audio(ws, LOW_THEN_HIGH, stop=False)
+            await asyncio.sleep(0.5)
+            await ws.send(json.dumps({"type": "snapshot"}))
+            await ws.send(json.dumps({"type": "stop"}))
+            events = await read_all(ws)
+            snapshot = next(e for e in events if e["type"] == "snapshot")
+            _, resumed = await whole_stream(server, HIGH_THEN_LOW, resume=snapshot["state"])
+            return snapshot, resumed
+
+    snapshot, resumed = run(body())
+    assert snapshot["position"] > 0 and isinstance(snapshot["state"], str)
+    assert finals(resumed)[0][0] == "SPEAKER_01"
+
+
+@pytest.mark.parametrize("tamper", ["forged", "altered", "other server", "not a string"])
+def test_forged_altered_and_foreign_states_are_refused(tamper) -> None:
+    async def body():
+        async with running_server() as server:
+            _, first = await whole_stream(server, LOW_THEN_HIGH)
+            state = first[-1]["state"]
+            if tamper == "forged":
+                state = "eyJ2ZXJzaW9uIjoxfQ." + state.split(".")[1]
+            elif tamper == "altered":
+                payload, signature = state.split(".")
+                state = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] \
+                    + "." + signature
+            elif tamper == "other server":
+                state = StateSealer("another secret").seal(json.loads("{}"))
+            else:
+                state = {"speakers": []}
+            with pytest.raises(AssertionError) as refused:
+                await open_stream(server, resume=state)
+            return str(refused.value)
+
+    text = run(body())
+    code = "protocol_error" if tamper == "not a string" else "bad_state"
+    assert f"'code': '{code}'" in text
+
+
+def test_a_state_of_other_models_is_refused() -> None:
+    other = fake_frontend()
+    other.name = "other"
+    foreign = StreamingDiarizer(other)
+    foreign.feed(LOW_THEN_HIGH)
+    foreign.flush()
+    sealer = StateSealer("s")
+
+    async def body():
+        async with running_server(state_secret="s") as server:
+            with pytest.raises(AssertionError) as refused:
+                await open_stream(server, resume=sealer.seal(foreign.state()))
+            return str(refused.value)
+
+    text = run(body())
+    assert "'code': 'bad_state'" in text and "other models" in text
+
+
+def test_engine_state_round_trip_and_checks() -> None:
+    engine = StreamingDiarizer(fake_frontend())
+    engine.feed(LOW_THEN_HIGH)
+    engine.flush()
+    state = json.loads(json.dumps(engine.state()))
+    again = StreamingDiarizer(fake_frontend(), StreamConfig())
+    again.restore(state)
+    assert [s.label for s in again.speakers()] == ["SPEAKER_00", "SPEAKER_01"]
+    assert np.allclose([s.embedding for s in again.speakers()],
+                       [s.embedding for s in engine.speakers()])
+    for broken in ({**state, "version": 99}, {**state, "speakers": [{"label": "x"}]},
+                   {**state, "model": {**state["model"], "dimension": 3}}):
+        with pytest.raises(ConfigError):
+            StreamingDiarizer(fake_frontend()).restore(broken)
+    small = StreamingDiarizer(fake_frontend(), StreamConfig(max_speakers=1))
+    with pytest.raises(ConfigError, match="does not fit"):
+        small.restore(state)
+    with pytest.raises(BadState):
+        StateSealer("a").open(StateSealer("b").seal(state))
+    assert StateSealer("a").open(StateSealer("a").seal(state)) == state
