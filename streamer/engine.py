@@ -18,11 +18,11 @@ from streamer.audio import clip_samples, prepare_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
-from streamer.errors import AudioFormatError, ConfigError
 from streamer.changes import ChangeTracker
+from streamer.errors import AudioFormatError, ConfigError
 from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSummary, Turn,
                              speaker_label)
-from streamer.models.base import BufferAnalysis, Frontend
+from streamer.models.base import BufferAnalysis, Frontend, embedding_identity
 from streamer.regions import RegionTracker
 from streamer.turns import TurnBuilder
 
@@ -39,12 +39,11 @@ STATE_VERSION = 1
 RESUME_RELUCTANCE = 1.5
 
 
-def model_identity(frontend: Frontend) -> dict:
-    """What a speaker state depends on: the preset, its model sources, the dimension."""
-    described = frontend.describe()
-    return {"preset": described.get("preset"), "segmentation": described.get("segmentation"),
-            "embedding": described.get("embedding"),
-            "dimension": int(described.get("embedding_dimension", 0))}
+def state_identity(frontend: Frontend) -> dict:
+    """What a speaker state depends on: the embeddings' model (the centroids are its
+    vectors) and the segmentation model's source."""
+    return {**embedding_identity(frontend),
+            "segmentation": frontend.describe().get("segmentation")}
 
 
 class StreamingDiarizer:
@@ -154,7 +153,7 @@ class StreamingDiarizer:
         """The stream's speaker memory, to continue it in another engine on the same
         models (:meth:`restore`): the model identity, and per global speaker its label,
         centroid sum and seconds of speech. JSON-ready."""
-        return {"version": STATE_VERSION, "model": model_identity(self.frontend),
+        return {"version": STATE_VERSION, "model": state_identity(self.frontend),
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
                               "speech": round(self._speech.get(speaker_label(i), 0.0), 3)}
                              for i, row in enumerate(self._memory.sums)]}
@@ -169,9 +168,10 @@ class StreamingDiarizer:
             raise RuntimeError("restore() comes before any audio")
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ConfigError(f"unknown speaker state version: expected {STATE_VERSION}")
-        if state.get("model") != model_identity(self.frontend):
+        identity = state_identity(self.frontend)
+        if state.get("model") != identity:
             raise ConfigError("the speaker state comes from other models "
-                              f"({state.get('model')!r}), not {model_identity(self.frontend)!r}")
+                              f"({state.get('model')!r}), not {identity!r}")
         try:
             speakers = list(state["speakers"])
             sums = [np.asarray(s["sum"], np.float64) for s in speakers]
@@ -179,7 +179,7 @@ class StreamingDiarizer:
             labels = [s["label"] for s in speakers]
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
-        dimension = model_identity(self.frontend)["dimension"]
+        dimension = identity["dimension"]
         if labels != [speaker_label(i) for i in range(len(labels))] or any(
                 row.shape != (dimension,) or not np.isfinite(row).all() for row in sums):
             raise ConfigError("malformed speaker state: labels or centroids do not fit")
@@ -219,12 +219,13 @@ class StreamingDiarizer:
         result = np.zeros((frames, c.max_speakers + 1))
         if count == 0:
             return result, speech
-        result[:, -1] = (local >= c.speech_threshold).sum(axis=1)
+        active = local >= c.speech_threshold
+        result[:, -1] = active.sum(axis=1)
         embeddings = np.asarray(analysis.embeddings, np.float64)
         usable = np.isfinite(embeddings).all(axis=1) & (local.max(axis=0) >= c.tau_active)
         if not usable.any():
             return result, speech
-        speech_seconds = (local >= c.speech_threshold).sum(axis=0) * analysis.frames.step
+        speech_seconds = active.sum(axis=0) * analysis.frames.step
         can_update = usable & (speech_seconds >= c.rho_update * c.duration)
         chosen = np.flatnonzero(usable)
         # The first buffers of a resumed stream hold little audio, so their embeddings

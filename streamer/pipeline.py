@@ -116,22 +116,21 @@ class Pipeline:
         pyannote/segmentation card's values ``tuned_on`` ``"ami"``, ``"dihard3"`` or
         ``"voxconverse"`` (or the model's default); embedded preset: Silero VAD. Explicit
         ``onset``, ``offset``, ``min_duration_on``, ``min_duration_off`` override."""
-        from streamer.tasks import detection
-
-        settings = detection.binarization_for("vad", self.frontend, tuned_on, **binarization)
-        regions = detection.detect_speech(self.frontend, AudioSource(audio).samples(),
-                                          settings, step=step)
-        return [Segment(start, end) for start, end in regions]
+        return self._detect("vad", audio, tuned_on, step, binarization)
 
     def osd(self, audio: Any, *, tuned_on: str | None = None, step: float | None = None,
             **binarization: float) -> list[Segment]:
         """Overlapped speech regions of ``audio`` (pyannote presets; see :meth:`vad` for
         the thresholds). The embedded preset raises :class:`ConfigError`."""
+        return self._detect("osd", audio, tuned_on, step, binarization)
+
+    def _detect(self, task: str, audio: Any, tuned_on: str | None, step: float | None,
+                binarization: dict[str, float]) -> list[Segment]:
         from streamer.tasks import detection
 
-        settings = detection.binarization_for("osd", self.frontend, tuned_on, **binarization)
-        regions = detection.detect_overlap(self.frontend, AudioSource(audio).samples(),
-                                           settings, step=step)
+        detect = detection.detect_speech if task == "vad" else detection.detect_overlap
+        settings = detection.binarization_for(task, self.frontend, tuned_on, **binarization)
+        regions = detect(self.frontend, AudioSource(audio).samples(), settings, step=step)
         return [Segment(start, end) for start, end in regions]
 
     def scores(self, audio: Any, *, raw: bool = False, step: float | None = None) -> Any:

@@ -14,8 +14,9 @@ matching, aggregation, turns), whatever the models are.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -105,3 +106,15 @@ class Frontend(Protocol):
     def stream(self, config: "object") -> FrontendStream: ...
 
     def describe(self) -> dict: ...
+
+
+def embedding_identity(frontend: Any) -> dict[str, Any]:
+    """What makes embeddings comparable: the preset, the embedding model's source (hub
+    id, absolute path of a local checkpoint, or the packaged encoder) and the dimension."""
+    info = frontend.describe()
+    source = str(info.get("embedding", ""))
+    model = getattr(frontend, "embedding", None)
+    if not source.startswith("hf:") and getattr(model, "source", None):
+        source = os.path.abspath(str(model.source))
+    return {"preset": str(info.get("preset", getattr(frontend, "name", "?"))),
+            "embedding": source, "dimension": int(info["embedding_dimension"])}

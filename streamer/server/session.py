@@ -406,8 +406,7 @@ class StreamSession:
     def _end_message(self) -> dict[str, Any]:
         return {"type": "end", "session": self.id, "duration": round(self.engine.position, 3),
                 "speakers": [s.to_dict() for s in self.engine.speakers()],
-                "state": self.context.states.seal(self.engine.state()),
-                "position": round(self._offset + self.engine.position, 3)}
+                **self._state_message("end")}
 
     def _state_message(self, kind: str) -> dict[str, Any]:
         """The speaker memory so far (audio processed up to ``position``), sealed."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import secrets
 from typing import Any
 
 from streamer.errors import ProtocolError
+from streamer.server.signing import derive_key, sign, verify
 
 #: Largest sealed state accepted in ``start.resume`` (characters).
 MAX_STATE_CHARS = 1 << 20
@@ -36,14 +35,13 @@ class StateSealer:
     def __init__(self, secret: str | None, token: str | None = None):
         #: Whether states survive a restart and are shared between processes.
         self.durable = bool(secret or token)
-        seed = secret or (f"token:{token}" if token else secrets.token_hex(32))
-        self._key = hmac.new(b"streamer speaker states", seed.encode(),
-                             hashlib.sha256).digest()
+        self._key = derive_key(b"streamer speaker states",
+                               secret or (f"token:{token}" if token else secrets.token_hex(32)))
 
     def seal(self, state: dict[str, Any]) -> str:
         payload = base64.urlsafe_b64encode(
             json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
-        return f"{payload}.{self._sign(payload)}"
+        return f"{payload}.{sign(self._key, payload)}"
 
     def open(self, sealed: Any) -> dict[str, Any]:
         """The state inside ``sealed``; raises :class:`BadState` when it was not sealed
@@ -51,7 +49,7 @@ class StateSealer:
         if not isinstance(sealed, str) or len(sealed) > MAX_STATE_CHARS or sealed.count(".") != 1:
             raise BadState("resume must be the state string of an earlier end or snapshot")
         payload, signature = sealed.split(".")
-        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
+        if not verify(self._key, payload, signature):
             raise BadState("the resume state was not issued by this server or was altered")
         try:
             state = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -60,10 +58,6 @@ class StateSealer:
         if not isinstance(state, dict):
             raise BadState("the resume state is damaged")
         return state
-
-    def _sign(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 __all__ = ["BadState", "MAX_STATE_CHARS", "StateSealer"]

@@ -12,17 +12,18 @@ the token's lifetime is not caught (keep the lifetime short).
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from streamer.server.signing import derive_key, sign, verify
+
 #: Default lifetime of a session token, seconds.
 DEFAULT_TTL = 60.0
+#: Signature bytes in a token (it travels in a URL, so it is kept short).
+SIGNATURE_BYTES = 18
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class SessionTokens:
 
     def __init__(self, server_token: str | None, ttl: float = DEFAULT_TTL,
                  clock: Callable[[], float] = time.time):
-        seed = (server_token or secrets.token_hex(32)).encode()
-        self._key = hmac.new(b"streamer session tokens", seed, hashlib.sha256).digest()
+        self._key = derive_key(b"streamer session tokens",
+                               server_token or secrets.token_hex(32))
         self.ttl = ttl
         self._clock = clock
         self._used: dict[str, float] = {}  # id -> expiry, until it expires
@@ -54,7 +55,8 @@ class SessionTokens:
         session = secrets.token_hex(8)
         expires_ms = int((self._clock() + self.ttl) * 1000)
         body = f"{session}.{expires_ms}"
-        return IssuedSession(session, f"{body}.{self._sign(body)}", expires_ms / 1000)
+        return IssuedSession(session, f"{body}.{sign(self._key, body, SIGNATURE_BYTES)}",
+                             expires_ms / 1000)
 
     def valid(self, token: str) -> bool:
         """Whether ``token`` would be accepted now (it is not used up by asking)."""
@@ -69,8 +71,7 @@ class SessionTokens:
         if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 16:
             return None
         session, expires, signature = parts
-        if not hmac.compare_digest(signature.encode(),
-                                   self._sign(f"{session}.{expires}").encode()):
+        if not verify(self._key, f"{session}.{expires}", signature, SIGNATURE_BYTES):
             return None
         now = self._clock()
         expiry = int(expires) / 1000
@@ -82,10 +83,6 @@ class SessionTokens:
             if redeem:
                 self._used[session] = expiry
         return session
-
-    def _sign(self, body: str) -> str:
-        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest[:18]).decode().rstrip("=")
 
 
 __all__ = ["DEFAULT_TTL", "IssuedSession", "SessionTokens"]

@@ -59,6 +59,7 @@ import numpy as np
 from streamer.audio import check_finite
 from streamer.clustering import normalize
 from streamer.errors import ConfigError
+from streamer.models.base import embedding_identity as model_identity  # noqa: F401 - API
 from streamer.models.embedded import EmbeddedFrontend
 from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.ge2e import N_FFT, N_MELS, volume_gain
@@ -193,18 +194,6 @@ def window_spans(num_samples: int, width: int, hop: int) -> np.ndarray:
     if full == 0 or (num_samples - width) % hop:
         spans = np.vstack([spans, [[full * hop, num_samples]]])
     return spans.astype(np.int64)
-
-
-def model_identity(frontend: Any) -> dict[str, Any]:
-    """What makes embeddings comparable: the preset, the embedding model's source (hub
-    id, absolute path of a local checkpoint, or the packaged encoder) and the dimension."""
-    info = frontend.describe()
-    source = str(info.get("embedding", ""))
-    model = getattr(frontend, "embedding", None)
-    if not source.startswith("hf:") and getattr(model, "source", None):
-        source = os.path.abspath(str(model.source))
-    return {"preset": str(info.get("preset", getattr(frontend, "name", "?"))),
-            "embedding": source, "dimension": int(info["embedding_dimension"])}
 
 
 class EmbeddingFrontend:
