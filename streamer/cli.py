@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also find overlapped speech and the overlap-aware "
                               "diarization (implied by --rttm-overlap); --json then holds "
                               "regular_segments and overlap (pyannote presets)")
+    diarize.add_argument("--voiceprints", metavar="FILE",
+                         help="known voices (a file of `streamer enroll`): turns and "
+                              "speakers that match one are named after it")
     diarize.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(diarize)
     add_stream_arguments(diarize)
@@ -92,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_detection.add_commands(commands)
     cli_embedding.add_commands(commands)
+
+    enroll = commands.add_parser(
+        "enroll", help="make the voiceprint of one voice and add it to a voiceprint file",
+        description="Make the voiceprint of NAME from audio of that voice alone (at most "
+                    "30 s in all, at least 3 s of speech; audio with a second voice is "
+                    "refused) and add it to --out (an entry of the same name is replaced). "
+                    "Give the file to `streamer diarize --voiceprints` or its entries to a "
+                    "stream's start.config.known_speakers.")
+    enroll.add_argument("name", help="the name turns of this voice will carry")
+    enroll.add_argument("audio", nargs="+", help="audio file(s) of this voice, joined")
+    enroll.add_argument("--out", required=True, metavar="FILE",
+                        help="voiceprint file to add to (made if missing)")
+    add_model_arguments(enroll)
+    enroll.set_defaults(run=_run_enroll)
 
     models = commands.add_parser("models", help="list presets and where their weights "
                                                 "come from")
@@ -169,11 +186,31 @@ def _run_diarize(args: argparse.Namespace) -> int:
                           indent=1)
     if not args.rttm and not args.json and not args.rttm_overlap:
         for turn in turns:
-            print(f"{turn.start:9.3f} {turn.end:9.3f} {turn.speaker}")
+            named = f" {turn.identity}" if turn.identity else ""
+            print(f"{turn.start:9.3f} {turn.end:9.3f} {turn.speaker}{named}")
     duration = result.duration
     print(f"streamer: {duration:.1f} s of audio, {len(turns)} turns, "
           f"{len(result.labels)} speakers, {elapsed:.2f} s "
           f"(real-time factor {elapsed / max(duration, 1e-9):.3f})", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- enroll
+def _run_enroll(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from streamer.audio import load_audio
+    from streamer.voiceprints import add_voiceprint, enroll, read_voiceprints
+
+    if not args.name.strip() or len(args.name) > 100:
+        raise ValueError("NAME must be a non-empty name of at most 100 characters")
+    if os.path.exists(args.out):
+        read_voiceprints(args.out)  # a file that is not one fails before the work
+    samples = np.concatenate([load_audio(path) for path in args.audio])
+    voiceprint = enroll(frontend_from_args(args), samples)
+    count = add_voiceprint(args.out, args.name, voiceprint)
+    print(f"streamer: enrolled {args.name!r} from {voiceprint['speech']:.1f} s of speech; "
+          f"{args.out} holds {count} voiceprint(s)", file=sys.stderr)
     return 0
 
 

@@ -133,6 +133,10 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         if not sep:
             raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
         values[key.strip()] = _parse_value(raw.strip())
+    if getattr(args, "voiceprints", None):
+        from streamer.voiceprints import read_voiceprints
+
+        values["known_speakers"] = read_voiceprints(args.voiceprints)
     return StreamConfig.from_dict(values)
 
 

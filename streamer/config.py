@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from streamer.errors import ConfigError
 from streamer.events import OUTPUTS
+from streamer.voiceprints import KnownSpeaker, parse_known_speakers
 
 #: Default delay between the audio and the final decision about it, in seconds.
 DEFAULT_LATENCY = 2.0
@@ -86,6 +87,12 @@ class StreamConfig:
             overlap-aware diarization: turns that may overlap) and ``"speaker_changes"``
             (``speaker_start``/``speaker_end`` before turns are final). ``overlap`` and
             ``regular`` need a model that detects overlapped speech (pyannote presets).
+        known_speakers: Voiceprints of known voices, ``[{"name", "voiceprint"}]`` (see
+            :mod:`streamer.voiceprints`): a speaker that matches one is named in its turns
+            (``identity``, ``similarity``). They must come from this stream's models.
+        identity_threshold: Cosine similarity between a speaker's centroid and a voiceprint
+            from which the speaker is identified. ``None`` takes the model's calibrated
+            value.
     """
 
     duration: float | None = None
@@ -103,6 +110,8 @@ class StreamConfig:
     gamma: float = 3.0
     beta: float = 10.0
     outputs: tuple[str, ...] = ()
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+    identity_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.duration is not None:
@@ -139,6 +148,10 @@ class StreamConfig:
         self.gamma = _number("gamma", self.gamma, 0.0, 10.0)
         self.beta = _number("beta", self.beta, 0.0, 100.0)
         self.outputs = _outputs(self.outputs)
+        self.known_speakers = parse_known_speakers(self.known_speakers)
+        if self.identity_threshold is not None:
+            self.identity_threshold = _number("identity_threshold", self.identity_threshold,
+                                              -1.0, 1.0)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "StreamConfig":
@@ -156,10 +169,19 @@ class StreamConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["outputs"] = list(self.outputs)
+        values["known_speakers"] = [{"name": s.name, "voiceprint": s.voiceprint}
+                                    for s in self.known_speakers]
         return values
 
-    def resolve(self, chunk_duration: float, delta_new: float, speech_threshold: float
-                ) -> "StreamConfig":
+    def to_public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as echoed to clients and written in results: known speakers by
+        name only (their voiceprints stay with the caller)."""
+        values = self.to_dict()
+        values["known_speakers"] = [s.name for s in self.known_speakers]
+        return values
+
+    def resolve(self, chunk_duration: float, delta_new: float, speech_threshold: float,
+                identity_threshold: float = 0.0) -> "StreamConfig":
         """Fill the model-dependent defaults and check the fields against each other."""
         duration = self.duration if self.duration is not None else chunk_duration
         latency = self.latency if self.latency is not None else min(DEFAULT_LATENCY, duration)
@@ -175,6 +197,8 @@ class StreamConfig:
             delta_new=self.delta_new if self.delta_new is not None else delta_new,
             speech_threshold=(self.speech_threshold if self.speech_threshold is not None
                               else speech_threshold),
+            identity_threshold=(self.identity_threshold if self.identity_threshold is not None
+                                else identity_threshold),
         )
         return StreamConfig(**values)
 

@@ -8,6 +8,7 @@ interim view of the open turn).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Iterable
 
@@ -25,6 +26,7 @@ from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSumm
 from streamer.models.base import BufferAnalysis, Frontend, embedding_identity
 from streamer.regions import RegionTracker
 from streamer.turns import TurnBuilder
+from streamer.voiceprints import Identifier, check_models
 
 #: An engine event: an exclusive turn, or an event of an opt-in output.
 Event = Turn | Region | SpeakerChange
@@ -37,6 +39,8 @@ MIN_INTERIM = 0.25
 STATE_VERSION = 1
 #: How much dearer a new speaker is while a resumed stream's buffer fills up.
 RESUME_RELUCTANCE = 1.5
+#: Identity threshold (cosine similarity) of a front end that does not calibrate one.
+DEFAULT_IDENTITY_THRESHOLD = 0.5
 
 
 def state_identity(frontend: Frontend) -> dict:
@@ -54,8 +58,12 @@ class StreamingDiarizer:
         self.sample_rate = frontend.sample_rate
         self.config = (config or StreamConfig()).resolve(
             frontend.chunk_duration, frontend.default_delta_new,
-            frontend.default_speech_threshold)
+            frontend.default_speech_threshold,
+            getattr(frontend, "default_identity_threshold", DEFAULT_IDENTITY_THRESHOLD))
         c = self.config
+        if c.known_speakers:
+            check_models(c.known_speakers, embedding_identity(frontend))
+        self._identifier = Identifier(c.known_speakers, c.identity_threshold)
         needs_overlap = [name for name in c.outputs if name in OVERLAP_OUTPUTS]
         if needs_overlap and not getattr(frontend, "detects_overlap", False):
             raise ConfigError(
@@ -129,7 +137,7 @@ class StreamingDiarizer:
         if stepped:
             events += self._interim()
             events += self._speaker_changes(events, self._view)
-        return events
+        return self._identify(events)
 
     def flush(self) -> list[Event]:
         """End of stream: decide every remaining frame; returns the last final turns and
@@ -147,7 +155,7 @@ class StreamingDiarizer:
         if self._changes is not None:
             events += self._changes.flush()
         self._finished = True
-        return events
+        return self._identify(events)
 
     def state(self) -> dict:
         """The stream's speaker memory, to continue it in another engine on the same
@@ -193,11 +201,40 @@ class StreamingDiarizer:
     def speakers(self) -> list[SpeakerSummary]:
         """Global speakers so far: label, seconds of speech in final turns, centroid."""
         centroids = self._memory.centroids
+        identities = self._identities()
         return [SpeakerSummary(speaker_label(i), self._speech.get(speaker_label(i), 0.0),
-                               centroids[i].astype(float).tolist())
+                               centroids[i].astype(float).tolist(),
+                               *identities.get(speaker_label(i), (None, None)))
                 for i in range(len(centroids))]
 
+    def identities(self) -> dict[str, tuple[str, float]]:
+        """Speaker label -> (known speaker's name, similarity) for the speakers that match
+        a voiceprint of ``config.known_speakers`` now."""
+        return self._identities()
+
     # ------------------------------------------------------------------ internals
+    def _identities(self) -> dict[str, tuple[str, float]]:
+        if not self.config.known_speakers or len(self._memory) == 0:
+            return {}
+        matches = self._identifier.match(self._memory.centroids)
+        return {speaker_label(i): match for i, match in matches.items()}
+
+    def _identify(self, events: list[Event]) -> list[Event]:
+        """Turns and speaker changes of identified speakers, named (as matched now: a
+        speaker's centroid, hence its identity, may still change while it is young)."""
+        if not self.config.known_speakers:
+            return events
+        identities = self._identities()
+        if not identities:
+            return events
+        named: list[Event] = []
+        for event in events:
+            match = identities.get(getattr(event, "speaker", None) or "")
+            if match is not None and isinstance(event, (Turn, SpeakerChange)):
+                event = dataclasses.replace(event, identity=match[0], similarity=match[1])
+            named.append(event)
+        return named
+
     @property
     def _latency_samples(self) -> int:
         return int(round(self.config.latency * self.sample_rate))

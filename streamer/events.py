@@ -20,13 +20,16 @@ class Turn:
     start: float
     end: float
     final: bool
+    #: Name of the known speaker the speaker matches, with the cosine similarity.
+    identity: str | None = None
+    similarity: float | None = None
 
     @property
     def duration(self) -> float:
         return self.end - self.start
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        event: dict[str, Any] = {
             "type": "turn",
             "id": self.id,
             "speaker": self.speaker,
@@ -34,6 +37,16 @@ class Turn:
             "end": round(self.end, 3),
             "final": self.final,
         }
+        return _with_identity(event, self.identity, self.similarity)
+
+
+def _with_identity(event: dict[str, Any], identity: str | None,
+                   similarity: float | None) -> dict[str, Any]:
+    """``event`` with ``identity`` and ``similarity`` when the speaker is identified."""
+    if identity is not None:
+        event["identity"] = identity
+        event["similarity"] = round(float(similarity or 0.0), 4)
+    return event
 
 
 #: Opt-in outputs of a stream next to its exclusive turns (``StreamConfig.outputs``).
@@ -89,13 +102,15 @@ class SpeakerChange:
     speaker: str
     time: float
     retracted: bool = False
+    identity: str | None = None
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         event: dict[str, Any] = {"type": self.kind, "turn": self.turn,
                                  "speaker": self.speaker, "time": round(self.time, 3)}
         if self.kind == "speaker_end":
             event["retracted"] = self.retracted
-        return event
+        return _with_identity(event, self.identity, self.similarity)
 
 
 @dataclass
@@ -105,13 +120,16 @@ class SpeakerSummary:
     label: str
     speech: float
     embedding: list[float] = field(default_factory=list)
+    identity: str | None = None
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        summary = {
             "label": self.label,
             "speech": round(self.speech, 3),
             "embedding": [round(float(x), 6) for x in self.embedding],
         }
+        return _with_identity(summary, self.identity, self.similarity)
 
 
 def speaker_label(index: int) -> str:

@@ -25,6 +25,7 @@ from streamer.errors import AudioFormatError, ConfigError
 from streamer.filemode import rechunk
 from streamer.models.base import Frontend
 from streamer.results import Annotation, Diarization, Segment, uri_of
+from streamer.voiceprints import enroll, read_voiceprints
 
 #: Seconds of audio fed to the engine per call (as file mode does).
 CHUNK = 5.0
@@ -74,7 +75,8 @@ class Pipeline:
 
     def __call__(self, audio: Any, *, num_speakers: int | None = None,
                  min_speakers: int | None = None, max_speakers: int | None = None,
-                 hook: Hook | None = None, **config: Any) -> Diarization:
+                 hook: Hook | None = None, voiceprints: Any = None,
+                 **config: Any) -> Diarization:
         """Diarize ``audio``: a file path, or ``{"waveform": array, "sample_rate": int}``
         (numpy array or torch tensor; float in [-1, 1] or int8/int16/int32/uint8 PCM;
         ``(time,)`` or ``(channels, time)``; any rate, resampled to 16 kHz), optionally
@@ -92,6 +94,10 @@ class Pipeline:
         the models detect overlapped speech, and one embedding per speaker.
         """
         settings = dict(config)
+        if voiceprints is not None:
+            settings["known_speakers"] = (read_voiceprints(os.fspath(voiceprints))
+                                          if isinstance(voiceprints, (str, os.PathLike))
+                                          else voiceprints)
         for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers),
                             ("max_speakers", max_speakers)):
             if value is not None:
@@ -107,6 +113,12 @@ class Pipeline:
         turns, regions, engine = run_chunks(self.frontend, source.chunks(), stream_config,
                                             progress)
         return Diarization(turns, regions, engine, source.uri, source.name)
+
+    def enroll(self, audio: Any) -> dict[str, Any]:
+        """The voiceprint of the one voice in ``audio`` (at most 30 s, at least 3 s of
+        speech, no second voice; :class:`streamer.voiceprints.VoiceprintError`
+        otherwise), for ``voiceprints=[{"name": ..., "voiceprint": ...}]``."""
+        return enroll(self.frontend, AudioSource(audio).samples())
 
     # ------------------------------------------------------------- model-card tasks
     def vad(self, audio: Any, *, tuned_on: str | None = None, step: float | None = None,

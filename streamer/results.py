@@ -110,8 +110,11 @@ class Diarization:
         dimension = len(spoken[0].embedding) if spoken else 0
         self.speaker_embeddings = np.array([s.embedding for s in spoken],
                                            np.float32).reshape(len(spoken), dimension)
+        #: Label -> (known speaker's name, similarity) of the identified speakers.
+        self.identities = {s.label: (s.identity, s.similarity) for s in spoken
+                           if s.identity is not None}
         self.model = engine.frontend.describe()
-        self.config = engine.config.to_dict()
+        self.config = engine.config.to_public_dict()
 
     @property
     def embeddings(self) -> dict[str, np.ndarray]:
@@ -158,6 +161,9 @@ def diarization_document(result: Diarization) -> dict[str, Any]:
     if result.overlap is not None:
         document["overlap"] = [{"start": round(s.start, 3), "end": round(s.end, 3)}
                                for s in result.overlap]
+    if result.identities:
+        document["identities"] = {label: {"identity": name, "similarity": round(value, 4)}
+                                  for label, (name, value) in result.identities.items()}
     document.update(
         speech={label: round(seconds, 3) for label, seconds in result.speech.items()},
         embeddings=_rounded(result),

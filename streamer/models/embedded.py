@@ -81,6 +81,9 @@ class EmbeddedFrontend:
     chunk_duration = 10.0
     frame_step = SileroVad.frame_step
     default_delta_new = 0.22
+    #: GE2E similarities run high between any two voices: a speaker is named only when
+    #: its centroid is this close to a voiceprint (see scripts/identification.py).
+    default_identity_threshold = 0.92
     #: Every buffer counts alike when averaged: its older frames have full context here.
     aggregation_window = "uniform"
     #: A voice activity model and one voice per window: no overlapped speech.

@@ -250,7 +250,7 @@ class StreamSession:
         ready = {
             "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
             "encoding": request.encoding, "channels": request.channels, "models": models,
-            "config": self.engine.config.to_dict(), "limits": self.context.client_limits(),
+            "config": self.engine.config.to_public_dict(), "limits": self.context.client_limits(),
         }
         if request.resume is not None or request.offset:
             ready.update(resumed=[s.label for s in engine.speakers()], offset=request.offset)

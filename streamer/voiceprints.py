@@ -1,0 +1,219 @@
+"""Voiceprints: enrolment of one voice, and identification of a stream's speakers.
+
+A voiceprint is the embedding model's vector of one voice, with the identity of the model
+that made it (preset, embedding source, dimension) and a format version:
+
+    {"type": "voiceprint", "version": 1, "model": {...}, "vector": [...], "speech": 12.3}
+
+:func:`enroll` makes one from at most ``MAX_ENROLL_SECONDS`` of audio of one speaker: the
+audio is diarized like a stream, and refused when it holds too little speech or a second
+voice. A stream given known speakers (``StreamConfig.known_speakers``) names each global
+speaker whose centroid matches a voiceprint: speakers and voiceprints are paired one to
+one (Hungarian method) by cosine similarity, and a pair counts only at or above the
+identity threshold, so an unknown voice keeps its anonymous label.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from streamer.errors import ConfigError, StreamerError
+
+#: Format version of a voiceprint document.
+VOICEPRINT_VERSION = 1
+#: Longest audio an enrolment takes, in seconds.
+MAX_ENROLL_SECONDS = 30.0
+#: Least speech an enrolment needs, in seconds (a shorter voiceprint is unreliable).
+MIN_ENROLL_SPEECH = 3.0
+#: A second speaker with at least this much speech (seconds) makes an enrolment ambiguous.
+SECOND_SPEAKER_SPEECH = 1.0
+#: Most known speakers one stream takes.
+MAX_KNOWN_SPEAKERS = 100
+
+
+class VoiceprintError(StreamerError, ValueError):
+    """Audio that cannot make a voiceprint (too long, too little speech, several voices)."""
+
+
+@dataclass(frozen=True)
+class KnownSpeaker:
+    """A named voiceprint given to a stream."""
+
+    name: str
+    voiceprint: dict[str, Any]
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.asarray(self.voiceprint["vector"], np.float64)
+
+
+def voiceprint_document(model: Mapping[str, Any], vector: np.ndarray, speech: float
+                        ) -> dict[str, Any]:
+    unit = np.asarray(vector, np.float64)
+    unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
+    return {"type": "voiceprint", "version": VOICEPRINT_VERSION, "model": dict(model),
+            "vector": [round(float(x), 7) for x in unit], "speech": round(float(speech), 3)}
+
+
+def check_voiceprint(document: Any, what: str = "voiceprint") -> dict[str, Any]:
+    """``document`` when it is a well-formed voiceprint; :class:`ConfigError` otherwise."""
+    if not isinstance(document, Mapping) or document.get("type") != "voiceprint":
+        raise ConfigError(f"{what} is not a voiceprint document (type 'voiceprint')")
+    if document.get("version") != VOICEPRINT_VERSION:
+        raise ConfigError(f"{what} has format version {document.get('version')!r}; this "
+                          f"server reads version {VOICEPRINT_VERSION}")
+    model, vector = document.get("model"), document.get("vector")
+    if not isinstance(model, Mapping) or not isinstance(model.get("dimension"), int):
+        raise ConfigError(f"{what} does not name the model that made it")
+    if (not isinstance(vector, list) or len(vector) != model["dimension"]
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in vector)
+            or not any(vector)):
+        raise ConfigError(f"{what} vector must be {model.get('dimension')} finite numbers, "
+                          "not all zero")
+    return dict(document)
+
+
+def parse_known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
+    """``[{"name", "voiceprint"}, ...]`` (or :class:`KnownSpeaker` objects) as a tuple;
+    :class:`ConfigError` names what is wrong."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError("known_speakers must be a list of {\"name\", \"voiceprint\"} objects")
+    if len(value) > MAX_KNOWN_SPEAKERS:
+        raise ConfigError(f"known_speakers holds {len(value)} entries; at most "
+                          f"{MAX_KNOWN_SPEAKERS}")
+    speakers: list[KnownSpeaker] = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, KnownSpeaker):
+            entry = {"name": entry.name, "voiceprint": entry.voiceprint}
+        if not isinstance(entry, Mapping) or set(entry) != {"name", "voiceprint"}:
+            raise ConfigError(f"known_speakers[{index}] must be an object with exactly "
+                              "\"name\" and \"voiceprint\"")
+        name = entry["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise ConfigError(f"known_speakers[{index}].name must be a non-empty string of "
+                              "at most 100 characters")
+        if any(s.name == name for s in speakers):
+            raise ConfigError(f"known speaker {name!r} is given twice")
+        document = check_voiceprint(entry["voiceprint"], f"the voiceprint of {name!r}")
+        speakers.append(KnownSpeaker(name, document))
+    return tuple(speakers)
+
+
+def check_models(speakers: Sequence[KnownSpeaker], identity: Mapping[str, Any]) -> None:
+    """Refuse voiceprints made by another model than ``identity`` (their vectors are not
+    comparable with this stream's embeddings)."""
+    for speaker in speakers:
+        if speaker.voiceprint["model"] != dict(identity):
+            raise ConfigError(
+                f"the voiceprint of {speaker.name!r} was made by another model "
+                f"({speaker.voiceprint['model']!r}), not this stream's {dict(identity)!r}: "
+                "enroll the voice again with this server's models")
+
+
+class Identifier:
+    """Names global speakers after the known speakers whose voiceprints they match."""
+
+    def __init__(self, speakers: Sequence[KnownSpeaker], threshold: float):
+        self.names = [s.name for s in speakers]
+        self.threshold = threshold
+        vectors = np.stack([s.vector for s in speakers]) if speakers else np.zeros((0, 1))
+        self._prints = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True),
+                                            1e-12)
+
+    def match(self, centroids: np.ndarray) -> dict[int, tuple[str, float]]:
+        """Speaker index -> (name, cosine similarity) for each speaker that matches a
+        voiceprint: one to one, greatest total similarity, each pair at or above the
+        threshold."""
+        if not self.names or len(centroids) == 0:
+            return {}
+        from scipy.optimize import linear_sum_assignment
+
+        centroids = np.asarray(centroids, np.float64)
+        centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True),
+                                           1e-12)
+        similarity = centroids @ self._prints.T
+        # Pairs below the threshold may not be made, so they must not take part either.
+        gain = np.where(similarity >= self.threshold, similarity, -1e6)
+        rows, columns = linear_sum_assignment(gain, maximize=True)
+        return {int(r): (self.names[c], float(similarity[r, c]))
+                for r, c in zip(rows, columns) if similarity[r, c] >= self.threshold}
+
+
+def enroll(frontend: Any, samples: np.ndarray, sample_rate: int = 16000) -> dict[str, Any]:
+    """The voiceprint of the one voice in ``samples`` (any rate, float or integer PCM,
+    channels on either axis; at most ``MAX_ENROLL_SECONDS``).
+
+    Raises:
+        VoiceprintError: audio that is too long, holds less than ``MIN_ENROLL_SPEECH`` of
+            speech, or where the engine finds a second speaker.
+        AudioFormatError: samples that are not audio."""
+    from streamer.audio import prepare_samples
+    from streamer.engine import diarize_array
+    from streamer.models.base import embedding_identity
+
+    prepared = prepare_samples(samples, sample_rate)
+    seconds = len(prepared) / frontend.sample_rate
+    if seconds > MAX_ENROLL_SECONDS + 1e-6:
+        raise VoiceprintError(f"enrolment takes at most {MAX_ENROLL_SECONDS:g} s of audio, "
+                              f"got {seconds:.1f} s: cut it to one speaker's clearest part")
+    _, engine = diarize_array(frontend, prepared, None, chunk=1.0)
+    speakers = sorted(engine.speakers(), key=lambda s: -s.speech)
+    speech = sum(s.speech for s in speakers)
+    if not speakers or speech < MIN_ENROLL_SPEECH:
+        raise VoiceprintError(f"not enough speech to enroll: {speech:.1f} s found, at least "
+                              f"{MIN_ENROLL_SPEECH:g} s needed")
+    if len(speakers) > 1 and speakers[1].speech >= SECOND_SPEAKER_SPEECH:
+        raise VoiceprintError(
+            f"the audio holds {sum(s.speech >= SECOND_SPEAKER_SPEECH for s in speakers)} "
+            "speakers: a voiceprint takes the speech of one speaker only")
+    return voiceprint_document(embedding_identity(frontend), np.asarray(speakers[0].embedding),
+                               speech)
+
+
+
+def read_voiceprints(path: str) -> list[dict[str, Any]]:
+    """The ``[{"name", "voiceprint"}]`` entries of a voiceprint file (written by
+    ``streamer enroll``), checked; :class:`ConfigError` for a file that is not one."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read voiceprints {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ConfigError(f"{path} is not JSON: {error}") from None
+    entries = document.get("voiceprints") if isinstance(document, Mapping) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path} is not a voiceprint file (an object with a "
+                          "\"voiceprints\" list)")
+    return [{"name": s.name, "voiceprint": s.voiceprint}
+            for s in parse_known_speakers(entries)]
+
+
+def add_voiceprint(path: str, name: str, voiceprint: dict[str, Any]) -> int:
+    """Add ``name``'s voiceprint to the file at ``path`` (made if missing; an entry of the
+    same name is replaced). Returns the number of voiceprints in the file."""
+    import json
+    import os
+
+    entries = read_voiceprints(path) if os.path.exists(path) else []
+    entries = [e for e in entries if e["name"] != name] + [{"name": name,
+                                                            "voiceprint": voiceprint}]
+    parse_known_speakers(entries)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"voiceprints": entries}, handle, indent=1)
+        handle.write("\n")
+    os.replace(temporary, path)
+    return len(entries)
+
+
+__all__ = ["VOICEPRINT_VERSION", "MAX_ENROLL_SECONDS", "MIN_ENROLL_SPEECH",
+           "KnownSpeaker", "VoiceprintError", "Identifier", "enroll", "check_voiceprint",
+           "parse_known_speakers", "check_models", "voiceprint_document", "read_voiceprints",
+           "add_voiceprint"]
