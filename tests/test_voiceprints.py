@@ -4,7 +4,6 @@ unknown voices left anonymous, voiceprints of other models refused; through the 
 a real server and the CLI."""
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 
@@ -20,7 +19,8 @@ from streamer.voiceprints import (MAX_ENROLL_SECONDS, Identifier, KnownSpeaker,
                                   VoiceprintError, enroll, read_voiceprints)
 from tests.fakes import fake_frontend, tone_conversation
 from tests.paths import EVAL
-from tests.test_server_support import open_stream, read_all, run, running_server, send_audio
+from tests.test_server_resume import whole_stream
+from tests.test_server_support import run, running_server
 
 LOW, HIGH = 300.0, 700.0
 LOW_THEN_HIGH = tone_conversation([(LOW, 3.0), (None, 0.5), (HIGH, 3.0)])
@@ -134,18 +134,10 @@ def test_known_speakers_must_have_distinct_names(prints) -> None:
 
 
 # ------------------------------------------------------------------------ real server
-async def stream(server, audio: np.ndarray, **start) -> tuple[dict, list[dict]]:
-    ws, ready = await open_stream(server, **start)
-    sender = asyncio.create_task(send_audio(ws, audio))
-    events = await read_all(ws)
-    await sender
-    return ready, events
-
-
 def test_a_stream_with_known_speakers_names_turns_and_the_end_summary(prints) -> None:
     async def body():
         async with running_server() as server:
-            return await stream(server, LOW_THEN_HIGH,
+            return await whole_stream(server, LOW_THEN_HIGH,
                                 config={"known_speakers": known(prints, "low")})
 
     ready, events = run(body())
