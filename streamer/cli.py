@@ -200,10 +200,9 @@ def _run_enroll(args: argparse.Namespace) -> int:
     import numpy as np
 
     from streamer.audio import load_audio
-    from streamer.voiceprints import add_voiceprint, enroll, read_voiceprints
+    from streamer.voiceprints import add_voiceprint, check_name, enroll, read_voiceprints
 
-    if not args.name.strip() or len(args.name) > 100:
-        raise ValueError("NAME must be a non-empty name of at most 100 characters")
+    check_name(args.name, "NAME")
     if os.path.exists(args.out):
         read_voiceprints(args.out)  # a file that is not one fails before the work
     samples = np.concatenate([load_audio(path) for path in args.audio])

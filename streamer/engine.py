@@ -201,7 +201,7 @@ class StreamingDiarizer:
     def speakers(self) -> list[SpeakerSummary]:
         """Global speakers so far: label, seconds of speech in final turns, centroid."""
         centroids = self._memory.centroids
-        identities = self._identities()
+        identities = self.identities()
         return [SpeakerSummary(speaker_label(i), self._speech.get(speaker_label(i), 0.0),
                                centroids[i].astype(float).tolist(),
                                *identities.get(speaker_label(i), (None, None)))
@@ -210,21 +210,18 @@ class StreamingDiarizer:
     def identities(self) -> dict[str, tuple[str, float]]:
         """Speaker label -> (known speaker's name, similarity) for the speakers that match
         a voiceprint of ``config.known_speakers`` now."""
-        return self._identities()
-
-    # ------------------------------------------------------------------ internals
-    def _identities(self) -> dict[str, tuple[str, float]]:
         if not self.config.known_speakers or len(self._memory) == 0:
             return {}
         matches = self._identifier.match(self._memory.centroids)
         return {speaker_label(i): match for i, match in matches.items()}
 
+    # ------------------------------------------------------------------ internals
     def _identify(self, events: list[Event]) -> list[Event]:
         """Turns and speaker changes of identified speakers, named (as matched now: a
         speaker's centroid, hence its identity, may still change while it is young)."""
-        if not self.config.known_speakers:
+        if not self.config.known_speakers or not events:
             return events
-        identities = self._identities()
+        identities = self.identities()
         if not identities:
             return events
         named: list[Event] = []

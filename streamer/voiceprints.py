@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from streamer.errors import ConfigError, StreamerError
+from streamer.linalg import min_cost_assignment
 
 #: Format version of a voiceprint document.
 VOICEPRINT_VERSION = 1
@@ -77,6 +78,13 @@ def check_voiceprint(document: Any, what: str = "voiceprint") -> dict[str, Any]:
     return dict(document)
 
 
+def check_name(name: Any, what: str = "a known speaker's name") -> str:
+    """``name`` when it is a non-empty string of at most 100 characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise ConfigError(f"{what} must be a non-empty string of at most 100 characters")
+    return name
+
+
 def parse_known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
     """``[{"name", "voiceprint"}, ...]`` (or :class:`KnownSpeaker` objects) as a tuple;
     :class:`ConfigError` names what is wrong."""
@@ -92,10 +100,7 @@ def parse_known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
         if not isinstance(entry, Mapping) or set(entry) != {"name", "voiceprint"}:
             raise ConfigError(f"known_speakers[{index}] must be an object with exactly "
                               "\"name\" and \"voiceprint\"")
-        name = entry["name"]
-        if not isinstance(name, str) or not name.strip() or len(name) > 100:
-            raise ConfigError(f"known_speakers[{index}].name must be a non-empty string of "
-                              "at most 100 characters")
+        name = check_name(entry["name"], f"known_speakers[{index}].name")
         if any(s.name == name for s in speakers):
             raise ConfigError(f"known speaker {name!r} is given twice")
         document = check_voiceprint(entry["voiceprint"], f"the voiceprint of {name!r}")
@@ -130,15 +135,13 @@ class Identifier:
         threshold."""
         if not self.names or len(centroids) == 0:
             return {}
-        from scipy.optimize import linear_sum_assignment
-
         centroids = np.asarray(centroids, np.float64)
         centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True),
                                            1e-12)
         similarity = centroids @ self._prints.T
         # Pairs below the threshold may not be made, so they must not take part either.
-        gain = np.where(similarity >= self.threshold, similarity, -1e6)
-        rows, columns = linear_sum_assignment(gain, maximize=True)
+        cost = np.where(similarity >= self.threshold, -similarity, 1e6)
+        rows, columns = min_cost_assignment(cost)
         return {int(r): (self.names[c], float(similarity[r, c]))
                 for r, c in zip(rows, columns) if similarity[r, c] >= self.threshold}
 
@@ -216,4 +219,4 @@ def add_voiceprint(path: str, name: str, voiceprint: dict[str, Any]) -> int:
 __all__ = ["VOICEPRINT_VERSION", "MAX_ENROLL_SECONDS", "MIN_ENROLL_SPEECH",
            "KnownSpeaker", "VoiceprintError", "Identifier", "enroll", "check_voiceprint",
            "parse_known_speakers", "check_models", "voiceprint_document", "read_voiceprints",
-           "add_voiceprint"]
+           "add_voiceprint", "check_name"]
