@@ -38,6 +38,8 @@ MAX_KNOWN_SPEAKERS = 100
 class VoiceprintError(StreamerError, ValueError):
     """Audio that cannot make a voiceprint (too long, too little speech, several voices)."""
 
+    code = "enrolment_refused"
+
 
 @dataclass(frozen=True)
 class KnownSpeaker:

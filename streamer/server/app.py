@@ -32,6 +32,8 @@ from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamer.server.redact import redact_secrets
+from streamer.server.registry import PATH as VOICEPRINTS_PATH
+from streamer.server.registry import VoiceprintRoutes, file_enroller
 from streamer.server.routes import (
     READ_METHODS,
     WEB_ROOT,
@@ -44,6 +46,7 @@ from streamer.server.routes import (
 from streamer.server.session import StreamSession
 from streamer.server.settings import ServerSettings
 from streamer.server.state import StateSealer
+from streamer.server.store import StoreUnavailable, open_store
 from streamer.server.tokens import SessionTokens
 
 logger = logging.getLogger(__name__)
@@ -91,7 +94,12 @@ class DiarizationServer:
             batch_group=group,
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
                                 self.settings.max_lag),
-            states=StateSealer(self.settings.state_secret, self.settings.token))
+            states=StateSealer(self.settings.state_secret, self.settings.token),
+            store=open_store(self.settings.redis_url))
+        self.voiceprints = VoiceprintRoutes(
+            file_enroller(self.frontend), self._run, self.context.store,
+            self.settings.voiceprint_ttl, self.settings.max_body_bytes,
+            on_enrolled=lambda: self.metrics.count("voiceprints_enrolled"))
         self.sessions: set[StreamSession] = set()
         self.session_tokens = SessionTokens(self.settings.token, self.settings.session_ttl)
         self._server: Server | None = None
@@ -112,12 +120,20 @@ class DiarizationServer:
         self._server = await serve(
             self._handle, host, port, process_request=self._process_request,
             create_connection=StreamConnection.factory(frame_limit=s.max_frame_bytes,
-                                                       stall_timeout=s.send_timeout),
+                                                       stall_timeout=s.send_timeout,
+                                                       body_limit=s.max_body_bytes),
             max_size=s.max_frame_bytes, max_queue=s.receive_queue, compression=None,
             logger=redact_secrets(logging.getLogger("websockets.server")),
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
             close_timeout=s.close_timeout, write_limit=s.write_limit,
             server_header="streamer", reuse_port=reuse_port)
+        if self.context.store.shared:
+            try:
+                await self.context.store.ping()
+            except StoreUnavailable as error:
+                # Streams work without it: only resume by id, single-use URLs and the
+                # registry need it, and they answer with a clear error meanwhile.
+                logger.warning("%s", error)
         if self.worker is None:
             logger.info("streamer serving on http://%s:%d (websocket %s)", host, self.port,
                         protocol.PATH)
@@ -151,6 +167,7 @@ class DiarizationServer:
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._batchers is not None:
             self._batchers.close()
+        await self.context.store.close()
 
     async def __aenter__(self) -> "DiarizationServer":
         return self
@@ -208,18 +225,26 @@ class DiarizationServer:
         except ConnectionClosed:
             pass
 
-    def _process_request(self, connection: ServerConnection, request: Request
-                         ) -> Response | None:
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking call that may use the models, in the engine threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.context.tracked(fn), *args)
+
+    async def _process_request(self, connection: StreamConnection, request: Request
+                               ) -> Response | None:
         url = urlsplit(request.path)
         # websockets before 17 refuses other methods itself, without this attribute.
         method = getattr(request, "method", "GET")
         for name in ("Origin", "Authorization"):
             if len(request.headers.get_all(name)) > 1:
                 return response(400, f"more than one {name} header\n")
+        reader = connection.protocol.reader
         if url.path != protocol.PATH:
-            return self._http_route(url.path, method, request, url.query)
+            return await self._http_route(url.path, method, request, url.query, reader)
         if method != "GET":
             return not_allowed(("GET",))
+        if reader.body_length or "X-Streamer-Transfer-Encoding" in request.headers:
+            return response(400, "a websocket handshake has no body\n")
         if not self.settings.origin_allowed(request.headers.get("Origin")):
             self.metrics.reject("origin")
             return response(403, "origin not allowed\n")
@@ -234,8 +259,19 @@ class DiarizationServer:
             body = protocol.encode(protocol.error_message(protocol.TooManyConnections(
                 refusal[1])))
             return response(503, body + "\n", "application/json", extra={"Retry-After": "5"})
-        if session_token is not None and self.session_tokens.redeem(session_token) is None:
-            return self._unauthorized()  # pragma: no cover - checked just above
+        if session_token is not None:
+            session = self.session_tokens.redeem(session_token)
+            if session is None:
+                return self._unauthorized()  # pragma: no cover - checked just above
+            if self.context.store.shared:
+                # Single use across replicas: the first to claim the id in Redis wins.
+                try:
+                    claimed = await self.context.store.claim_token(
+                        session, self.settings.session_ttl)
+                except StoreUnavailable as error:
+                    return response(503, f"{error}\n", extra={"Retry-After": "5"})
+                if not claimed:
+                    return self._unauthorized()
         return None
 
     def _unauthorized(self) -> Response:
@@ -268,6 +304,19 @@ class DiarizationServer:
             "token": issued.token, "expires_at": round(issued.expires_at, 3)})
         return response(201, body + "\n", "application/json")
 
+    async def _voiceprint_route(self, path: str, method: str, request: Request, query: str,
+                                reader: Any) -> Response:
+        """``/v1/voiceprints``: for the server token's holder (anyone without a token)."""
+        if not self._authorized(request, query):
+            return self._unauthorized()
+        if method == "POST":
+            refusal = self._refusal()
+            if refusal is not None:  # enrolment runs the models: not beyond capacity
+                self.metrics.reject(refusal[0])
+                return response(503, f"{refusal[1]}\n", extra={"Retry-After": "5"})
+        return await self.voiceprints.handle(method, path, query, request.headers,
+                                             reader.body_length, reader.body)
+
     def _authorized(self, request: Request, query: str) -> bool:
         expected = self.settings.token
         if expected is None:
@@ -279,9 +328,12 @@ class DiarizationServer:
         offered += parse_qs(query).get("token", [])
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
-    def _http_route(self, path: str, method: str, request: Request, query: str) -> Response:
+    async def _http_route(self, path: str, method: str, request: Request, query: str,
+                          reader: Any) -> Response:
         if path == SESSIONS_PATH:
             return self._issue_session(method, request, query)
+        if path == VOICEPRINTS_PATH or path.startswith(VOICEPRINTS_PATH + "/"):
+            return await self._voiceprint_route(path, method, request, query, reader)
         builtin = path in ("/healthz", "/readyz", "/metrics")
         page = None if builtin else static_path(path, self.web_root)
         if not builtin and page is None:

@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: ``STREAMER_MAX_CONNECTIONS=64`` sets ``--max-connections 64`` (containers).
+ENV_PREFIX = "STREAMER_"
+#: Flags not taken from their variable: ``STREAMER_TOKEN`` is read as the token itself
+#: (by :func:`read_token`), without --token's warning.
+_NOT_FROM_ENV = {"help", "token"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +52,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="default %(default)s")
+    parser.epilog = (f"Every flag can also be set by an environment variable: {ENV_PREFIX} "
+                     "and the flag's name in capitals, dashes as underscores "
+                     "(STREAMER_MAX_CONNECTIONS=128; 1 or 0 for on/off flags). A flag on "
+                     "the command line wins.")
+    apply_environment(parser)
+
+
+def env_name(option: str) -> str:
+    """The environment variable of a ``--long-flag``."""
+    return ENV_PREFIX + option.lstrip("-").upper().replace("-", "_")
+
+
+def apply_environment(parser: argparse.ArgumentParser,
+                      environ: Any = None) -> None:
+    """Take the defaults of ``parser``'s flags from their ``STREAMER_*`` variables. A bad
+    value is not an error of every ``streamer`` command: :func:`main` reports it."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
+        options = [o for o in action.option_strings if o.startswith("--")]
+        if not options or action.dest in _NOT_FROM_ENV or isinstance(
+                action, argparse._AppendAction):  # noqa: SLF001
+            continue
+        name = env_name(options[0])
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            action.default = _env_value(action, raw)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            problems.append(f"{name}={raw!r}: {error}")
+    parser.set_defaults(env_problems=problems)
+
+
+def _env_value(action: argparse.Action, raw: str) -> Any:
+    if isinstance(action, (argparse._StoreTrueAction,  # noqa: SLF001
+                           argparse._StoreFalseAction)):  # noqa: SLF001
+        if raw.lower() not in _TRUE | _FALSE:
+            raise ValueError("expected 1/0, true/false, yes/no or on/off")
+        return (raw.lower() in _TRUE) == isinstance(action, argparse._StoreTrueAction)  # noqa: SLF001
+    value = action.type(raw) if callable(action.type) else raw
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"expected one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def _add_network_and_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +163,27 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     limits.add_argument("--batch-max-wait", type=float, default=defaults.batch_max_wait,
                         help="seconds a model call waits for others (default %(default)s)")
+    limits.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout,
+                        help="seconds open streams get to finish after SIGTERM before they "
+                             "are closed (default %(default)s)")
+    shared = parser.add_argument_group(
+        "shared state", "What outlives a connection: saved stream states (resume by "
+        "resume_id), redeemed single-use URLs, the voiceprint registry. Kept in this "
+        "process unless --redis-url names a Redis that every replica shares.")
+    shared.add_argument("--redis-url", default=None, metavar="URL",
+                        help="redis://[:password@]host:port/db (needs the redis extra: pip "
+                             "install 'streamer[redis]'; default: none, in-process)")
+    shared.add_argument("--state-ttl", type=float, default=defaults.state_ttl,
+                        help="seconds a saved stream state stays resumable "
+                             "(default %(default)s)")
+    shared.add_argument("--state-save-interval", type=float,
+                        default=defaults.state_save_interval,
+                        help="seconds of audio between the saves of a stream's state, "
+                             "besides those at snapshot, end and drain; 0 for only those "
+                             "(default %(default)s)")
+    shared.add_argument("--voiceprint-ttl", type=float, default=defaults.voiceprint_ttl,
+                        help="seconds a voiceprint registered by POST /v1/voiceprints?name= "
+                             "is kept, 0 until deleted (default %(default)s: 30 days)")
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -148,7 +219,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
         allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
-        cpus=args.cpus, session_ttl=args.session_ttl,
+        cpus=args.cpus, session_ttl=args.session_ttl, shutdown_timeout=args.shutdown_timeout,
+        redis_url=args.redis_url, state_ttl=args.state_ttl,
+        state_save_interval=args.state_save_interval, voiceprint_ttl=args.voiceprint_ttl,
         state_secret=os.environ.get("STREAMER_STATE_SECRET", "").strip() or None)
 
 
@@ -178,6 +251,8 @@ def main(args: argparse.Namespace) -> int:
         logger.warning("--token is visible to other users of this machine (ps, /proc): "
                        "prefer --token-file or the STREAMER_TOKEN environment variable")
     try:
+        for problem in getattr(args, "env_problems", []):
+            raise ValueError(problem)
         settings = settings_from_args(args)
         port = resolve_port(args.port)
         processes = process_count(getattr(args, "processes", 1))

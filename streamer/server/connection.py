@@ -44,17 +44,64 @@ _ALWAYS_READ = 125
 
 
 class _SkippingReader(StreamReader):
-    """A stream reader that skips, instead of buffering, payloads above ``limit``."""
+    """A stream reader that skips, instead of buffering, payloads above ``limit``; and
+    that reads the body of an HTTP request (``POST /v1/voiceprints``).
 
-    def __init__(self, limit: int) -> None:
+    websockets' request parser refuses any request with a body. While the request's
+    head is read, this reader hides ``Content-Length`` and ``Transfer-Encoding`` from it
+    (renamed ``X-Streamer-*``) and, after the blank line that ends the head, reads a body
+    of at most ``body_limit`` bytes into :attr:`body`. A larger body is not read: the
+    route answers 413 from :attr:`body_length`, and the connection closes.
+    """
+
+    def __init__(self, limit: int, body_limit: int = 0) -> None:
         super().__init__()
         self.limit = max(limit, _ALWAYS_READ)
         #: Size of the payload being skipped (0 when none).
         self.skipping = 0
         #: Size of the last payload skipped, until the protocol takes it.
         self.skipped = 0
+        self.body_limit = body_limit
+        #: The request body's declared length (None: no Content-Length, or not a number).
+        self.body_length: int | None = None
+        #: The request body, when one was declared and is within ``body_limit``.
+        self.body = b""
+        #: Whether the request declared a Transfer-Encoding (not supported: answered 411).
+        self.chunked = False
+        #: Set after the head of a request with a body: nothing after it is parsed as
+        #: websocket frames (the route answers and the connection closes).
+        self.held = False
+        self._in_head = True
+
+    def read_line(self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+                  ) -> Generator[None, None, bytearray]:
+        while self.held:
+            yield
+        line = yield from super().read_line(m, too_long_exc_type)
+        if not self._in_head:
+            return line
+        name, colon, value = line.partition(b":")
+        header = name.strip().lower()
+        if colon and header in (b"content-length", b"transfer-encoding"):
+            self.chunked = self.chunked or header == b"transfer-encoding"
+            if header == b"content-length":
+                length = value.strip()
+                declared = int(length) if length.isdigit() and len(length) < 19 else -1
+                # Several different lengths make the body ambiguous: refused as malformed.
+                if self.body_length not in (None, declared):
+                    declared = -1
+                self.body_length = declared
+            return bytearray(b"X-Streamer-" + line.lstrip())
+        if line in (b"\r\n", b"\n"):
+            self._in_head = False
+            if self.body_length and 0 < self.body_length <= self.body_limit:
+                self.body = bytes((yield from super().read_exact(self.body_length)))
+            self.held = self.chunked or (self.body_length is not None and self.body_length != 0)
+        return line
 
     def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+        while self.held:
+            yield
         if n <= self.limit:
             return (yield from super().read_exact(n))
         self.skipping = left = n
@@ -99,7 +146,8 @@ class StreamProtocol(ServerProtocol):
     protocol behind it must not close the connection before the refusal is answered).
     """
 
-    def __init__(self, frame_limit: int, logger: LoggerLike | None = None) -> None:
+    def __init__(self, frame_limit: int, logger: LoggerLike | None = None,
+                 body_limit: int = 0) -> None:
         super().__init__(max_size=None, logger=logger)
         self.frame_limit = frame_limit
         self.refusal: StreamerError | None = None
@@ -115,7 +163,7 @@ class StreamProtocol(ServerProtocol):
         self._text: codecs.IncrementalDecoder | None = None
         # The parser started by __init__ holds on to the reader of that moment: start it
         # again on the skipping one, before any byte arrives.
-        self.reader: _SkippingReader = _SkippingReader(frame_limit)
+        self.reader: _SkippingReader = _SkippingReader(frame_limit, body_limit)
         self.parser = self.parse()
         next(self.parser)
 
@@ -221,9 +269,9 @@ class StreamConnection(ServerConnection):
     protocol: StreamProtocol
 
     def __init__(self, protocol: ServerProtocol, server: Server, *, frame_limit: int,
-                 stall_timeout: float, **kwargs: Any) -> None:
-        super().__init__(StreamProtocol(frame_limit, logger=protocol.logger), server,
-                         **kwargs)
+                 stall_timeout: float, body_limit: int = 0, **kwargs: Any) -> None:
+        super().__init__(StreamProtocol(frame_limit, logger=protocol.logger,
+                                        body_limit=body_limit), server, **kwargs)
         self.stall_timeout = stall_timeout
         #: Set when the peer stopped reading and the connection was closed for it.
         self.gave_up: SlowClient | None = None
@@ -238,14 +286,14 @@ class StreamConnection(ServerConnection):
         self._stall_timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def factory(cls, *, frame_limit: int, stall_timeout: float
+    def factory(cls, *, frame_limit: int, stall_timeout: float, body_limit: int = 0
                 ) -> Callable[..., "StreamConnection"]:
         """A ``create_connection`` for websockets' ``serve``."""
 
         def create(protocol: ServerProtocol, server: Server, **kwargs: Any
                    ) -> StreamConnection:
             return cls(protocol, server, frame_limit=frame_limit,
-                       stall_timeout=stall_timeout, **kwargs)
+                       stall_timeout=stall_timeout, body_limit=body_limit, **kwargs)
 
         return create
 

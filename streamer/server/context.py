@@ -13,6 +13,7 @@ from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
 from streamer.server.state import StateSealer
+from streamer.server.store import MemoryStore
 
 #: ``engine_factory(config) -> engine`` builds the per-stream engine (a StreamingDiarizer).
 EngineFactory = Callable[[StreamConfig], Any]
@@ -20,7 +21,7 @@ EngineFactory = Callable[[StreamConfig], Any]
 
 @dataclass
 class ServerContext:
-    """Shared, read-only (apart from metrics) resources of one server."""
+    """Shared, read-only (apart from metrics and the store) resources of one server."""
 
     settings: ServerSettings
     metrics: ServerMetrics
@@ -30,6 +31,8 @@ class ServerContext:
     batch_group: BatchGroup
     admission: Admission
     states: StateSealer
+    #: Saved stream states, redeemed tokens and registered voiceprints (or Redis's).
+    store: MemoryStore
 
     def new_engine(self, config: StreamConfig) -> Any:
         return self.engine_factory(config)

@@ -72,6 +72,8 @@ class ServerMetrics:
         self.slow_clients = 0
         self.turns_sent = 0
         self.sessions_issued = 0
+        self.states_saved = 0
+        self.voiceprints_enrolled = 0
         self.feed_seconds = Histogram(LATENCY_BUCKETS)
         self.step_latency = Histogram(LATENCY_BUCKETS)
         self.batch_rows: dict[str, Histogram] = {}
@@ -169,6 +171,10 @@ class ServerMetrics:
             add.metric("streamer_sessions_issued_total", "counter",
                        "Single-use stream URLs issued (POST /v1/sessions).",
                        self.sessions_issued)
+            add.metric("streamer_states_saved_total", "counter",
+                       "Stream states saved for resume by resume_id.", self.states_saved)
+            add.metric("streamer_voiceprints_enrolled_total", "counter",
+                       "Voiceprints made by POST /v1/voiceprints.", self.voiceprints_enrolled)
             add.histogram("streamer_feed_duration_seconds",
                           "Compute time of one engine call.", self.feed_seconds)
             add.histogram("streamer_step_latency_seconds",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,7 +16,10 @@ from streamer.config import StreamConfig
 from streamer.errors import AudioFormatError, ConfigError, ProtocolError, StreamerError
 
 PATH = "/v1/stream"
-START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config", "resume", "offset"}
+START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config", "resume", "resume_id",
+                "offset"}
+#: A ``resume_id``: the random id under which the server saves a stream's state.
+RESUME_ID = re.compile(r"[0-9a-f]{32}")
 #: Longest ``message`` of an ``error`` event: a message never echoes much client input.
 MAX_MESSAGE_CHARS = 300
 _EXCERPT = reprlib.Repr()
@@ -82,8 +86,11 @@ class StartRequest:
     config: StreamConfig = field(default_factory=StreamConfig)
     #: A sealed speaker state of an earlier stream to continue (``None``: fresh).
     resume: str | None = None
-    #: Seconds added to every time the stream sends (a resumed stream's position).
-    offset: float = 0.0
+    #: The ``resume_id`` of an earlier stream whose saved state to continue.
+    resume_id: str | None = None
+    #: Seconds added to every time the stream sends (a resumed stream's position);
+    #: ``None``: 0, or the saved position of ``resume_id``.
+    offset: float | None = None
 
 
 def parse_text(text: str) -> dict[str, Any]:
@@ -125,12 +132,20 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
     resume = message.get("resume")
     if resume is not None and not isinstance(resume, str):
         raise ProtocolError("resume must be the state string of an earlier end or snapshot")
-    offset = message.get("offset", 0.0)
-    if isinstance(offset, bool) or not isinstance(offset, (int, float)) \
-            or not math.isfinite(offset) or not 0 <= offset <= 1e9:
+    resume_id = message.get("resume_id")
+    if resume_id is not None and (not isinstance(resume_id, str)
+                                  or not RESUME_ID.fullmatch(resume_id)):
+        raise ProtocolError("resume_id must be the resume_id of an earlier stream's ready "
+                            "(32 hexadecimal digits)")
+    if resume is not None and resume_id is not None:
+        raise ProtocolError("give resume (a state) or resume_id, not both")
+    offset = message.get("offset")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
+                               or not math.isfinite(offset) or not 0 <= offset <= 1e9):
         raise ProtocolError(f"offset must be seconds >= 0, got {excerpt(offset)}")
     return StartRequest(sample_rate=rate, encoding=encoding, channels=int(channels),
-                        config=config, resume=resume, offset=float(offset))
+                        config=config, resume=resume, resume_id=resume_id,
+                        offset=None if offset is None else float(offset))
 
 
 def excerpt(value: Any) -> str:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +32,7 @@ from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
 from streamer.server.sender import EventSender
 from streamer.server.state import BadState
+from streamer.server.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,11 @@ class StreamSession:
         self._processor: asyncio.Task | None = None
         self._failure: BaseException | None = None
         self._shutdown = False
+        #: Where the stream's state is saved, so that a client can resume by this id.
+        self.resume_id = secrets.token_hex(16)
+        self._saved_at = 0.0  # engine position of the last periodic save
+        self._saver: asyncio.Task | None = None
+        self._unsaved: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -124,7 +132,13 @@ class StreamSession:
             if self.engine is not None and not isinstance(error, SlowClient):
                 await self._drain()
                 if error is None:
-                    await self.sender.send(self._end_message())
+                    end = self._end_message()
+                    if going_away:
+                        # Drained: the client reconnects (through the load balancer, to
+                        # another replica) and resumes from the state saved here.
+                        end["reconnect"] = True
+                    await self._save(end, wait=True)
+                    await self.sender.send(end)
         except ConnectionClosed:
             return self._disconnected("client disconnected while finishing")
         except SlowClient as slow:
@@ -215,7 +229,7 @@ class StreamSession:
         if parsed["type"] != "start":
             raise ProtocolError(
                 f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
-        await self._start(protocol.parse_start(parsed))
+        await self._start(protocol.parse_start(await self._registered_voiceprints(parsed)))
         while True:
             if not self._resume.is_set():
                 await self._resume.wait()
@@ -227,7 +241,9 @@ class StreamSession:
             if parsed["type"] == "stop":
                 raise _Ended()
             if parsed["type"] == "snapshot":
-                await self.sender.send(self._state_message("snapshot"))
+                snapshot = self._state_message("snapshot")
+                await self._save(snapshot, wait=True)
+                await self.sender.send(snapshot)
                 continue
             if parsed["type"] == "start":
                 raise ProtocolError("start was already received for this stream")
@@ -238,22 +254,32 @@ class StreamSession:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
         engine = await self._call(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
-        if request.resume is not None:
-            state = self.context.states.open(request.resume)
+        sealed, offset = request.resume, request.offset
+        if request.resume_id is not None:
+            record = await self.context.store.get_state(request.resume_id)
+            if record is None:
+                raise BadState("no saved state for this resume_id: it expired, or was "
+                               "saved by a server that does not share this one's store")
+            sealed = record.get("state")
+            offset = record.get("position", 0.0) if offset is None else offset
+            self.resume_id = request.resume_id  # the continued stream saves in its place
+        if sealed is not None:
+            state = self.context.states.open(sealed)
             try:
                 engine.restore(state)
             except ConfigError as error:
                 raise BadState(str(error)) from None
         self.engine = engine
-        self._offset = request.offset
+        self._offset = offset or 0.0
         models = self.context.describe()
         ready = {
             "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
             "encoding": request.encoding, "channels": request.channels, "models": models,
             "config": self.engine.config.to_public_dict(), "limits": self.context.client_limits(),
+            "resume_id": self.resume_id,
         }
-        if request.resume is not None or request.offset:
-            ready.update(resumed=[s.label for s in engine.speakers()], offset=request.offset)
+        if sealed is not None or self._offset:
+            ready.update(resumed=[s.label for s in engine.speakers()], offset=self._offset)
         await self.sender.send(ready)
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
@@ -333,6 +359,7 @@ class StreamSession:
                 self._warned = False
                 self._resume.set()
             await self._send_turns(turns)
+            self._save_periodically()
 
     def _feedable(self, step: int) -> bool:
         """Whether the queued audio reaches the engine's next step boundary (or the input
@@ -403,6 +430,62 @@ class StreamSession:
         finally:
             metrics.feed_started(-1)
 
+    # -- saved states ------------------------------------------------------------------
+
+    async def _registered_voiceprints(self, start: dict[str, Any]) -> dict[str, Any]:
+        """``start`` with each known speaker given by name only (``{"name": ...}``) given
+        the voiceprint registered under that name (``POST /v1/voiceprints?name=``)."""
+        config = start.get("config")
+        speakers = config.get("known_speakers") if isinstance(config, Mapping) else None
+        if not isinstance(speakers, list) or not any(
+                isinstance(s, Mapping) and set(s) == {"name"} for s in speakers):
+            return start
+        resolved = []
+        for entry in speakers:
+            if isinstance(entry, Mapping) and set(entry) == {"name"} \
+                    and isinstance(entry["name"], str):
+                found = await self.context.store.get_voiceprint(entry["name"])
+                if found is None:
+                    raise ConfigError(f"no voiceprint is registered under the name "
+                                      f"{protocol.excerpt(entry['name'])}")
+                entry = {"name": entry["name"], "voiceprint": found}
+            resolved.append(entry)
+        return {**start, "config": {**config, "known_speakers": resolved}}
+
+    def _save_periodically(self) -> None:
+        """Save the state every ``state_save_interval`` seconds of audio, in the
+        background (called between engine calls, so the state is consistent), so that a
+        client whose connection or replica is lost resumes from a recent point."""
+        interval = self.settings.state_save_interval
+        if not interval or self.engine.position - self._saved_at < interval:
+            return
+        self._saved_at = self.engine.position
+        self._unsaved = self._state_message("snapshot")
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_latest())
+
+    async def _save_latest(self) -> None:
+        while self._unsaved is not None:
+            record, self._unsaved = self._unsaved, None
+            await self._save(record)
+
+    async def _save(self, message: dict[str, Any], wait: bool = False) -> None:
+        """Save the state of ``message`` (an ``end`` or ``snapshot``) under
+        ``resume_id``. A store that does not answer costs the stream nothing but that
+        save: the client still gets the state itself."""
+        if wait and self._saver is not None and not self._saver.done():
+            self._unsaved = None  # superseded by this newer state
+            with contextlib.suppress(Exception):
+                await self._saver
+        record = {"state": message["state"], "position": message["position"]}
+        try:
+            await self.context.store.put_state(self.resume_id, record, self.settings.state_ttl)
+        except StoreUnavailable as error:
+            self.context.metrics.error(error.code)
+            logger.warning("session %s: state not saved: %s", self.id, error)
+        else:
+            self.context.metrics.count("states_saved")
+
     def _end_message(self) -> dict[str, Any]:
         return {"type": "end", "session": self.id, "duration": round(self.engine.position, 3),
                 "speakers": [s.to_dict() for s in self.engine.speakers()],
@@ -411,7 +494,8 @@ class StreamSession:
     def _state_message(self, kind: str) -> dict[str, Any]:
         """The speaker memory so far (audio processed up to ``position``), sealed."""
         return {"type": kind, "state": self.context.states.seal(self.engine.state()),
-                "position": round(self._offset + self.engine.position, 3)}
+                "position": round(self._offset + self.engine.position, 3),
+                "resume_id": self.resume_id}
 
 
 def shifted(event: dict[str, Any], offset: float) -> dict[str, Any]:

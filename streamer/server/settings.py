@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.server.store import DEFAULT_STATE_TTL, DEFAULT_VOICEPRINT_TTL
+
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False, whole: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -88,6 +90,14 @@ class ServerSettings:
             means any. Requests without an ``Origin`` header (non-browser clients) are
             always allowed.
         shutdown_timeout: Seconds given to open streams to finish after SIGTERM.
+        redis_url: Redis holding what outlives a connection, shared by every replica
+            (see :mod:`streamer.server.store`): saved stream states, redeemed session
+            tokens, the voiceprint registry. ``None``: this process keeps them.
+        state_ttl: Seconds a saved stream state stays resumable by its ``resume_id``.
+        state_save_interval: Seconds of processed audio between the saves of a stream's
+            state (besides those at ``snapshot``, ``end`` and drain); 0 saves only then.
+        voiceprint_ttl: Seconds a registered voiceprint is kept; 0 keeps it until deleted.
+        max_body_bytes: Largest HTTP request body (``POST /v1/voiceprints`` audio).
         session_ttl: Lifetime of the single-use stream URLs of ``POST /v1/sessions``,
             seconds.
         state_secret: Key of the HMAC that protects the speaker states of ``end`` and
@@ -131,10 +141,15 @@ class ServerSettings:
     max_load: float = 0.5
     max_lag: float = 1.0
     cpus: float | None = None
+    redis_url: str | None = None
+    state_ttl: float = DEFAULT_STATE_TTL
+    state_save_interval: float = 5.0
+    voiceprint_ttl: float = DEFAULT_VOICEPRINT_TTL
+    max_body_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_frame_bytes", "receive_queue", "send_queue_size",
-                     "write_limit", "batch_max_size"):
+                     "write_limit", "batch_max_size", "max_body_bytes"):
             _positive(name, getattr(self, name), whole=True)
             setattr(self, name, int(getattr(self, name)))
         for name in ("workers", "torch_threads"):
@@ -145,9 +160,9 @@ class ServerSettings:
                      "ping_interval", "ping_timeout", "batch_max_wait"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
-                     "send_timeout", "shutdown_timeout", "session_ttl"):
+                     "send_timeout", "shutdown_timeout", "session_ttl", "state_ttl"):
             _positive(name, getattr(self, name))
-        for name in ("max_load", "max_lag"):
+        for name in ("max_load", "max_lag", "state_save_interval", "voiceprint_ttl"):
             _positive(name, getattr(self, name), allow_zero=True)
         if self.cpus is not None:
             _positive("cpus", self.cpus)
@@ -159,6 +174,11 @@ class ServerSettings:
         if self.state_secret is not None and (not isinstance(self.state_secret, str)
                                               or not self.state_secret):
             raise ValueError("state_secret must be a non-empty string or None")
+        if self.redis_url is not None and (not isinstance(self.redis_url, str) or not
+                                           self.redis_url.startswith(("redis://", "rediss://",
+                                                                      "unix://"))):
+            raise ValueError(f"redis_url must be a redis://, rediss:// or unix:// URL, got "
+                             f"{self.redis_url!r}")
         if not isinstance(self.public_metrics, bool):
             raise ValueError(f"public_metrics must be True or False, got {self.public_metrics!r}")
         if isinstance(self.allowed_origins, str):
