@@ -60,8 +60,10 @@ def start_message(
     encoding: str = "pcm_s16le",
     channels: int = 1,
     config: Mapping[str, Any] | None = None,
+    resume_id: str | None = None,
 ) -> str:
-    """The JSON ``start`` message that opens a stream."""
+    """The JSON ``start`` message that opens a stream (``resume_id``: continuing the stream
+    whose state the server saved under it; its clock continues from the saved position)."""
     message: dict[str, Any] = {
         "type": "start",
         "sample_rate": int(sample_rate),
@@ -70,6 +72,8 @@ def start_message(
     }
     if config:
         message["config"] = dict(config)
+    if resume_id:
+        message["resume_id"] = resume_id
     return json.dumps(message)
 
 
@@ -80,11 +84,15 @@ def raise_for_error(event: Mapping[str, Any]) -> None:
 
 
 def final_turns(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The final turns among ``events``, one per turn id, sorted by start time."""
+    """The final turns among ``events``, one per turn id, sorted by start time. Turn ids
+    count from 0 on each connection (a resumed stream's ``ready`` starts a new count)."""
     by_id: dict[Any, dict[str, Any]] = {}
+    connection = 0
     for index, event in enumerate(events):
-        if event.get("type") == "turn" and event.get("final"):
-            by_id[event.get("id", f"#{index}")] = dict(event)
+        if event.get("type") == "ready":
+            connection += 1
+        elif event.get("type") == "turn" and event.get("final"):
+            by_id[connection, event.get("id", f"#{index}")] = dict(event)
     return sorted(by_id.values(), key=lambda turn: (turn["start"], turn["end"]))
 
 
@@ -280,6 +288,10 @@ class TurnPrinter:
             if self.live and self._interim is not None:
                 self.out.write(self.format_turn(self._interim))
                 self._interim_shown = True
+        elif kind == "end" and event.get("reconnect"):
+            self._clear_interim()
+            self.out.write(f"server drained at {float(event.get('position', 0)):.2f} s: "
+                           "resuming on another server\n")
         elif kind in ("warning", "error"):
             self._clear_interim()
             self.out.write(f"{kind}: {event.get('code', '')} {event.get('message', '')}".rstrip() + "\n")

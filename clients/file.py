@@ -67,11 +67,12 @@ class FileAudio:
     def duration(self) -> float:
         return len(self.frames) / self.sample_rate
 
-    def chunks(self, seconds: float) -> Iterator[bytes]:
-        """Little-endian binary frames of ``seconds`` of audio each (the last may be shorter)."""
+    def chunks(self, seconds: float, start: float = 0.0) -> Iterator[bytes]:
+        """Little-endian binary frames of ``seconds`` of audio each (the last may be
+        shorter), from ``start`` seconds into the audio."""
         step = max(1, int(round(seconds * self.sample_rate)))
         dtype = "<i2" if self.frames.dtype == np.int16 else "<f4"
-        for offset in range(0, len(self.frames), step):
+        for offset in range(int(round(start * self.sample_rate)), len(self.frames), step):
             yield self.frames[offset : offset + step].astype(dtype, copy=False).tobytes()
 
 
@@ -97,12 +98,14 @@ async def _send_audio(
     speed: float,
     chunk_seconds: float,
     stop_event: asyncio.Event | None,
+    start: float = 0.0,
 ) -> None:
-    """Send the audio paced at ``speed`` x real time (0: as fast as possible), then ``stop``."""
+    """Send the audio from ``start`` seconds, paced at ``speed`` x real time (0: as fast as
+    possible), then ``stop``."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     sent = 0.0
-    for chunk in audio.chunks(chunk_seconds):
+    for chunk in audio.chunks(chunk_seconds, start):
         if stop_event is not None and stop_event.is_set():
             break
         if speed > 0:
@@ -130,23 +133,60 @@ async def stream_audio(
     chunk_seconds: float = 0.1,
     on_event: EventCallback | None = None,
     stop_event: asyncio.Event | None = None,
+    reconnect: bool = True,
 ) -> list[dict[str, Any]]:
     """Stream ``audio`` to the server at ``url``; return every event received, ``end`` last.
 
     ``on_event`` is called with each event as it arrives. Setting ``stop_event`` ends the
     stream early (``stop`` is sent and the server's ``end`` still awaited). Raises
     :class:`StreamError` on an ``error`` event or when the server closes without ``end``.
+
+    A server that is drained (restarted, scaled down) ends the stream with ``reconnect``:
+    with ``reconnect`` set, the stream is opened again at ``url`` (through a load balancer,
+    on another replica) with the ``resume_id`` of the first, and the audio is sent on from
+    the ``position`` the server had processed, so labels, identities and times continue and
+    nothing is lost. The events of every connection are returned, one ``end`` each.
     """
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
     if chunk_seconds <= 0:
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
-    start = start_message(audio.sample_rate, audio.encoding, audio.channels, config)
+    events: list[dict[str, Any]] = []
+    resume_id, position = None, 0.0
+    while True:
+        start = start_message(audio.sample_rate, audio.encoding, audio.channels, config,
+                              resume_id=resume_id)
 
-    async def send(ws: ClientConnection) -> None:
-        await _send_audio(ws, audio, speed, chunk_seconds, stop_event)
+        async def send(ws: ClientConnection, start_at: float = position) -> None:
+            await _send_audio(ws, audio, speed, chunk_seconds, stop_event, start_at)
 
-    return await run_stream(url, start, send, token=token, on_event=on_event)
+        events += await _open_with_retries(url, start, send, token, on_event,
+                                           attempts=RECONNECT_ATTEMPTS if resume_id else 1)
+        end = events[-1]
+        if not (reconnect and end.get("reconnect") and end.get("resume_id")) or (
+                stop_event is not None and stop_event.is_set()):
+            return events
+        resume_id, position = end["resume_id"], float(end["position"])
+
+
+#: Connections tried when resuming a drained stream, RECONNECT_DELAY seconds apart (more
+#: each time): the balancer may need a moment to route around the replica that left.
+RECONNECT_ATTEMPTS, RECONNECT_DELAY = 8, 0.25
+
+
+async def _open_with_retries(url: str, start: str, send: Any, token: str | None,
+                             on_event: EventCallback | None, attempts: int
+                             ) -> list[dict[str, Any]]:
+    for attempt in range(attempts):
+        try:
+            return await run_stream(url, start, send, token=token, on_event=on_event)
+        except (OSError, StreamError) as error:
+            retry = isinstance(error, OSError) or error.code in ("unavailable",
+                                                                "too_many_connections")
+            if not retry or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(RECONNECT_DELAY * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def stream_file(
