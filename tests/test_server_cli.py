@@ -88,6 +88,41 @@ def test_help_says_a_token_on_the_command_line_is_visible(
     assert "--token is visible to other users" in caplog.text
 
 
+def test_every_flag_takes_its_streamer_variable_and_the_command_line_wins(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"STREAMER_MAX_CONNECTIONS": "7", "STREAMER_PUBLIC_METRICS": "true",
+                        "STREAMER_REDIS_URL": "redis://cache:6379/2",
+                        "STREAMER_STATE_TTL": "120", "STREAMER_SHUTDOWN_TIMEOUT": "45",
+                        "STREAMER_HOST": "0.0.0.0", "STREAMER_PRESET": "embedded",
+                        "STREAMER_LOG_LEVEL": "WARNING"}.items():
+        monkeypatch.setenv(name, value)
+    args = _parse()
+    settings = cli.settings_from_args(args)
+    assert (settings.max_connections, settings.public_metrics, settings.redis_url,
+            settings.state_ttl, settings.shutdown_timeout) == (
+        7, True, "redis://cache:6379/2", 120.0, 45.0)
+    assert (args.host, args.preset, args.log_level) == ("0.0.0.0", "embedded", "WARNING")
+    assert cli.settings_from_args(_parse("--max-connections", "9")).max_connections == 9
+    monkeypatch.setenv("STREAMER_PUBLIC_METRICS", "0")
+    assert cli.settings_from_args(_parse()).public_metrics is False
+    # Every flag of the help has its variable named in it.
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert "STREAMER_MAX_CONNECTIONS" in parser.format_help()
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("STREAMER_MAX_CONNECTIONS", "many", "invalid literal"),
+    ("STREAMER_PUBLIC_METRICS", "maybe", "1/0"),
+    ("STREAMER_PRESET", "huge", "expected one of"),
+    ("STREAMER_REDIS_URL", "http://x", "redis://"),
+])
+def test_a_bad_variable_exits_2_and_names_it(monkeypatch, caplog, name, value, reason) -> None:
+    monkeypatch.setenv(name, value)
+    assert cli.main(_parse()) == 2
+    assert reason in caplog.text and (name in caplog.text or name == "STREAMER_REDIS_URL")
+
+
 def test_bad_flag_values_exit_2_before_loading_models() -> None:
     assert cli.main(_parse("--max-connections", "0")) == 2
     assert cli.main(_parse("--batch-max-wait", "-1")) == 2

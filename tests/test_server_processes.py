@@ -64,6 +64,28 @@ def test_process_count_and_per_worker_limits() -> None:
     assert processes.worker_args(_parse("--workers", "5"), 4).workers == 5
 
 
+def test_workers_share_one_state_secret_when_none_is_configured(monkeypatch) -> None:
+    """A state sealed by one worker must resume on another: without a secret or a token,
+    the parent gives its workers one random secret (each would make its own)."""
+    from streamer.server.state import StateSealer
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    monkeypatch.delenv("STREAMER_STATE_SECRET", raising=False)
+    monkeypatch.delenv("STREAMER_TOKEN", raising=False)
+    processes.share_state_secret(parser.parse_args([]))
+    secret = os.environ["STREAMER_STATE_SECRET"]
+    assert len(secret) == 64
+    sealed = StateSealer(secret).seal({"version": 1})
+    assert StateSealer(os.environ["STREAMER_STATE_SECRET"]).open(sealed) == {"version": 1}
+    processes.share_state_secret(parser.parse_args([]))  # kept: already shared
+    assert os.environ["STREAMER_STATE_SECRET"] == secret
+    # With a token, the workers derive the same key from it (and it survives restarts).
+    monkeypatch.delenv("STREAMER_STATE_SECRET")
+    processes.share_state_secret(parser.parse_args(["--token", "t"]))
+    assert "STREAMER_STATE_SECRET" not in os.environ
+
+
 def test_bad_process_count_exits_2() -> None:
     assert cli.main(_parse("--processes", "-1")) == 2
 

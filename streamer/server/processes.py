@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import time
@@ -107,7 +108,18 @@ def serve_processes(args: argparse.Namespace, count: int, port: int) -> int:
     except OSError as error:
         logger.error("cannot listen on %s:%s: %s", args.host, port, error)
         return 1
+    share_state_secret(args)
     return Supervisor(worker_args(args, count), count, port, holder).run()
+
+
+def share_state_secret(args: argparse.Namespace) -> None:
+    """Without a state secret or a token, each process would seal resume states with a
+    random key of its own, and a state from one worker would not resume on another: the
+    workers inherit one random secret from the parent's environment instead."""
+    from streamer.server.cli import read_token
+
+    if not os.environ.get("STREAMER_STATE_SECRET", "").strip() and not read_token(args):
+        os.environ["STREAMER_STATE_SECRET"] = secrets.token_hex(32)
 
 
 # -- the parent --------------------------------------------------------------------------
