@@ -19,7 +19,8 @@ def need(binary: str) -> str:
     path = shutil.which(binary) or next(
         (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None)
     if path is None:
-        message = f"{binary} is not installed (apt-get install {binary.split('-')[0]})"
+        package = {"redis-server": "redis-server"}.get(binary, binary)
+        message = f"{binary} is not installed (apt-get install {package})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
