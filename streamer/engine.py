@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Callable, Iterable
 
 import numpy as np
@@ -70,8 +71,11 @@ class StreamingDiarizer:
                 f"the {frontend.name} preset has no overlapped speech model, so it cannot "
                 f"give the {' and '.join(needs_overlap)} output(s): use the pyannote preset")
         self.resolution = frontend.frame_step
-        self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)),
-                                     int(round(c.step * self.sample_rate)))
+        step = int(round(c.step * self.sample_rate))
+        #: A resumed stream's audio context starts on a multiple of this (see context()).
+        self._alignment = math.lcm(step, int(frontend.sample_alignment))
+        self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)), step,
+                                     history=self._alignment)
         self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers)
         # One more column than speakers: the number of active local speakers per frame,
         # averaged like the activations, gives the overlap-aware outputs their counts.
@@ -101,11 +105,12 @@ class StreamingDiarizer:
         self._last_interim: Turn | None = None
         self._hold = -1  # speaker of the last committed speech frame
         self._finished = False
+        self._origin = 0  # samples of a primed stream's context, before its time 0
 
     @property
     def position(self) -> float:
-        """Seconds of audio fed so far."""
-        return self._buffer.received / self.sample_rate
+        """Seconds of audio fed so far (a primed stream's context not counted)."""
+        return (self._buffer.received - self._origin) / self.sample_rate
 
     def feed(self, samples: np.ndarray) -> list[Event]:
         """Add audio; returns the events it produced: turns (final and interim), and the
@@ -137,7 +142,7 @@ class StreamingDiarizer:
         if stepped:
             events += self._interim()
             events += self._speaker_changes(events, self._view)
-        return self._identify(events)
+        return self._identify(self._from_origin(events))
 
     def flush(self) -> list[Event]:
         """End of stream: decide every remaining frame; returns the last final turns and
@@ -155,7 +160,7 @@ class StreamingDiarizer:
         if self._changes is not None:
             events += self._changes.flush()
         self._finished = True
-        return self._identify(events)
+        return self._identify(self._from_origin(events))
 
     def state(self) -> dict:
         """The stream's speaker memory, to continue it in another engine on the same
@@ -198,6 +203,63 @@ class StreamingDiarizer:
         self._speech = speech
         self._restored = True
 
+    @property
+    def context_limit(self) -> int:
+        """The most samples :meth:`context` gives (and :meth:`prime` takes)."""
+        return self._buffer.size + self._alignment
+
+    def context(self) -> np.ndarray:
+        """The audio a resumed stream needs to go on as this one would have (see
+        :meth:`prime`): the last samples received, from a point where the analysis grid
+        of a stream started there matches this one's, at least one buffer back."""
+        received = self._buffer.received
+        start = max(0, (received - self._buffer.size) // self._alignment * self._alignment)
+        return self._buffer.recent(received - start)
+
+    def prime(self, context: np.ndarray) -> None:
+        """Give a resumed stream (after :meth:`restore`) the :meth:`context` of the stream
+        it continues, which ended where this one starts: it is analysed as that stream
+        analysed it, so the first buffers of this one hold real audio, not padding, and
+        its decisions are those the uncut stream would have made. Nothing is decided or
+        sent for the context, the speaker memory stays as restored, and times still start
+        at 0 where the context ends. Without it, a resumed stream starts with an empty
+        buffer (and is slower to open new speakers meanwhile)."""
+        if self._buffer.received:
+            raise RuntimeError("prime() comes before any audio")
+        context = clip_samples(np.asarray(context, np.float32).reshape(-1), "context")
+        if len(context) > self.context_limit:
+            raise ConfigError(f"a context holds at most {self.context_limit} samples, got "
+                              f"{len(context)}")
+        sums, speech = self._memory.sums, dict(self._speech)
+        for buffer, end in self._buffer.push(context):
+            self._process(buffer, end)
+        # The context's frames were decided by the stream it comes from.
+        self._commit(self._buffer.received, final=True)
+        self._turns.cut()
+        self._regions.cut()
+        if self._changes is not None:
+            self._changes.reset()
+        self._memory.load(sums)
+        self._speech = speech
+        self._view = self._last_interim = None
+        self._origin = self._buffer.received
+        # Buffers are full from here: the reluctance for an empty buffer does not apply.
+        self._restored = False
+
+    def _from_origin(self, events: list[Event]) -> list[Event]:
+        """Times of a primed stream's events counted from the end of its context."""
+        if not self._origin or not events:
+            return events
+        shift = self._origin / self.sample_rate
+        moved: list[Event] = []
+        for event in events:
+            if isinstance(event, SpeakerChange):
+                event = dataclasses.replace(event, time=event.time - shift)
+            elif isinstance(event, (Turn, Region)):
+                event = dataclasses.replace(event, start=max(0.0, event.start - shift),
+                                            end=event.end - shift)
+            moved.append(event)
+        return moved
     def speakers(self) -> list[SpeakerSummary]:
         """Global speakers so far: label, seconds of speech in final turns, centroid."""
         centroids = self._memory.centroids

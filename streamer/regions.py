@@ -63,6 +63,12 @@ class RegionTracker:
                   for turn in builder.flush()]
         return self._regions(events)
 
+    def cut(self) -> None:
+        """Close every open region without sending it, and number regions from 0 again
+        (see :meth:`TurnBuilder.cut`)."""
+        self.flush()
+        self._ids = {kind: 0 for kind in self.outputs}
+
     def _builder(self, key: tuple[str, int]) -> TurnBuilder:
         builder = self._builders.get(key)
         if builder is None:

@@ -69,6 +69,12 @@ class TurnBuilder:
         self.frames -= pad
         return finals
 
+    def cut(self) -> None:
+        """Close what is open without making it a turn, and number turns from 0 again:
+        the frames so far were decided elsewhere (a resumed stream's context)."""
+        self.flush()
+        self.next_id = 0
+
     def preview(self, labels: np.ndarray) -> Turn | None:
         """The open turn as it would stand after ``labels`` (state left unchanged)."""
         trial = copy.deepcopy(self)

@@ -1,9 +1,11 @@
 """Session resume: the speaker memory leaves in ``end``/``snapshot`` as a sealed state and
 comes back in ``start.resume``, so labels continue after a reconnect; forged, altered and
-foreign states are refused."""
+foreign states are refused. A stream primed with the audio context of the stream it
+continues decides after the cut as the uncut stream would."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer
 from streamer.errors import ConfigError
+from streamer.events import Turn
 from streamer.server.state import BadState, StateSealer
 from tests.fakes import fake_frontend, tone_conversation
 from tests.test_server_support import open_stream, read_all, run, running_server, send_audio
@@ -139,3 +142,109 @@ def test_engine_state_round_trip_and_checks() -> None:
     with pytest.raises(BadState):
         StateSealer("a").open(StateSealer("b").seal(state))
     assert StateSealer("a").open(StateSealer("a").seal(state)) == state
+
+
+# ------------------------------------------------------------ resuming with audio context
+LONG_TALK = tone_conversation([(300.0, 2.3), (700.0, 3.1), (None, 0.4), (300.0, 4.2),
+                               (700.0, 2.7), (300.0, 3.5), (None, 0.6), (700.0, 4.4)])
+
+
+def cut_and_resume(frontend, audio: np.ndarray, cut: int, prime: bool,
+                   chunk: int = 4000) -> tuple[list, list]:
+    """Final turns of the uncut stream, and of the two parts (the second restored, and
+    primed with the first part's context if ``prime``), in the uncut stream's clock."""
+    def run_engine(engine, samples):
+        events = [e for i in range(0, len(samples), chunk) for e in engine.feed(samples[i:i + chunk])]
+        return [e for e in events + engine.flush() if isinstance(e, Turn) and e.final]
+
+    whole = run_engine(StreamingDiarizer(frontend), audio)
+    first = StreamingDiarizer(frontend)
+    before = run_engine(first, audio[:cut])
+    second = StreamingDiarizer(frontend)
+    second.restore(json.loads(json.dumps(first.state())))
+    if prime:
+        second.prime(first.context())
+    after = run_engine(second, audio[cut:])
+    assert second.position == pytest.approx((len(audio) - cut) / 16000)
+    shift = cut / 16000
+    return whole, before + [dataclasses.replace(t, start=t.start + shift, end=t.end + shift)
+                            for t in after]
+
+
+def frame_labels(turns, end: float, step: float = 0.01) -> list:
+    grid = np.arange(0, end, step)
+    labels = [""] * len(grid)
+    for turn in turns:
+        for i in np.flatnonzero((grid >= turn.start) & (grid < turn.end)):
+            labels[i] = turn.speaker
+    return labels
+
+
+def test_a_primed_stream_decides_after_the_cut_as_the_uncut_stream() -> None:
+    frontend = fake_frontend()
+    cut = int(11.3 * 16000)  # inside the third turn, not on a step
+    whole, resumed = cut_and_resume(frontend, LONG_TALK, cut, prime=True)
+    end = len(LONG_TALK) / 16000
+    truth, guess = frame_labels(whole, end), frame_labels(resumed, end)
+    after = [i for i in range(len(truth)) if i * 0.01 >= cut / 16000 and truth[i]]
+    assert sum(truth[i] == guess[i] for i in after) / len(after) > 0.99
+    # The turns after the cut are the uncut stream's, the one cut in two aside.
+    later = [(t.speaker, round(t.start, 2), round(t.end, 2)) for t in whole
+             if t.start > cut / 16000]
+    assert later and later == [(t.speaker, round(t.start, 2), round(t.end, 2))
+                               for t in resumed if t.start > cut / 16000 + 1e-6]
+    # Numbering and times of the resumed part start afresh after its context.
+    second = StreamingDiarizer(frontend)
+    first = StreamingDiarizer(frontend)
+    first.feed(LONG_TALK[:cut])
+    first.flush()
+    second.restore(first.state())
+    second.prime(first.context())
+    events = second.feed(LONG_TALK[cut:]) + second.flush()
+    finals = [e for e in events if isinstance(e, Turn) and e.final]
+    assert [t.id for t in finals] == list(range(len(finals)))
+    assert finals[0].start == pytest.approx(0.0, abs=0.02)
+    # Speech totals: the first part's and the resumed part's, the context not counted twice.
+    speech = {s.label: s.speech for s in second.speakers()}
+    assert sum(speech.values()) == pytest.approx(
+        sum(s.speech for s in first.speakers()) + sum(t.duration for t in finals), abs=0.05)
+
+
+def test_prime_checks_its_place_and_size() -> None:
+    first = StreamingDiarizer(fake_frontend())
+    first.feed(LONG_TALK)
+    first.flush()
+    context = first.context()
+    assert 10.0 * 16000 <= len(context) <= first.context_limit
+    assert np.array_equal(context, LONG_TALK[len(LONG_TALK) - len(context):])
+    late = StreamingDiarizer(fake_frontend())
+    late.feed(LONG_TALK[:8000])
+    with pytest.raises(RuntimeError, match="before any audio"):
+        late.prime(context)
+    with pytest.raises(ConfigError, match="at most"):
+        StreamingDiarizer(fake_frontend()).prime(np.zeros(first.context_limit + 1, np.float32))
+
+
+@pytest.mark.slow
+def test_the_embedded_preset_resumed_with_context_keeps_the_uncut_labels() -> None:
+    """The real VAD and encoder: a context keeps the VAD chunks and GE2E windows of the
+    resumed stream on the uncut stream's grid."""
+    from streamer.audio import load_audio
+    from streamer.presets import load_frontend
+    from tests.paths import EVAL
+
+    path = EVAL / "synth" / "dev3b.wav"
+    if not path.exists():
+        pytest.skip("needs ../shared/eval/synth")
+    audio = load_audio(path)
+    frontend = load_frontend("embedded")
+    assert frontend.sample_alignment == 64000
+    cut = int(16.9 * 16000)
+    end = len(audio) / 16000
+    scores = {}
+    for prime in (False, True):
+        whole, resumed = cut_and_resume(frontend, audio, cut, prime, chunk=8000)
+        truth, guess = frame_labels(whole, end), frame_labels(resumed, end)
+        after = [i for i in range(len(truth)) if i * 0.01 >= cut / 16000 and truth[i]]
+        scores[prime] = sum(truth[i] == guess[i] for i in after) / len(after)
+    assert scores[True] >= 0.99 and scores[True] > scores[False]

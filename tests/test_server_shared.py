@@ -17,7 +17,8 @@ from websockets.asyncio.client import connect
 from streamer.server.store import MemoryStore, RedisStore, StoreUnavailable
 from tests.fakes import tone_conversation
 from tests.services import redis_server
-from tests.test_server_resume import HIGH_THEN_LOW, LOW_THEN_HIGH, finals, whole_stream
+from tests.test_server_resume import (HIGH_THEN_LOW, LONG_TALK, LOW_THEN_HIGH, finals,
+                                      whole_stream)
 from tests.test_server_support import (open_stream, read_all, run, running_server,
                                        send_audio, url)
 
@@ -73,6 +74,20 @@ def test_the_memory_store_is_bounded() -> None:
         return [await store.get_state(str(index)) for index in range(5)]
 
     assert run(body()) == [None, None, {"n": 2}, {"n": 3}, {"n": 4}]
+
+
+def test_the_memory_store_drops_expired_entries_without_being_asked() -> None:
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    async def body():
+        for index in range(100):
+            await store.put_state(str(index), {"n": index}, ttl=10)
+        now[0] = 11.0
+        await store.put_state("new", {"n": -1}, ttl=10)
+
+    run(body())
+    assert list(store._kinds["state"]) == ["new"]  # noqa: SLF001 - what memory holds
 
 
 def test_an_unreachable_redis_is_a_clear_error() -> None:
@@ -175,6 +190,43 @@ def test_a_drained_stream_resumes_on_another_server_from_redis(redis_url) -> Non
     assert again["resumed"] == ["SPEAKER_00", "SPEAKER_01"]
     assert again["offset"] == pytest.approx(end["position"])
     assert [s for s, *_ in finals(resumed)] == ["SPEAKER_01", "SPEAKER_00"]
+
+
+def test_a_drained_stream_resumed_by_id_goes_on_as_if_uncut(redis_url) -> None:
+    """The drained replica saves the stream's audio context with its state: the stream
+    resumed on the other replica decides after the cut as the uncut stream did."""
+    async def body():
+        shared = {"redis_url": redis_url, "state_secret": SECRET}
+        async with running_server(**shared) as a, running_server(**shared) as b:
+            _, whole = await whole_stream(b, LONG_TALK)
+            ws, ready = await open_stream(a)
+            await send_audio(ws, LONG_TALK[: int(11.3 * 16000)], stop=False)
+            await asyncio.sleep(0.3)
+            drained = asyncio.create_task(a.shutdown())
+            events = await read_all(ws)
+            await drained
+            cut = events[-1]["position"]
+            context = await b.context.store.get_context(ready["resume_id"])
+            _, resumed = await whole_stream(b, LONG_TALK[int(round(cut * 16000)):],
+                                            resume_id=ready["resume_id"])
+            return whole, events, cut, context, resumed
+
+    whole, events, cut, context, resumed = run(body())
+    assert context is not None and context["position"] == cut and cut > 5.0
+    end = len(LONG_TALK) / 16000
+    truth = labels_at(finals(whole), end)
+    guess = labels_at(finals(events) + finals(resumed), end)
+    after = [i for i, label in enumerate(truth) if label and i * 0.01 >= cut]
+    assert sum(truth[i] == guess[i] for i in after) / len(after) > 0.99
+
+
+def labels_at(turns: list[tuple[str, float, float]], end: float) -> list[str]:
+    grid = np.arange(0, end, 0.01)
+    labels = [""] * len(grid)
+    for speaker, start, stop in turns:
+        for index in np.flatnonzero((grid >= start) & (grid < stop)):
+            labels[index] = speaker
+    return labels
 
 
 def test_without_a_shared_store_another_server_cannot_resume_by_id() -> None:
@@ -366,3 +418,17 @@ def test_an_unregistered_name_in_known_speakers_is_a_bad_config() -> None:
 
     reply = run(body())
     assert reply["code"] == "bad_config" and "nobody" in reply["message"]
+
+
+def test_audio_contexts_round_trip_and_bad_ones_are_ignored() -> None:
+    from streamer.server.state import decode_context, encode_context
+
+    samples = (np.sin(np.arange(16000) / 7.0) * 0.5).astype(np.float32)
+    document = encode_context(samples, 16000)
+    back = decode_context(json.loads(json.dumps(document)), 16000, 16000)
+    assert np.abs(back - samples).max() < 1 / 16000
+    assert decode_context(document, 8000, 16000) is None  # another rate
+    assert decode_context(document, 16000, 15999) is None  # longer than the stream takes
+    for broken in ({**document, "pcm_s16le": "***"}, {**document, "pcm_s16le": 5},
+                   {**document, "pcm_s16le": document["pcm_s16le"][:-4] + "AA=="}, None):
+        assert decode_context(broken, 16000, 16000) is None

@@ -102,6 +102,10 @@ class Frontend(Protocol):
     #: Tuned defaults for :class:`streamer.config.StreamConfig` fields left as ``None``.
     default_delta_new: float
     default_speech_threshold: float
+    #: Stream positions, in samples, that keep the analysis grid (VAD frames, embedding
+    #: windows, output frames) of a stream started there the same as one started at 0: a
+    #: resumed stream is given the audio before it from such a point.
+    sample_alignment: int
 
     def stream(self, config: "object") -> FrontendStream: ...
 

@@ -14,6 +14,8 @@ is subtracted first if given (centring did not help on that data).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +25,7 @@ from streamer.linalg import LINKAGES, linkage_clusters
 from streamer.models.base import BufferAnalysis, FrameTiming
 from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.ge2e import N_FFT, MelSpectrogram, VoiceEncoder, volume_gain
+from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
 
 SAMPLE_RATE = 16000
@@ -99,6 +102,11 @@ class EmbeddedFrontend:
         self.mel = MelSpectrogram()
         self.max_frames = int(round(self.settings.window * SAMPLE_RATE)) // MEL_HOP
         self._encode: Callable[[np.ndarray, np.ndarray], np.ndarray] = self.encoder.embed_padded
+
+    @property
+    def sample_alignment(self) -> int:
+        """VAD chunks and GE2E windows both start on multiples of this."""
+        return math.lcm(VAD_CHUNK, int(round(self.settings.hop * SAMPLE_RATE)))
 
     def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
         self._encode = wrapper("ge2e", self._encode)

@@ -41,6 +41,9 @@ class SegmentationEmbeddingFrontend:
         self.sample_rate = segmentation.sample_rate
         self.chunk_duration = float(segmentation.chunk_duration)
         self.frame_step = float(segmentation.frames.step)
+        #: Segmentation and embeddings look at each buffer alone, and the aggregator
+        #: places their frames on the stream's own grid: any start point keeps it.
+        self.sample_alignment = 1
         self.default_delta_new = delta_new
         self.default_speech_threshold = speech_threshold
         self.sources = dict(sources or {})

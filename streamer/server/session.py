@@ -31,8 +31,8 @@ from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
 from streamer.server.sender import EventSender
-from streamer.server.state import BadState
-from streamer.server.store import StoreUnavailable
+from streamer.server.state import BadState, decode_context, encode_context
+from streamer.server.store import CONTEXT_TTL, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,10 @@ class StreamSession:
                     end = self._end_message()
                     if going_away:
                         # Drained: the client reconnects (through the load balancer, to
-                        # another replica) and resumes from the state saved here.
+                        # another replica) and resumes from the state saved here; with
+                        # the audio context, it goes on as if the stream had not been cut.
                         end["reconnect"] = True
+                        await self._save_context(end["position"])
                     await self._save(end, wait=True)
                     await self.sender.send(end)
         except ConnectionClosed:
@@ -254,7 +256,7 @@ class StreamSession:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
         engine = await self._call(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
-        sealed, offset = request.resume, request.offset
+        sealed, offset, context = request.resume, request.offset, None
         if request.resume_id is not None:
             record = await self.context.store.get_state(request.resume_id)
             if record is None:
@@ -263,12 +265,17 @@ class StreamSession:
             sealed = record.get("state")
             offset = record.get("position", 0.0) if offset is None else offset
             self.resume_id = request.resume_id  # the continued stream saves in its place
+            context = await self.context.store.get_context(request.resume_id)
+            if context is not None and context.get("position") != record.get("position"):
+                context = None  # the context of an earlier cut, not of this state
         if sealed is not None:
             state = self.context.states.open(sealed)
             try:
                 engine.restore(state)
             except ConfigError as error:
                 raise BadState(str(error)) from None
+        if context is not None:
+            await self._prime(engine, context)
         self.engine = engine
         self._offset = offset or 0.0
         models = self.context.describe()
@@ -451,6 +458,28 @@ class StreamSession:
                 entry = {"name": entry["name"], "voiceprint": found}
             resolved.append(entry)
         return {**start, "config": {**config, "known_speakers": resolved}}
+
+    async def _save_context(self, position: float) -> None:
+        """Save the drained stream's audio context (for the few minutes its client takes to
+        reconnect), so that the stream resumed by ``resume_id`` decides as this one would
+        have; a store that does not answer only costs the resumed stream that context."""
+        context = {**encode_context(self.engine.context(), RATE), "position": position}
+        try:
+            await self.context.store.put_context(self.resume_id, context,
+                                                 min(CONTEXT_TTL, self.settings.state_ttl))
+        except StoreUnavailable as error:
+            self.context.metrics.error(error.code)
+            logger.warning("session %s: audio context not saved: %s", self.id, error)
+
+    async def _prime(self, engine: Any, document: Any) -> None:
+        """Give a stream resumed by id the audio context saved when its first part was
+        drained (ignored when it does not fit this stream's settings)."""
+        samples = decode_context(document, RATE, engine.context_limit)
+        if samples is None:
+            logger.warning("session %s: the saved audio context does not fit; resuming "
+                           "without it", self.id)
+            return
+        await self._call(engine.prime, samples)
 
     def _save_periodically(self) -> None:
         """Save the state every ``state_save_interval`` seconds of audio, in the

@@ -16,6 +16,8 @@ import json
 import secrets
 from typing import Any
 
+import numpy as np
+
 from streamer.errors import ProtocolError
 from streamer.server.signing import derive_key, sign, verify
 
@@ -60,4 +62,28 @@ class StateSealer:
         return state
 
 
-__all__ = ["BadState", "MAX_STATE_CHARS", "StateSealer"]
+def encode_context(samples: np.ndarray, rate: int) -> dict[str, Any]:
+    """A stream's audio context (:meth:`StreamingDiarizer.context`) for the store: 16-bit
+    PCM, base64."""
+    pcm = (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2")
+    return {"rate": rate, "pcm_s16le": base64.b64encode(pcm.tobytes()).decode()}
+
+
+def decode_context(document: Any, rate: int, max_samples: int) -> np.ndarray | None:
+    """The samples of an :func:`encode_context` document, or None when it does not fit
+    this stream (another rate, too long, damaged): the stream then resumes without."""
+    if not isinstance(document, dict) or document.get("rate") != rate:
+        return None
+    data = document.get("pcm_s16le")
+    if not isinstance(data, str) or len(data) > (max_samples * 2 + 2) * 4 // 3 + 4:
+        return None
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) % 2 or len(raw) // 2 > max_samples:
+        return None
+    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+
+
+__all__ = ["BadState", "MAX_STATE_CHARS", "StateSealer", "decode_context", "encode_context"]

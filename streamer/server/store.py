@@ -1,14 +1,15 @@
 """Where a server keeps what outlives one connection: the streams' saved speaker states
-(resume by ``resume_id``), the ids of redeemed single-use session tokens, and the
-voiceprint registry.
+(resume by ``resume_id``), the audio context of drained streams (so that their
+continuation on another replica decides as the uncut stream would), the ids of redeemed
+single-use session tokens, and the voiceprint registry.
 
 :class:`MemoryStore` (the default) keeps them in the process: a stream resumes by id only
 on the process that saved it. :class:`RedisStore` (``--redis-url``, the ``redis`` extra)
 keeps them in Redis with expiry times, so that every replica behind a load balancer sees
 them: a client whose replica was drained or lost resumes on any other, a single-use URL
 opens one websocket across all replicas, and a voiceprint registered on one is known to
-all. Keys are ``streamer:state:ID``, ``streamer:token:ID``, ``streamer:voiceprint:NAME``;
-values are JSON.
+all. Keys are ``streamer:state:ID``, ``streamer:context:ID``, ``streamer:token:ID``,
+``streamer:voiceprint:NAME``; values are JSON.
 
 Every method is a coroutine; a store that cannot be reached raises
 :class:`StoreUnavailable`, which the server turns into a clear error for the one request
@@ -33,6 +34,10 @@ DEFAULT_STATE_TTL = 3600.0
 DEFAULT_VOICEPRINT_TTL = 30 * 86400.0
 #: Most entries of each kind a :class:`MemoryStore` holds (the oldest go first).
 MEMORY_LIMIT = 10000
+#: Most audio contexts a :class:`MemoryStore` holds (each is seconds of audio).
+MEMORY_CONTEXTS = 64
+#: Seconds a drained stream's audio context is kept: its client reconnects at once.
+CONTEXT_TTL = 300.0
 #: Seconds a Redis command may take before the store counts as unavailable.
 REDIS_TIMEOUT = 2.0
 
@@ -50,16 +55,20 @@ class MemoryStore:
     shared = False
 
     def __init__(self, limit: int = MEMORY_LIMIT, clock: Callable[[], float] = time.monotonic):
-        self.limit = limit
+        self.limits = {"state": limit, "token": limit, "voiceprint": limit,
+                       "context": min(limit, MEMORY_CONTEXTS)}
         self._clock = clock
         self._kinds: dict[str, collections.OrderedDict[str, tuple[float, str]]] = {
-            kind: collections.OrderedDict() for kind in ("state", "token", "voiceprint")}
+            kind: collections.OrderedDict() for kind in self.limits}
 
     async def _put(self, kind: str, key: str, value: Any, ttl: float) -> None:
         entries = self._kinds[kind]
         entries.pop(key, None)
-        entries[key] = (self._clock() + ttl if ttl else math.inf, json.dumps(value))
-        while len(entries) > self.limit:
+        now = self._clock()
+        entries[key] = (now + ttl if ttl else math.inf, json.dumps(value))
+        # Oldest writes first: with one lifetime per kind, expired entries lead.
+        while entries and (len(entries) > self.limits[kind]
+                           or next(iter(entries.values()))[0] <= now):
             entries.popitem(last=False)
 
     async def _get(self, kind: str, key: str) -> Any:
@@ -88,6 +97,12 @@ class MemoryStore:
 
     async def get_state(self, key: str) -> dict[str, Any] | None:
         return await self._get("state", key)
+
+    async def put_context(self, key: str, context: dict[str, Any], ttl: float) -> None:
+        await self._put("context", key, context, ttl)
+
+    async def get_context(self, key: str) -> dict[str, Any] | None:
+        return await self._get("context", key)
 
     async def claim_token(self, token_id: str, ttl: float) -> bool:
         """True the first time ``token_id`` is claimed within ``ttl`` seconds."""
@@ -176,5 +191,5 @@ def open_store(redis_url: str | None) -> MemoryStore:
     return RedisStore(redis_url) if redis_url else MemoryStore()
 
 
-__all__ = ["DEFAULT_STATE_TTL", "DEFAULT_VOICEPRINT_TTL", "MemoryStore", "RedisStore",
+__all__ = ["CONTEXT_TTL", "DEFAULT_STATE_TTL", "DEFAULT_VOICEPRINT_TTL", "MemoryStore", "RedisStore",
            "StoreUnavailable", "open_store"]
