@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -118,6 +119,44 @@ def _default_stream_factory(**kwargs: Any) -> InputStream:
     return _sounddevice().RawInputStream(**kwargs)
 
 
+#: Seconds of sent audio kept to send again after a drained server's ``end`` (from its
+#: ``position``: what it had not processed yet).
+RESEND_SECONDS = 60.0
+
+
+class _Captured:
+    """The audio captured so far, as blocks numbered by their first sample, kept for
+    ``keep`` samples: a connection sends from any sample still kept, and a new one after a
+    drain sends again what the server had not processed."""
+
+    def __init__(self, frame_bytes: int, keep: int) -> None:
+        self.frame_bytes, self.keep = frame_bytes, keep
+        self.blocks: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.total = 0  # samples captured
+        self.arrived = asyncio.Event()
+
+    def add(self, data: bytes) -> None:
+        self.blocks.append((self.total, data))
+        self.total += len(data) // self.frame_bytes
+        while self.blocks and self.blocks[0][0] < self.total - self.keep - len(data):
+            self.blocks.popleft()
+        self.arrived.set()
+
+    def since(self, sample: int) -> list[bytes]:
+        """The audio from ``sample`` on, as far as it is kept."""
+        out = []
+        for start, data in self.blocks:
+            count = len(data) // self.frame_bytes
+            if start + count <= sample:
+                continue
+            out.append(data[max(0, sample - start) * self.frame_bytes:])
+        return out
+
+    @property
+    def oldest(self) -> int:
+        return self.blocks[0][0] if self.blocks else self.total
+
+
 async def stream_microphone(
     url: str,
     sample_rate: int,
@@ -130,6 +169,7 @@ async def stream_microphone(
     stream_factory: StreamFactory | None = None,
     block_seconds: float = BLOCK_SECONDS,
     stats: dict[str, int] | None = None,
+    reconnect: bool = True,
 ) -> list[dict[str, Any]]:
     """Capture int16 audio and stream it until ``stop_event`` is set; return all events.
 
@@ -138,24 +178,30 @@ async def stream_microphone(
     (tests pass a fake). Blocks captured before the stop are all sent before ``stop``.
     ``stats``, when given, receives the counts ``blocks`` and ``overflows`` (blocks the
     audio driver flagged, e.g. input overflow: some audio was lost before capture).
+
+    When the server is drained (``end`` with ``reconnect``), capture goes on and, with
+    ``reconnect``, the stream is opened again at ``url`` with its ``resume_id``: the
+    audio from the ``position`` the server had processed is sent again, then the live
+    audio, so nothing captured is lost (up to :data:`RESEND_SECONDS` behind). The events
+    of every connection are returned, one ``end`` each.
     """
     stop_event = stop_event if stop_event is not None else asyncio.Event()
     factory = stream_factory or _default_stream_factory
     loop = asyncio.get_running_loop()
-    blocks: asyncio.Queue[bytes] = asyncio.Queue()
+    captured = _Captured(2 * channels, int(RESEND_SECONDS * sample_rate))
     counts = stats if stats is not None else {}
     counts.update(blocks=0, overflows=0)
+    microphone: list[InputStream] = []
 
-    def count(flagged: bool) -> None:  # on the event loop: no lock needed
+    def take(data: bytes, flagged: bool) -> None:  # on the event loop: no lock needed
         counts["blocks"] += 1
         counts["overflows"] += int(flagged)
+        captured.add(data)
 
     def callback(indata: Any, frames: int, time: Any, status: Any) -> None:  # audio thread
-        data = bytes(indata)
-        loop.call_soon_threadsafe(count, bool(status))
-        loop.call_soon_threadsafe(blocks.put_nowait, data)
+        loop.call_soon_threadsafe(take, bytes(indata), bool(status))
 
-    async def send(ws: ClientConnection) -> None:
+    def open_microphone() -> None:
         try:
             stream = factory(
                 samplerate=sample_rate,
@@ -172,25 +218,54 @@ async def stream_microphone(
         except Exception as exc:
             stream.close()
             raise MicError(f"cannot start the microphone: {exc}") from exc
-        stopper = asyncio.create_task(stop_event.wait())
-        try:
-            while not stopper.done():
-                getter = asyncio.create_task(blocks.get())
-                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    await ws.send(getter.result())
-                else:
-                    getter.cancel()
-        finally:
-            stopper.cancel()
-            stream.stop()
-            stream.close()
-        while not blocks.empty():
-            await ws.send(blocks.get_nowait())
+        microphone.append(stream)
+
+    async def send(ws: ClientConnection, sample: int) -> None:
+        if not microphone:
+            open_microphone()
+        while True:
+            captured.arrived.clear()
+            for data in captured.since(sample):
+                await ws.send(data)
+                sample += len(data) // captured.frame_bytes
+            if stop_event.is_set():
+                break
+            waiter = asyncio.create_task(captured.arrived.wait())
+            stopper = asyncio.create_task(stop_event.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            if stop_event.is_set():
+                close_microphone()  # what it captured until now is sent, then stop
+                await asyncio.sleep(0)  # blocks handed over by the audio thread land first
         await ws.send(json.dumps({"type": "stop"}))
 
-    start = start_message(sample_rate, "pcm_s16le", channels, config)
-    return await run_stream(url, start, send, token=token, on_event=on_event)
+    def close_microphone() -> None:
+        while microphone:
+            stream = microphone.pop()
+            stream.stop()
+            stream.close()
+
+    events: list[dict[str, Any]] = []
+    resume_id, sample = None, 0
+    try:
+        while True:
+            start = start_message(sample_rate, "pcm_s16le", channels, config, resume_id=resume_id)
+            events += await run_stream(url, start, lambda ws, at=sample: send(ws, at),
+                                       token=token, on_event=on_event)
+            end = events[-1]
+            if not (reconnect and end.get("reconnect") and end.get("resume_id")) \
+                    or stop_event.is_set():
+                return events
+            resume_id = end["resume_id"]
+            sample = int(round(float(end["position"]) * sample_rate))
+            if sample < captured.oldest:
+                counts["lost"] = counts.get("lost", 0) + captured.oldest - sample
+                sample = captured.oldest
+    finally:
+        close_microphone()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     printer.summary(events[-1])
     if stats.get("overflows"):
         print(f"warning: {stats['overflows']} input overflow(s): some audio was lost", file=sys.stderr)
+    if stats.get("lost"):
+        print(f"warning: {stats['lost'] / sample_rate:.1f} s of audio was not sent again after a "
+              "server drain (older than the resend buffer)", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,153 @@
+"""The shipped clients through a drain: two servers listen on one port (as two replicas
+behind a balancer) and share a real redis-server; the one serving the stream is drained
+mid-stream, and the file and microphone clients resume on the other by ``resume_id``,
+sending again what it had not processed: their final turns are the uncut stream's."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import clients.mic as mic
+from clients.common import final_turns
+from clients.file import FileAudio, stream_audio
+from streamer.server.app import DiarizationServer
+from streamer.server.settings import ServerSettings
+from tests.fakes import fake_frontend
+from tests.services import redis_server
+from tests.test_server_resume import LONG_TALK
+
+SPEED = 4.0  # x real time: the drain comes while the audio is still being sent
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as address:
+        yield address
+
+
+async def replicas(redis_url: str) -> list[DiarizationServer]:
+    settings = ServerSettings(redis_url=redis_url, state_secret="one secret")
+    first = DiarizationServer(fake_frontend(), settings)
+    await first.start("127.0.0.1", 0, reuse_port=True)
+    second = DiarizationServer(fake_frontend(), settings)
+    await second.start("127.0.0.1", first.port, reuse_port=True)
+    return [first, second]
+
+
+async def drain_the_busy_one(servers: list[DiarizationServer], after: float) -> float:
+    """Wait until a server holds the stream, ``after`` more seconds, then drain it."""
+    deadline = time.monotonic() + 30
+    while not any(server.sessions for server in servers):
+        assert time.monotonic() < deadline, "the stream never opened"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(after)
+    busy = next(server for server in servers if server.sessions)
+    await busy.shutdown()
+    return time.monotonic()
+
+
+def labels(turns: list[dict[str, Any]], end: float) -> list[str]:
+    grid = np.arange(0, end, 0.01)
+    out = [""] * len(grid)
+    for turn in turns:
+        for index in np.flatnonzero((grid >= turn["start"]) & (grid < turn["end"])):
+            out[index] = turn["speaker"]
+    return out
+
+
+def check_against_uncut(events: list[dict[str, Any]], uncut: list[dict[str, Any]]) -> None:
+    ends = [e for e in events if e["type"] == "end"]
+    readies = [e for e in events if e["type"] == "ready"]
+    assert len(ends) == len(readies) == 2 and ends[0].get("reconnect") is True
+    assert readies[1]["resume_id"] == readies[0]["resume_id"]
+    assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
+    assert ends[-1]["position"] == pytest.approx(len(LONG_TALK) / 16000, abs=0.01)
+    duration = len(LONG_TALK) / 16000
+    truth, guess = labels(final_turns(uncut), duration), labels(final_turns(events), duration)
+    speech = [i for i, label in enumerate(truth) if label]
+    assert sum(truth[i] == guess[i] for i in speech) / len(speech) > 0.99
+
+
+def test_the_file_client_resumes_on_the_other_replica(redis_url) -> None:
+    audio = FileAudio((LONG_TALK * 32767).astype(np.int16)[:, None], 16000)
+
+    async def body():
+        servers = await replicas(redis_url)
+        try:
+            url = f"ws://127.0.0.1:{servers[0].port}/v1/stream"
+            client = asyncio.create_task(stream_audio(url, audio, speed=SPEED))
+            await drain_the_busy_one(servers, 1.5)
+            events = await client
+            uncut = await stream_audio(url, audio, speed=0)
+            return events, uncut
+        finally:
+            for server in servers:
+                await server.shutdown()
+
+    events, uncut = asyncio.run(asyncio.wait_for(body(), 60))
+    check_against_uncut(events, uncut)
+
+
+class PacedInputStream:
+    """A microphone that plays int16 audio through the callback at SPEED x real time."""
+
+    def __init__(self, audio: np.ndarray, on_done: Any, **kwargs: Any) -> None:
+        self.audio, self.on_done, self.kwargs = audio, on_done, kwargs
+        self.thread = threading.Thread(target=self._play, daemon=True)
+        self.stopped = threading.Event()
+
+    def _play(self) -> None:
+        block = self.kwargs["blocksize"]
+        for offset in range(0, len(self.audio), block):
+            if self.stopped.wait(block / self.kwargs["samplerate"] / SPEED):
+                return
+            frames = self.audio[offset:offset + block]
+            self.kwargs["callback"](frames.tobytes(), len(frames), None, None)
+        self.on_done()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_microphone_client_resumes_without_losing_what_it_captured(redis_url) -> None:
+    pcm = (LONG_TALK * 32767).astype(np.int16)
+
+    async def body():
+        servers = await replicas(redis_url)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        opened: list[PacedInputStream] = []
+
+        def factory(**kwargs: Any) -> PacedInputStream:
+            opened.append(PacedInputStream(pcm, lambda: loop.call_soon_threadsafe(stop.set),
+                                           **kwargs))
+            return opened[-1]
+
+        try:
+            url = f"ws://127.0.0.1:{servers[0].port}/v1/stream"
+            client = asyncio.create_task(mic.stream_microphone(
+                url, 16000, stop_event=stop, stream_factory=factory))
+            await drain_the_busy_one(servers, 1.5)
+            events = await client
+            uncut = await stream_audio(url, FileAudio(pcm[:, None], 16000), speed=0)
+            return events, uncut, len(opened)
+        finally:
+            for server in servers:
+                await server.shutdown()
+
+    events, uncut, microphones = asyncio.run(asyncio.wait_for(body(), 60))
+    assert microphones == 1  # capture went on through the reconnect
+    check_against_uncut(events, uncut)
