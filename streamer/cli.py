@@ -15,6 +15,7 @@ from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_
 from streamer.config import StreamConfig
 from streamer.errors import StreamerError
 from streamer.results import JSON_FORMATS
+from streamer.audio import SAMPLE_RATE
 
 logger = logging.getLogger("streamer")
 
@@ -145,11 +146,11 @@ def _progress(total: int | None,
 
     shape = ("{desc} {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]"
              if total else "{desc} {n:.1f} s [{elapsed}]")  # ffmpeg formats: length unknown
-    bar = tqdm(total=round(total / 16000, 1) if total else None, unit="s", unit_scale=False,
+    bar = tqdm(total=round(total / SAMPLE_RATE, 1) if total else None, unit="s", unit_scale=False,
                desc="diarizing", leave=False, bar_format=shape)
 
     def update(done: int) -> None:
-        bar.n = round(done / 16000, 1)
+        bar.n = round(done / SAMPLE_RATE, 1)
         bar.refresh()
 
     return update, bar.close
@@ -250,7 +251,7 @@ def _score_start_point(frontend, config, samples, reference: list, uem: list | N
     from streamer.engine import diarize_array
     from streamer.evaluation import rotate_samples, rotate_segments, rotate_uem, score_file
 
-    duration = len(samples) / 16000
+    duration = len(samples) / SAMPLE_RATE
     if shift is not None:
         samples, applied = rotate_samples(samples, shift)
         reference = rotate_segments(reference, applied, duration)

@@ -33,8 +33,9 @@ def add_model_arguments(parser: argparse.ArgumentParser,
                        help="torch, or ONNX Runtime for pyannote models (default %(default)s)")
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="bf16 runs the WeSpeaker ResNet embedding model in bfloat16 "
-                            "with torch: ~3.5x faster on CPUs with AMX, embeddings within "
-                            "~0.4%% of fp32 (default %(default)s: exact)")
+                            "with torch: faster on CPUs with AMX and on GPUs, embeddings "
+                            "close to fp32's (figures: the README; default %(default)s: "
+                            "exact)")
     group.add_argument("--revision", default=None, help="hub revision of pyannote models")
     group.add_argument("--cache-dir", default=None, help="hub download cache folder")
     group.add_argument("--hf-token", default=None,

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from streamer.aggregation import Aggregator
-from streamer.audio import clip_samples, prepare_samples
+from streamer.audio import SAMPLE_RATE, clip_samples, prepare_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
 from streamer.config import StreamConfig
@@ -404,7 +404,7 @@ class StreamingDiarizer:
 
 
 def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig | None = None,
-                  chunk: float = 0.5, progress=None, *, sample_rate: int = 16000,
+                  chunk: float = 0.5, progress=None, *, sample_rate: int = SAMPLE_RATE,
                   ) -> tuple[list[Turn], StreamingDiarizer]:
     """Stream a whole signal through a new engine; returns its final turns and the engine.
 

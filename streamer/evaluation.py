@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from streamer.rttm import Segment, read_rttm, read_uem
+from streamer.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def load_eval_set(directory: str, rttm: str | None = None,
 
 # ------------------------------------------------------------------ start points
 def rotate_samples(samples: np.ndarray, shift: float,
-                   sample_rate: int = 16000) -> tuple[np.ndarray, float]:
+                   sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, float]:
     """The signal rotated left by ``shift`` seconds (``samples[n:] + samples[:n]``), and
     the shift actually applied: a whole number of samples, modulo the length."""
     n = round(shift * sample_rate) % len(samples) if len(samples) else 0

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from streamer.audio import AudioFile, prepare_samples
+from streamer.audio import SAMPLE_RATE, AudioFile, prepare_samples
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, run_chunks
 from streamer.errors import AudioFormatError, ConfigError
@@ -237,7 +237,7 @@ class AudioSource:
 
     def chunks(self, seconds: float = CHUNK) -> Iterator[np.ndarray]:
         """16 kHz mono float32 chunks of ``seconds`` (a file is decoded as it goes)."""
-        size = int(seconds * 16000)
+        size = int(seconds * SAMPLE_RATE)
         if self._samples is not None:
             yield from (self._samples[i: i + size] for i in range(0, len(self._samples), size))
             return
@@ -291,11 +291,11 @@ class ProgressHook:
 def _progress_calls(hook: Hook | None, source: AudioSource) -> Callable[[int], None] | None:
     if hook is None:
         return None
-    total = None if source.total is None else round(source.total / 16000, 3)
+    total = None if source.total is None else round(source.total / SAMPLE_RATE, 3)
 
     def update(done: int) -> None:
         hook("diarization", None, file=source.uri, total=total,
-             completed=round(done / 16000, 3))
+             completed=round(done / SAMPLE_RATE, 3))
 
     return update
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.linalg import min_cost_assignment
+from streamer.audio import SAMPLE_RATE
 
 #: Format version of a voiceprint document.
 VOICEPRINT_VERSION = 1
@@ -148,7 +149,7 @@ class Identifier:
                 for r, c in zip(rows, columns) if similarity[r, c] >= self.threshold}
 
 
-def enroll(frontend: Any, samples: np.ndarray, sample_rate: int = 16000) -> dict[str, Any]:
+def enroll(frontend: Any, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
     """The voiceprint of the one voice in ``samples`` (any rate, float or integer PCM,
     channels on either axis; at most ``MAX_ENROLL_SECONDS``).
 

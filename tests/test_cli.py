@@ -260,7 +260,7 @@ def test_bench_prints_step_percentiles():
 def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
     """--segmentation/--embedding files (small random weights made here), both precisions,
     and the JSON says which models ran."""
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
 
     seg = write_checkpoint(tmp_path / "seg" / "pytorch_model.bin", "segmentation-3.0")
     emb = write_checkpoint(tmp_path / "emb" / "pytorch_model.bin", "wespeaker")
@@ -281,7 +281,7 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
 
 
 def test_diarize_writes_the_overlap_aware_diarization_with_pyannote_models(tmp_path):
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
 
     seg = write_checkpoint(tmp_path / "seg.bin", "segmentation-2")
     emb = write_checkpoint(tmp_path / "emb.bin", "wespeaker")
@@ -315,7 +315,7 @@ def test_diarize_refuses_overlap_output_with_the_embedded_preset(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--segmentation", "--embedding"])
 def test_diarize_refuses_a_torchscript_checkpoint_before_its_code_runs(tmp_path, flag):
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
     from tests.test_pyannote_loading import write_torchscript_payload
 
     marker = tmp_path / "pwned"

@@ -25,7 +25,7 @@ SPEECH = DATA / "two_voices.wav"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
 
     root = tmp_path_factory.mktemp("detection-models")
     return {kind: str(write_checkpoint(root / kind / "pytorch_model.bin", kind))

@@ -15,7 +15,7 @@ from streamer.audio import load_audio
 from streamer.cli import main
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.models.embedded import EmbeddedFrontend
-from streamer.models.pyannote.synthetic import write_checkpoint
+from tests.checkpoints import write_checkpoint
 from streamer.presets import load_frontend
 from streamer.rttm import read_rttm
 from streamer.tasks import cli_embedding

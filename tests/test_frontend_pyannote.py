@@ -17,7 +17,7 @@ from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer
 from streamer.models.frontend import SegmentationEmbeddingFrontend
 from streamer.models.pyannote import load_embedding, load_segmentation
-from streamer.models.pyannote.synthetic import write_checkpoint
+from tests.checkpoints import write_checkpoint
 from streamer.server.batching import BatcherSet
 
 AUDIO = Path(__file__).parent / "data" / "two_voices.wav"

@@ -180,7 +180,7 @@ def test_the_embedded_preset_diarizes_speech_without_overlap() -> None:
 
 
 def test_pyannote_models_from_files(tmp_path) -> None:
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
 
     pipeline = Pipeline(segmentation=str(write_checkpoint(tmp_path / "s.bin", "segmentation-3.0")),
                         embedding=str(write_checkpoint(tmp_path / "e.bin", "wespeaker")))
@@ -215,7 +215,7 @@ def test_the_model_card_tasks_of_the_embedded_preset() -> None:
 
 
 def test_the_model_card_tasks_of_pyannote_models(tmp_path) -> None:
-    from streamer.models.pyannote.synthetic import write_checkpoint
+    from tests.checkpoints import write_checkpoint
 
     pipeline = Pipeline(segmentation=str(write_checkpoint(tmp_path / "s.bin", "segmentation-2")),
                         embedding=str(write_checkpoint(tmp_path / "e.bin", "wespeaker")))

@@ -16,7 +16,7 @@ import torch
 from streamer.errors import ModelLoadError
 from streamer.models.pyannote import load_embedding, load_segmentation
 from streamer.models.pyannote.checkpoint import RestrictedUnpickler, Stub, read_checkpoint
-from streamer.models.pyannote.synthetic import write_checkpoint
+from tests.checkpoints import write_checkpoint
 
 REPO = "pyannote/segmentation-3.0"
 

@@ -11,7 +11,7 @@ pytest.importorskip("onnx", reason="onnx is not installed")
 
 from streamer.models.pyannote import load_embedding, load_segmentation  # noqa: E402
 from streamer.models.pyannote.onnx import cache_dir  # noqa: E402
-from streamer.models.pyannote.synthetic import write_checkpoint  # noqa: E402
+from tests.checkpoints import write_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

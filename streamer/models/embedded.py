@@ -27,8 +27,7 @@ from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.ge2e import N_FFT, MelSpectrogram, VoiceEncoder, volume_gain
 from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
-
-SAMPLE_RATE = 16000
+from streamer.audio import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from streamer.errors import ModelLoadError
+from streamer.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 N_FFT = 400
 HOP = 160
 N_MELS = 40

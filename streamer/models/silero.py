@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from streamer.errors import ModelLoadError
+from streamer.audio import SAMPLE_RATE
 
 CHUNK = 512  # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of left context the model sees with each chunk
-SAMPLE_RATE = 16000
 
 
 def packaged_weights() -> str:

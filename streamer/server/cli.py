@@ -13,13 +13,14 @@ from typing import Any
 
 from streamer.cliargs import add_model_arguments, frontend_from_args
 from streamer.errors import StreamerError
+from streamer.server.options import (LOG_FORMAT, configure_logging, read_token,
+                                     settings_from_args)
 from streamer.server.processes import process_count, serve_processes
 from streamer.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: ``STREAMER_MAX_CONNECTIONS=64`` sets ``--max-connections 64`` (containers).
 ENV_PREFIX = "STREAMER_"
 #: Flags not taken from their variable: ``STREAMER_TOKEN`` is read as the token itself
@@ -186,45 +187,6 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                              "is kept, 0 until deleted (default %(default)s: 30 days)")
 
 
-def read_token(args: argparse.Namespace) -> str | None:
-    """The token from ``--token``, ``--token-file`` or ``$STREAMER_TOKEN``, in that order
-    (raises ValueError for a token file that is unreadable or empty)."""
-    if args.token is not None:
-        return args.token
-    path = getattr(args, "token_file", None)
-    if path is None:
-        return os.environ.get("STREAMER_TOKEN", "").strip() or None
-    try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or "not UTF-8 text"
-        raise ValueError(f"cannot read the token file {path}: {reason}") from None
-    if not token:
-        raise ValueError(f"the token file {path} is empty")
-    return token
-
-
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """The :class:`ServerSettings` the flags describe (raises ValueError)."""
-    token = read_token(args)
-    origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
-    return ServerSettings(
-        max_connections=args.max_connections, max_frame_bytes=args.max_frame_bytes,
-        max_stream_seconds=args.max_stream_seconds, idle_timeout=args.idle_timeout,
-        min_step=args.min_step, max_window_ratio=args.max_window_ratio,
-        max_pending_seconds=args.max_pending_seconds,
-        max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
-        workers=args.workers, batch_max_size=args.batch_max_size,
-        batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
-        token=token, public_metrics=getattr(args, "public_metrics", False),
-        allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
-        cpus=args.cpus, session_ttl=args.session_ttl, shutdown_timeout=args.shutdown_timeout,
-        redis_url=args.redis_url, state_ttl=args.state_ttl,
-        state_save_interval=args.state_save_interval, voiceprint_ttl=args.voiceprint_ttl,
-        state_secret=os.environ.get("STREAMER_STATE_SECRET", "").strip() or None)
-
-
 def resolve_port(port: int | None) -> int:
     if port is not None:
         return port
@@ -234,14 +196,6 @@ def resolve_port(port: int | None) -> int:
     if not value.isdigit() or int(value) > 65535:
         raise ValueError(f"PORT must be a TCP port number, got {value!r}")
     return int(value)
-
-
-def configure_logging(level: str, fmt: str = LOG_FORMAT) -> None:
-    """Log at ``level``; the websockets library's own line per HTTP request and
-    connection only at DEBUG (the server logs each stream's open and close itself)."""
-    logging.basicConfig(level=level, format=fmt)
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -287,4 +241,5 @@ async def serve(frontend: Any, settings: ServerSettings, host: str, port: int) -
     await server.serve_until_signal()
 
 
-__all__ = ["add_arguments", "main", "serve", "settings_from_args"]
+__all__ = ["LOG_FORMAT", "add_arguments", "apply_environment", "configure_logging", "main",
+           "read_token", "serve", "settings_from_args"]

@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from streamer.server.options import configure_logging, read_token, settings_from_args
 from streamer.server.settings import cpu_count
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,6 @@ def share_state_secret(args: argparse.Namespace) -> None:
     """Without a state secret or a token, each process would seal resume states with a
     random key of its own, and a state from one worker would not resume on another: the
     workers inherit one random secret from the parent's environment instead."""
-    from streamer.server.cli import read_token
-
     if not os.environ.get("STREAMER_STATE_SECRET", "").strip() and not read_token(args):
         os.environ["STREAMER_STATE_SECRET"] = secrets.token_hex(32)
 
@@ -404,7 +403,6 @@ def worker_main(args: argparse.Namespace, index: int, port: int, channel: Connec
     _stop_with_parent(parent)
     from streamer.cliargs import frontend_from_args
     from streamer.errors import StreamerError
-    from streamer.server.cli import configure_logging, settings_from_args
 
     configure_logging(getattr(args, "log_level", "INFO"),
                       f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from streamer.audio import PcmDecoder
+from streamer.audio import SAMPLE_RATE, PcmDecoder
 from streamer.errors import ConfigError, ProtocolError, StreamerError
 from streamer.server import protocol
 from streamer.server.connection import StreamConnection
@@ -36,7 +36,6 @@ from streamer.server.store import CONTEXT_TTL, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
-RATE = 16000
 
 
 class _Ended(Exception):
@@ -94,7 +93,7 @@ class StreamSession:
             await self.sender.abort()
             self.context.metrics.connection_closed(self.id)
             logger.info("session %s closed: %s, %.1f s of audio in %.1f s", self.id, outcome,
-                        self._received_samples / RATE, time.monotonic() - opened)
+                        self._received_samples / SAMPLE_RATE, time.monotonic() - opened)
 
     def shutdown(self) -> None:
         """Server shutdown: stop reading, finish the stream (final turns and ``end``)."""
@@ -308,12 +307,12 @@ class StreamSession:
         self._pending.append((samples, arrived))
         self._pending_samples += len(samples)
         self._received_samples += len(samples)
-        self.context.metrics.received(self.id, len(samples) / RATE, self._backlog_seconds)
+        self.context.metrics.received(self.id, len(samples) / SAMPLE_RATE, self._backlog_seconds)
         self._audio_ready.set()
 
     @property
     def _backlog_seconds(self) -> float:
-        return (self._received_samples - self._processed_samples) / RATE
+        return (self._received_samples - self._processed_samples) / SAMPLE_RATE
 
     def _behind(self, now: float) -> float:
         """Seconds this stream's processing is behind real time: the wall time since its
@@ -322,7 +321,7 @@ class StreamSession:
         if self._first_audio is None:
             return 0.0
         return max(0.0, min(self._backlog_seconds,
-                            now - self._first_audio - self._processed_samples / RATE))
+                            now - self._first_audio - self._processed_samples / SAMPLE_RATE))
 
     async def _check_backlog(self, now: float) -> None:
         limit = self.settings.max_pending_seconds
@@ -344,8 +343,8 @@ class StreamSession:
         """Feed queued audio to the engine, one call at a time. Audio is held back until it
         completes the engine's next step (the engine does nothing before), so that a
         stream sent in small frames costs one call per step, not one per frame."""
-        max_feed = int(self.settings.max_feed_seconds * RATE)
-        step = max(1, int(round(getattr(self.engine.config, "step", 0) * RATE)))
+        max_feed = int(self.settings.max_feed_seconds * SAMPLE_RATE)
+        step = max(1, int(round(getattr(self.engine.config, "step", 0) * SAMPLE_RATE)))
         while True:
             chunk = self._take(max_feed, step) if self._feedable(step) else None
             if chunk is None:
@@ -359,9 +358,9 @@ class StreamSession:
             turns = await self._call(self.engine.feed, samples)
             done = time.monotonic()
             self._processed_samples += len(samples)
-            self.context.metrics.fed(self.id, len(samples) / RATE, self._backlog_seconds,
+            self.context.metrics.fed(self.id, len(samples) / SAMPLE_RATE, self._backlog_seconds,
                                      done - started, done - ready_at)
-            self.context.admission.record(len(samples) / RATE, self._behind(done))
+            self.context.admission.record(len(samples) / SAMPLE_RATE, self._behind(done))
             if self._backlog_seconds <= self.settings.max_pending_seconds / 2:
                 self._warned = False
                 self._resume.set()
@@ -463,7 +462,7 @@ class StreamSession:
         """Save the drained stream's audio context (for the few minutes its client takes to
         reconnect), so that the stream resumed by ``resume_id`` decides as this one would
         have; a store that does not answer only costs the resumed stream that context."""
-        context = {**encode_context(self.engine.context(), RATE), "position": position}
+        context = {**encode_context(self.engine.context(), SAMPLE_RATE), "position": position}
         try:
             await self.context.store.put_context(self.resume_id, context,
                                                  min(CONTEXT_TTL, self.settings.state_ttl))
@@ -474,7 +473,7 @@ class StreamSession:
     async def _prime(self, engine: Any, document: Any) -> None:
         """Give a stream resumed by id the audio context saved when its first part was
         drained (ignored when it does not fit this stream's settings)."""
-        samples = decode_context(document, RATE, engine.context_limit)
+        samples = decode_context(document, SAMPLE_RATE, engine.context_limit)
         if samples is None:
             logger.warning("session %s: the saved audio context does not fit; resuming "
                            "without it", self.id)

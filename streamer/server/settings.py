@@ -79,8 +79,8 @@ class ServerSettings:
         torch_threads: torch intra-op threads of each worker thread; ``None``
             leaves torch's default. torch's OpenMP setting is per thread (a new thread does
             not inherit ``torch.set_num_threads`` of the main one), so the server sets it in
-            every thread it starts. 1 is right when streams run in parallel threads; on a
-            loaded 2-core machine torch's default of 2 made the embedded preset ~10x slower.
+            every thread it starts. 1 is right when streams run in parallel threads: more
+            threads per stream compete with the other streams' for the same cores.
         token: Bearer token clients must present (header or ``?token=``); ``None``
             means no authentication.
         public_metrics: Serve ``/metrics`` without the token when one is set. By default

@@ -14,6 +14,7 @@ from streamer.cliargs import (add_model_arguments, emptied, open_outputs, preset
                               segmentation_from_args)
 from streamer.errors import ConfigError
 from streamer.tasks import detection
+from streamer.audio import SAMPLE_RATE
 
 _TUNED_HELP = ("use the pyannote/segmentation card's values tuned on this data set "
                "(default: {default}; pyannote presets only)")
@@ -142,7 +143,7 @@ def _run_regions(args: argparse.Namespace, task: str, label: str, detect: Any) -
     if not args.rttm and not args.json:
         for start, end in regions:
             print(f"{start:9.3f} {end:9.3f}")
-    print(f"streamer: {len(samples) / 16000:.1f} s of audio, {len(regions)} {task} regions, "
+    print(f"streamer: {len(samples) / SAMPLE_RATE:.1f} s of audio, {len(regions)} {task} regions, "
           f"{sum(e - s for s, e in regions):.1f} s", file=sys.stderr)
     return 0
 
@@ -168,7 +169,7 @@ def _run_resegment(args: argparse.Namespace) -> int:
     if not args.rttm and not args.json:
         for start, end, speaker in segments:
             print(f"{start:9.3f} {end:9.3f} {speaker}")
-    print(f"streamer: {len(samples) / 16000:.1f} s of audio, {len(segments)} turns, "
+    print(f"streamer: {len(samples) / SAMPLE_RATE:.1f} s of audio, {len(segments)} turns, "
           f"{len({k for _, _, k in segments})} speakers", file=sys.stderr)
     return 0
 
@@ -187,7 +188,7 @@ def _run_scores(args: argparse.Namespace) -> int:
             document = _scores_document(args, scores, detector, len(samples))
             np.save(emptied(outputs["--out (.npy)"]).buffer, scores.data)
             json.dump(document, emptied(outputs["--out (.json)"]), indent=1)
-    print(f"streamer: {len(samples) / 16000:.1f} s of audio, {scores.data.shape[0]} frames "
+    print(f"streamer: {len(samples) / SAMPLE_RATE:.1f} s of audio, {scores.data.shape[0]} frames "
           f"x {scores.data.shape[1]} classes -> {args.out}.npy, {args.out}.json",
           file=sys.stderr)
     return 0
@@ -249,7 +250,7 @@ def _baseline(args: argparse.Namespace) -> tuple[str, list]:
 
 def _document(args: argparse.Namespace, task: str, samples: int, detector: Any,
               binarization: detection.Binarization) -> dict[str, Any]:
-    return {"audio": os.path.basename(args.audio), "duration": round(samples / 16000, 3),
+    return {"audio": os.path.basename(args.audio), "duration": round(samples / SAMPLE_RATE, 3),
             "task": task, "tuned_on": args.tuned_on,
             "binarization": binarization.to_dict(), "model": detection.describe(detector)}
 
@@ -274,8 +275,8 @@ def _scores_document(args: argparse.Namespace, scores: detection.Scores, detecto
               "log-probabilities" if args.raw and kind == "powerset" else "activations")
     timing = scores.timing
     return {
-        "audio": os.path.basename(args.audio), "duration": round(samples / 16000, 3),
-        "sample_rate": 16000, "file": os.path.basename(f"{args.out}.npy"),
+        "audio": os.path.basename(args.audio), "duration": round(samples / SAMPLE_RATE, 3),
+        "sample_rate": SAMPLE_RATE, "file": os.path.basename(f"{args.out}.npy"),
         "shape": list(scores.data.shape), "dtype": "float32",
         "frames": {"start": timing.start, "step": timing.step, "duration": timing.duration},
         "classes": list(scores.labels), "output": output, "raw": bool(args.raw),

@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from streamer.audio import check_finite
+from streamer.audio import SAMPLE_RATE, check_finite
 from streamer.clustering import normalize
 from streamer.errors import ConfigError
 from streamer.models.base import embedding_identity as model_identity  # noqa: F401 - API
@@ -65,7 +65,6 @@ from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.ge2e import N_FFT, N_MELS, volume_gain
 from streamer.models.silero import CHUNK as VAD_CHUNK
 
-SAMPLE_RATE = 16000
 #: pyannote preset: longest excerpt the embedding network sees in one pass, seconds.
 MAX_PASS_SECONDS = 60.0
 #: embedded preset: GE2E partial windows per second of speech (resemblyzer's ``rate``).

@@ -46,9 +46,10 @@ def torch_runner(function: Callable[[torch.Tensor], torch.Tensor], device: torch
 def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
     """Set cuDNN's TF32 shortcut for the duration of a GPU call.
 
-    Off, GPU outputs match the CPU's to ~1e-7; on, they drift by up to ~1e-3 (powerset
-    log-probabilities; ~1e-4 for ResNet embeddings) but the ResNet runs ~2x faster on an
-    H200. Measured with ``scripts/bench_models.py --device cuda --compare-cpu``.
+    Off, GPU outputs match the CPU's closely; on, they drift (powerset log-probabilities
+    more than ResNet embeddings) in exchange for faster convolutions. The README's
+    benchmark table has the figures (``scripts/bench_models.py --device cuda
+    --compare-cpu``).
     """
     if device.type != "cuda":
         yield
@@ -394,10 +395,10 @@ class PyannoteEmbedding:
         self.sample_rate = sample_rate
         self.dimension = dimension
         self.device, self.backend, self.source = device, backend, source
-        #: Let cuDNN use TF32 on GPUs (~2x faster ResNet; outputs drift ~1e-4 from the CPU's).
+        #: Let cuDNN use TF32 on GPUs (faster ResNet; outputs drift from the CPU's).
         self.allow_tf32 = False
-        #: ``"bf16"`` runs the trunk under bfloat16 autocast (torch backend): ~3.5x faster
-        #: ResNet34 on CPUs with AMX, embeddings within ~0.4 % of fp32 (see the README).
+        #: ``"bf16"`` runs the trunk under bfloat16 autocast (torch backend): faster on
+        #: CPUs with AMX and on GPUs, embeddings close to fp32's (figures: the README).
         self.precision = "fp32"
         #: Largest number of distinct chunks per trunk pass.
         self.max_batch = max_batch

@@ -1,9 +1,10 @@
 """Small random checkpoints in the layout of the published pyannote ``pytorch_model.bin``.
 
-For tests and demos without network access: :func:`write_checkpoint` saves a Lightning-style
-checkpoint (``state_dict``, ``hyper_parameters``, ``pyannote.audio`` with pickled
-``Specifications`` / ``Problem`` / ``Resolution`` objects under their pyannote module path)
-that :func:`streamer.models.pyannote.load_segmentation` / ``load_embedding`` read like the
+For the tests, which have neither network access nor trained weights:
+:func:`write_checkpoint` saves a Lightning-style checkpoint (``state_dict``,
+``hyper_parameters``, ``pyannote.audio`` with pickled ``Specifications`` / ``Problem`` /
+``Resolution`` objects under their pyannote module path) that
+:func:`streamer.models.pyannote.load_segmentation` / ``load_embedding`` read like the
 real ones. The weights are random: outputs are meaningless but deterministic.
 """
 from __future__ import annotations
