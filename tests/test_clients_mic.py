@@ -80,18 +80,21 @@ def test_list_devices_shows_inputs_only(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 class FakeInputStream:
-    """Plays int16 audio through the callback from a thread, as fast as it can, like PortAudio would."""
+    """Plays int16 audio through the callback from a thread, like PortAudio would: as fast
+    as it can, or at ``speed`` x real time."""
 
-    def __init__(self, audio: np.ndarray, on_done: Any, **kwargs: Any) -> None:
-        self.audio, self.on_done, self.kwargs = audio, on_done, kwargs
+    def __init__(self, audio: np.ndarray, on_done: Any, speed: float | None = None,
+                 **kwargs: Any) -> None:
+        self.audio, self.on_done, self.speed, self.kwargs = audio, on_done, speed, kwargs
         self.thread = threading.Thread(target=self._play, daemon=True)
         self.stopped = threading.Event()
         self.closed = False
 
     def _play(self) -> None:
         block = self.kwargs["blocksize"]
+        pause = block / self.kwargs["samplerate"] / self.speed if self.speed else 0.0
         for index, offset in enumerate(range(0, len(self.audio), block)):
-            if self.stopped.is_set():
+            if self.stopped.wait(pause) if pause else self.stopped.is_set():
                 return
             frames = self.audio[offset : offset + block]
             status = "input overflow" if index == 3 else None

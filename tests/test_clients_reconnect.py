@@ -5,7 +5,6 @@ sending again what it had not processed: their final turns are the uncut stream'
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from streamer.server.app import DiarizationServer
 from streamer.server.settings import ServerSettings
 from tests.fakes import fake_frontend
 from tests.services import redis_server
+from tests.test_clients_mic import FakeInputStream
 from tests.test_server_resume import LONG_TALK
 
 SPEED = 4.0  # x real time: the drain comes while the audio is still being sent
@@ -93,35 +93,6 @@ def test_the_file_client_resumes_on_the_other_replica(redis_url) -> None:
     check_against_uncut(events, uncut)
 
 
-class PacedInputStream:
-    """A microphone that plays int16 audio through the callback at SPEED x real time."""
-
-    def __init__(self, audio: np.ndarray, on_done: Any, **kwargs: Any) -> None:
-        self.audio, self.on_done, self.kwargs = audio, on_done, kwargs
-        self.thread = threading.Thread(target=self._play, daemon=True)
-        self.stopped = threading.Event()
-
-    def _play(self) -> None:
-        block = self.kwargs["blocksize"]
-        for offset in range(0, len(self.audio), block):
-            if self.stopped.wait(block / self.kwargs["samplerate"] / SPEED):
-                return
-            frames = self.audio[offset:offset + block]
-            self.kwargs["callback"](frames.tobytes(), len(frames), None, None)
-        self.on_done()
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        if self.thread is not threading.current_thread():
-            self.thread.join()
-
-    def close(self) -> None:
-        pass
-
-
 def test_the_microphone_client_resumes_without_losing_what_it_captured(redis_url) -> None:
     pcm = (LONG_TALK * 32767).astype(np.int16)
 
@@ -129,11 +100,11 @@ def test_the_microphone_client_resumes_without_losing_what_it_captured(redis_url
         servers = await replicas(redis_url)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        opened: list[PacedInputStream] = []
+        opened: list[FakeInputStream] = []
 
-        def factory(**kwargs: Any) -> PacedInputStream:
-            opened.append(PacedInputStream(pcm, lambda: loop.call_soon_threadsafe(stop.set),
-                                           **kwargs))
+        def factory(**kwargs: Any) -> FakeInputStream:
+            opened.append(FakeInputStream(pcm, lambda: loop.call_soon_threadsafe(stop.set),
+                                          speed=SPEED, **kwargs))
             return opened[-1]
 
         try:
