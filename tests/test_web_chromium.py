@@ -263,3 +263,58 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     if os.environ.get("STREAMER_KEEP_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["STREAMER_KEEP_SCREENSHOT"])
+
+
+def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path) -> None:
+    """Two servers on one port sharing a real redis-server, tone models, a tone
+    conversation as the microphone: the server holding the page's stream is drained; the
+    page resumes on the other with its resume_id, sends again what was not processed,
+    and its final ``end`` accounts for every second it captured."""
+    from tests.services import redis_server
+    from tests.test_clients_reconnect import drain_the_busy_one, replicas
+    from tests.test_server_resume import LONG_TALK
+
+    tones = tmp_path / "tones.wav"
+    sf.write(tones, (LONG_TALK * 32767).astype(np.int16), 16000, subtype="PCM_16")
+    profile = tmp_path / "profile"
+    profile.mkdir()
+
+    async def body(redis_url: str) -> dict[str, Any]:
+        servers = await replicas(redis_url)
+        try:
+            async with chromium(tones, profile) as page:
+                await page.call("Page.navigate", url=f"http://127.0.0.1:{servers[0].port}/")
+                await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
+                await page.click("#start")
+                await page.wait_until("streamerState.phase === 'live'"
+                                      " && streamerState.audioSeconds >= 5", 30)
+                await drain_the_busy_one(servers, 0)
+                await page.wait_until("streamerState.reconnects === 1"
+                                      " && streamerState.phase === 'live'"
+                                      " && streamerState.audioSeconds >= 12", 40)
+                await page.click("#stop")
+                await page.wait_until("streamerState.end !== null", 30)
+                return await page.evaluate(
+                    "JSON.parse(JSON.stringify({events: streamerState.events, error:"
+                    " streamerState.error, phase: streamerState.phase, captured:"
+                    " streamerState.capturedSeconds, finals: streamerState.finals}))")
+        finally:
+            for server in servers:
+                await server.shutdown()
+
+    with redis_server(tmp_path) as redis_url:
+        state = asyncio.run(asyncio.wait_for(body(redis_url), 180))
+    assert state["error"] is None and state["phase"] == "done", state
+    events = state["events"]
+    readies = [e for e in events if e["type"] == "ready"]
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(readies) == 2 and len(ends) == 2 and ends[0]["reconnect"] is True
+    assert readies[1]["resume_id"] == readies[0]["resume_id"]
+    assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
+    assert readies[1]["resumed"] == [s["label"] for s in ends[0]["speakers"]]
+    # Nothing captured was lost: the stream's clock covers all of it.
+    assert ends[1]["position"] == pytest.approx(state["captured"], abs=0.2)
+    cut = ends[0]["position"]
+    after = [t for t in state["finals"] if t["start"] >= cut]
+    assert after and {t["speaker"] for t in state["finals"]} == {"SPEAKER_00", "SPEAKER_01"}
+    assert {s["label"] for s in ends[1]["speakers"]} == {"SPEAKER_00", "SPEAKER_01"}

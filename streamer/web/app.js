@@ -12,9 +12,10 @@
   const FRAME_SECONDS = 0.1;   // audio per websocket frame
   const LISTED_TURNS = 12;     // final turns shown in the list
   const STOP_FALLBACK_MS = 1000;
+  const RESEND_SECONDS = 60;   // audio kept to send again after a server drain
 
   const state = {
-    phase: "idle",             // idle | connecting | live | stopping | done | error
+    phase: "idle",             // idle | connecting | live | resuming | stopping | done | error
     status: "idle",
     sampleRate: null,
     ready: null,               // the ready event
@@ -25,8 +26,11 @@
     finals: [],                // final turns
     interim: null,             // the open turn, if any
     warnings: [],
-    audioSeconds: 0,           // audio sent so far
+    audioSeconds: 0,           // audio sent so far (the stream's clock)
+    capturedSeconds: 0,        // audio captured so far
     stopSent: false,
+    resumeId: null,            // where the server saves this stream's state (ready.resume_id)
+    reconnects: 0,             // streams resumed after a server drain
   };
   window.streamerState = state;
 
@@ -37,6 +41,13 @@
   let renderTimer = null;
   let renderPending = false;
   let stopTimer = null;        // sends stop if the worklet never confirms its flush
+  // Captured audio, kept so that a stream resumed after a drain gets again what the
+  // drained server had not processed: [{start (sample), data (Int16 ArrayBuffer)}].
+  let captured = [];
+  let capturedSamples = 0;
+  let cursor = 0;              // next sample to send on the current connection
+  let streaming = false;       // the current connection is ready for audio
+  let resuming = false;        // the current connection resumes a drained stream
 
   function pageParams() { return new URLSearchParams(location.search); }
 
@@ -73,8 +84,8 @@
     const status = $("status");
     status.textContent = text;
     status.className = phase === "error" ? "error" : phase === "live" ? "live" : "";
-    $("start").disabled = ["connecting", "live", "stopping"].includes(phase);
-    $("stop").disabled = phase !== "live";
+    $("start").disabled = ["connecting", "live", "resuming", "stopping"].includes(phase);
+    $("stop").disabled = phase !== "live" && phase !== "resuming";
   }
 
   function fmt(seconds) { return Number(seconds).toFixed(1); }
@@ -125,19 +136,34 @@
   function onWorkletMessage(message) {
     const data = message.data;
     if (data instanceof ArrayBuffer) {
-      if (ws && ws.readyState === WebSocket.OPEN && !state.stopSent) {
-        ws.send(data);
-        state.audioSeconds += data.byteLength / 2 / state.sampleRate;
-      }
+      if (state.stopSent) return;
+      captured.push({ start: capturedSamples, data });
+      capturedSamples += data.byteLength / 2;
+      state.capturedSeconds = capturedSamples / state.sampleRate;
+      const keep = RESEND_SECONDS * state.sampleRate;
+      while (captured.length > 1 && captured[1].start < capturedSamples - keep) captured.shift();
+      sendCaptured();
     } else if (data && data.flushed) {
       sendStop();
+    }
+  }
+
+  function sendCaptured() {
+    if (!streaming || !ws || ws.readyState !== WebSocket.OPEN) return;
+    for (const frame of captured) {
+      const samples = frame.data.byteLength / 2;
+      if (frame.start + samples <= cursor) continue;
+      const skip = Math.max(0, cursor - frame.start);
+      ws.send(skip ? frame.data.slice(skip * 2) : frame.data);
+      cursor = frame.start + samples;
+      state.audioSeconds = cursor / state.sampleRate;
     }
   }
 
   // ---- stream ------------------------------------------------------------------------
 
   async function start() {
-    if (["connecting", "live", "stopping"].includes(state.phase)) return;
+    if (["connecting", "live", "resuming", "stopping"].includes(state.phase)) return;
     resetState();
     let config;
     try {
@@ -152,25 +178,34 @@
       return fail("microphone", `${err.name || "Error"}: ${err.message}`);
     }
     state.sampleRate = audio.context.sampleRate;
+    state.config = config;
     setPhase("connecting", "connecting to the server…");
-    ws = new WebSocket(streamUrl());
-    ws.binaryType = "arraybuffer";
-    ws.onopen = () => {
+    connect(null);
+  }
+
+  // One websocket of the stream: the first, or one resuming it after a server drain.
+  function connect(resumeId) {
+    streaming = false;
+    const socket = new WebSocket(streamUrl());
+    ws = socket;
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => {
       const message = { type: "start", sample_rate: Math.round(state.sampleRate), encoding: "pcm_s16le", channels: 1 };
-      if (config) message.config = config;
-      ws.send(JSON.stringify(message));
+      if (state.config) message.config = state.config;
+      if (resumeId) message.resume_id = resumeId;
+      socket.send(JSON.stringify(message));
     };
-    ws.onmessage = (message) => {
-      if (typeof message.data !== "string") return;
+    socket.onmessage = (message) => {
+      if (socket !== ws || typeof message.data !== "string") return;
       let event;
       try { event = JSON.parse(message.data); } catch (err) { return; }
       handleEvent(event);
     };
-    ws.onclose = onClose;
+    socket.onclose = (event) => { if (socket === ws) onClose(event); };
   }
 
   function stop() {
-    if (state.phase !== "live") return;
+    if (state.phase !== "live" && state.phase !== "resuming") return;
     setPhase("stopping", "finishing: waiting for the last turns…");
     if (!audio) return sendStop();
     try { audio.source.disconnect(); } catch (err) { /* already */ }
@@ -184,7 +219,7 @@
     stopTimer = null;
     if (state.stopSent) return;
     state.stopSent = true;
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
+    if (streaming && ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
     closeAudio();
   }
 
@@ -193,6 +228,19 @@
     switch (event.type) {
       case "ready":
         state.ready = event;
+        state.resumeId = event.resume_id || null;
+        if (resuming) {
+          // Go on from the audio the drained server had processed.
+          resuming = false;
+          cursor = Math.round((event.offset || 0) * state.sampleRate);
+          streaming = true;
+          setPhase(state.stopSent ? "stopping" : "live",
+                   `listening · resumed on another server · session ${event.session || "?"}`);
+          sendCaptured();
+          if (state.stopSent) ws.send(JSON.stringify({ type: "stop" }));
+          break;
+        }
+        streaming = true;
         setPhase("live", `listening · ${Math.round(state.sampleRate)} Hz · session ${event.session || "?"}`);
         if (audio) audio.source.connect(audio.node);   // time 0 of the stream is now
         renderTimer = setInterval(render, 250);
@@ -220,6 +268,16 @@
         fail(event.code || "error", event.message || "");
         break;
       case "end":
+        if (event.reconnect && state.resumeId && (audio || state.stopSent)) {
+          // The server was drained (a restart): resume on another one, capture going on.
+          streaming = false;
+          resuming = true;
+          state.interim = null;
+          state.reconnects += 1;
+          setPhase("resuming", "the server is restarting: resuming the stream…");
+          connect(state.resumeId);
+          break;
+        }
         state.end = event;
         state.interim = null;
         (event.speakers || []).forEach((speaker) => colourOf(speaker.label));
@@ -259,8 +317,14 @@
     stopTimer = null;
     Object.assign(state, {
       ready: null, end: null, error: null, closeCode: null, events: [], finals: [], interim: null,
-      warnings: [], audioSeconds: 0, stopSent: false, sampleRate: null,
+      warnings: [], audioSeconds: 0, capturedSeconds: 0, stopSent: false, sampleRate: null,
+      resumeId: null, reconnects: 0, config: null,
     });
+    captured = [];
+    capturedSamples = 0;
+    cursor = 0;
+    streaming = false;
+    resuming = false;
     colours.clear();
     $("turns").replaceChildren();
     $("summary").textContent = "Press Stop to see each speaker's total speech.";
