@@ -119,7 +119,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(extra_args: list[str] | None = None) -> Iterator[str]:
+def streamer_serve_process(extra_args: list[str] | None = None) -> Iterator[str]:
     """``python -m streamer serve`` on a free port; yields its base URL once /healthz is 200."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
@@ -154,7 +154,7 @@ def running_server(extra_args: list[str] | None = None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stream_url() -> Iterator[str]:
-    with running_server([f"--token={TOKEN}"]) as base:  # a token may start with "-"
+    with streamer_serve_process([f"--token={TOKEN}"]) as base:  # a token may start with "-"
         yield base.replace("http://", "ws://") + "/v1/stream"
 
 

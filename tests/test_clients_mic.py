@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clients.mic as mic  # noqa: E402
 from clients.common import final_turns  # noqa: E402
-from tests.test_clients_file import SAMPLE, needs_sample, running_server  # noqa: E402
+from tests.test_clients_file import SAMPLE, needs_sample, streamer_serve_process  # noqa: E402
 
 
 class FakePortAudioError(Exception):
@@ -114,7 +114,7 @@ class FakeInputStream:
 
 @pytest.fixture(scope="module")
 def stream_url() -> Iterator[str]:
-    with running_server() as base:
+    with streamer_serve_process() as base:
         yield base.replace("http://", "ws://") + "/v1/stream"
 
 

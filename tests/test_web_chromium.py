@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_clients_file import SAMPLE, TIMEOUT_FACTOR, running_server  # noqa: E402
+from tests.test_clients_file import SAMPLE, TIMEOUT_FACTOR, streamer_serve_process  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -231,7 +231,7 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     profile.mkdir()
     screenshot = tmp_path / "page.png"
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
-    with running_server([f"--token={token}"]) as base:  # a token may start with "-"
+    with streamer_serve_process([f"--token={token}"]) as base:  # a token may start with "-"
         page_url = f"{base}/?token={token}"
         state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 240))
 
