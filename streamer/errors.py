@@ -1,8 +1,8 @@
 """The project's exception tree.
 
 Every error the library raises on purpose derives from :class:`StreamerError`. Each class
-carries a short machine-readable ``code`` (sent to websocket clients) and the websocket
-close code that matches it.
+carries a short machine-readable ``code`` (sent to websocket clients; the server maps it
+to a close code, :func:`streamer.server.protocol.close_code`).
 """
 from __future__ import annotations
 
@@ -11,21 +11,18 @@ class StreamerError(Exception):
     """Root of all errors raised by streamer on purpose."""
 
     code = "internal_error"
-    close_code = 1011
 
 
 class ConfigError(StreamerError, ValueError):
     """A configuration value is out of range or of the wrong type."""
 
     code = "bad_config"
-    close_code = 1008
 
 
 class AudioFormatError(StreamerError, ValueError):
     """Audio that cannot be decoded: bad encoding, rate, channel count, NaN, empty file."""
 
     code = "bad_audio"
-    close_code = 1007
 
 
 class AudioFileError(AudioFormatError):
@@ -38,11 +35,9 @@ class ProtocolError(StreamerError):
     """A client broke the wire protocol (message order, unknown message, bad JSON)."""
 
     code = "protocol_error"
-    close_code = 1008
 
 
 class ModelLoadError(StreamerError):
     """Model weights that cannot be found, fetched or loaded."""
 
     code = "model_load_error"
-    close_code = 1011

@@ -221,7 +221,7 @@ class DiarizationServer:
         self.metrics.reject(reason)
         try:
             await connection.send(protocol.encode(protocol.error_message(error)))
-            await connection.close(error.close_code, error.code)
+            await connection.close(protocol.close_code(error), error.code)
         except ConnectionClosed:
             pass
 

@@ -28,13 +28,21 @@ _EXCERPT.maxlevel = 2
 #: Close code sent after ``end`` when the server shuts down (SIGTERM) mid-stream.
 GOING_AWAY = 1001
 NORMAL_CLOSURE = 1000
+#: The websocket close code of each error ``code``: 1007 for data that cannot be decoded,
+#: 1009 for too large a message, 1013 for a server at capacity, 1011 for the server's own
+#: failures; every other refusal is a policy violation, 1008.
+CLOSE_CODES = {
+    "bad_json": 1007, "bad_audio": 1007, "bad_audio_file": 1007,
+    "frame_too_large": 1009,
+    "too_many_connections": 1013,
+    "internal_error": 1011, "model_load_error": 1011, "store_unavailable": 1011,
+}
 
 
 class BadJson(ProtocolError):
     """A text message that is not a JSON object."""
 
     code = "bad_json"
-    close_code = 1007
 
 
 class UnknownMessage(ProtocolError):
@@ -47,7 +55,6 @@ class FrameTooLarge(ProtocolError):
     """A binary frame above ``max_frame_bytes``."""
 
     code = "frame_too_large"
-    close_code = 1009
 
 
 class StreamTooLong(ProtocolError):
@@ -66,14 +73,12 @@ class TooManyConnections(StreamerError):
     """The server is at ``max_connections``."""
 
     code = "too_many_connections"
-    close_code = 1013
 
 
 class SlowClient(StreamerError):
     """The client did not read its events for ``send_timeout`` seconds."""
 
     code = "slow_client"
-    close_code = 1008
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,11 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
                         offset=None if offset is None else float(offset))
 
 
+def close_code(error: StreamerError) -> int:
+    """The websocket close code that goes with ``error``."""
+    return CLOSE_CODES.get(error.code, 1008)
+
+
 def excerpt(value: Any) -> str:
     """A short ``repr`` of client input, for a message."""
     return _EXCERPT.repr(value)
@@ -176,7 +186,7 @@ def encode(message: Mapping[str, Any]) -> str:
 
 __all__ = [
     "PATH", "StartRequest", "parse_text", "parse_start", "error_message", "warning_message",
-    "encode", "excerpt", "names", "BadJson", "UnknownMessage", "FrameTooLarge",
+    "encode", "excerpt", "names", "close_code", "CLOSE_CODES", "BadJson", "UnknownMessage", "FrameTooLarge",
     "StreamTooLong", "IdleTimeout",
     "TooManyConnections", "SlowClient", "ConfigError",
 ]

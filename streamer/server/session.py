@@ -170,11 +170,11 @@ class StreamSession:
         if isinstance(error, SlowClient):
             self.context.metrics.count("slow_clients")
             await self.sender.abort()
-            await self._close(error.close_code, error.code)
+            await self._close(protocol.close_code(error), error.code)
             return
         with contextlib.suppress(ConnectionClosed, SlowClient):
             await self.sender.send(protocol.error_message(error))
-        await self._close(error.close_code, error.code)
+        await self._close(protocol.close_code(error), error.code)
 
     async def _close(self, code: int, reason: str) -> None:
         """Close after the queued events are written; messages the client still sends are

@@ -46,7 +46,6 @@ class StoreUnavailable(StreamerError):
     """The shared store (Redis) did not answer."""
 
     code = "store_unavailable"
-    close_code = 1011
 
 
 class MemoryStore:
