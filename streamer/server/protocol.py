@@ -180,13 +180,56 @@ def warning_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": "warning", "code": code, **extra, "message": message}
 
 
+def ready_message(session: str, request: StartRequest, models: Mapping[str, Any],
+                  config: Mapping[str, Any], limits: Mapping[str, Any], resume_id: str,
+                  resumed: list[str] | None = None, offset: float = 0.0) -> dict[str, Any]:
+    """The answer to ``start``; a resumed stream's (``resumed``: the speakers it starts
+    with) or one with a clock offset also echoes ``resumed`` and ``offset``."""
+    ready = {"type": "ready", "session": session, "sample_rate": request.sample_rate,
+             "encoding": request.encoding, "channels": request.channels,
+             "models": dict(models), "config": dict(config), "limits": dict(limits),
+             "resume_id": resume_id}
+    if resumed is not None or offset:
+        ready.update(resumed=list(resumed or []), offset=offset)
+    return ready
+
+
+def state_message(kind: str, state: str, position: float, resume_id: str) -> dict[str, Any]:
+    """``snapshot`` (or the state fields of ``end``): the sealed speaker memory after
+    ``position`` seconds of the stream, saved under ``resume_id``."""
+    return {"type": kind, "state": state, "position": round(position, 3),
+            "resume_id": resume_id}
+
+
+def end_message(session: str, duration: float, speakers: list[dict[str, Any]], state: str,
+                position: float, resume_id: str, reconnect: bool = False) -> dict[str, Any]:
+    """The last event of a stream; ``reconnect`` when the server was drained."""
+    end = {"type": "end", "session": session, "duration": round(duration, 3),
+           "speakers": speakers, **state_message("end", state, position, resume_id)}
+    if reconnect:
+        end["reconnect"] = True
+    return end
+
+
+def turn_message(event: Any, offset: float = 0.0) -> dict[str, Any]:
+    """An engine event (turn, region, speaker change) as sent, its times moved by a
+    resumed stream's ``offset``."""
+    message = event.to_dict()
+    if offset:
+        for key in ("start", "end", "time"):
+            if key in message:
+                message[key] = round(message[key] + offset, 3)
+    return message
+
+
 def encode(message: Mapping[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
 __all__ = [
     "PATH", "StartRequest", "parse_text", "parse_start", "error_message", "warning_message",
-    "encode", "excerpt", "names", "close_code", "CLOSE_CODES", "BadJson", "UnknownMessage", "FrameTooLarge",
+    "encode", "excerpt", "names", "close_code", "ready_message", "state_message",
+    "end_message", "turn_message", "CLOSE_CODES", "BadJson", "UnknownMessage", "FrameTooLarge",
     "StreamTooLong", "IdleTimeout",
     "TooManyConnections", "SlowClient", "ConfigError",
 ]

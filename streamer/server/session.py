@@ -131,12 +131,11 @@ class StreamSession:
             if self.engine is not None and not isinstance(error, SlowClient):
                 await self._drain()
                 if error is None:
-                    end = self._end_message()
+                    # Drained (going away): the client reconnects (through the load
+                    # balancer, to another replica) and resumes from the state saved
+                    # here; with the audio context, it goes on as if it was not cut.
+                    end = self._end_message(reconnect=going_away)
                     if going_away:
-                        # Drained: the client reconnects (through the load balancer, to
-                        # another replica) and resumes from the state saved here; with
-                        # the audio context, it goes on as if the stream had not been cut.
-                        end["reconnect"] = True
                         await self._save_context(end["position"])
                     await self._save(end, wait=True)
                     await self.sender.send(end)
@@ -277,16 +276,11 @@ class StreamSession:
             await self._prime(engine, context)
         self.engine = engine
         self._offset = offset or 0.0
-        models = self.context.describe()
-        ready = {
-            "type": "ready", "session": self.id, "sample_rate": request.sample_rate,
-            "encoding": request.encoding, "channels": request.channels, "models": models,
-            "config": self.engine.config.to_public_dict(), "limits": self.context.client_limits(),
-            "resume_id": self.resume_id,
-        }
-        if sealed is not None or self._offset:
-            ready.update(resumed=[s.label for s in engine.speakers()], offset=self._offset)
-        await self.sender.send(ready)
+        await self.sender.send(protocol.ready_message(
+            self.id, request, self.context.describe(), engine.config.to_public_dict(),
+            self.context.client_limits(), self.resume_id,
+            resumed=None if sealed is None else [s.label for s in engine.speakers()],
+            offset=self._offset))
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
 
@@ -421,7 +415,7 @@ class StreamSession:
 
     async def _send_turns(self, turns: list) -> None:
         for turn in turns:
-            await self.sender.send(shifted(turn.to_dict(), self._offset))
+            await self.sender.send(protocol.turn_message(turn, self._offset))
         if turns:
             self.context.metrics.count("turns_sent", len(turns))
 
@@ -514,25 +508,16 @@ class StreamSession:
         else:
             self.context.metrics.count("states_saved")
 
-    def _end_message(self) -> dict[str, Any]:
-        return {"type": "end", "session": self.id, "duration": round(self.engine.position, 3),
-                "speakers": [s.to_dict() for s in self.engine.speakers()],
-                **self._state_message("end")}
+    def _end_message(self, reconnect: bool = False) -> dict[str, Any]:
+        return protocol.end_message(
+            self.id, self.engine.position, [s.to_dict() for s in self.engine.speakers()],
+            self.context.states.seal(self.engine.state()),
+            self._offset + self.engine.position, self.resume_id, reconnect)
 
     def _state_message(self, kind: str) -> dict[str, Any]:
         """The speaker memory so far (audio processed up to ``position``), sealed."""
-        return {"type": kind, "state": self.context.states.seal(self.engine.state()),
-                "position": round(self._offset + self.engine.position, 3),
-                "resume_id": self.resume_id}
-
-
-def shifted(event: dict[str, Any], offset: float) -> dict[str, Any]:
-    """``event`` with its times moved by ``offset`` seconds (a resumed stream's)."""
-    if offset:
-        for key in ("start", "end", "time"):
-            if key in event:
-                event[key] = round(event[key] + offset, 3)
-    return event
+        return protocol.state_message(kind, self.context.states.seal(self.engine.state()),
+                                      self._offset + self.engine.position, self.resume_id)
 
 
 __all__ = ["StreamSession"]
