@@ -29,6 +29,11 @@ class RollingBuffer:
         self.emitted = 0  # absolute index of the sample after the last emitted buffer
 
     @property
+    def missing(self) -> int:
+        """Samples the next buffer still needs."""
+        return self.step - len(self._pending)
+
+    @property
     def received(self) -> int:
         """Samples received so far."""
         return self.emitted + len(self._pending)

@@ -112,6 +112,12 @@ class StreamingDiarizer:
         """Seconds of audio fed so far (a primed stream's context not counted)."""
         return (self._buffer.received - self._origin) / self.sample_rate
 
+    @property
+    def samples_to_next_step(self) -> int:
+        """Samples the next step still needs: audio fed short of it is only queued (the
+        engine decides nothing until a step completes)."""
+        return self._buffer.missing
+
     def feed(self, samples: np.ndarray) -> list[Event]:
         """Add audio; returns the events it produced: turns (final and interim), and the
         final regions of the opt-in ``config.outputs``.

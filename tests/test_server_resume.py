@@ -199,7 +199,12 @@ def test_a_primed_stream_decides_after_the_cut_as_the_uncut_stream() -> None:
     first.feed(LONG_TALK[:cut])
     first.flush()
     second.restore(first.state())
-    second.prime(first.context())
+    context = first.context()
+    second.prime(context)
+    # The next step completes on the uncut stream's grid, not a whole step from here.
+    step = int(second.config.step * 16000)
+    assert second.samples_to_next_step == step - len(context) % step
+    assert (cut + second.samples_to_next_step) % step == 0
     events = second.feed(LONG_TALK[cut:]) + second.flush()
     finals = [e for e in events if isinstance(e, Turn) and e.final]
     assert [t.id for t in finals] == list(range(len(finals)))

@@ -338,9 +338,8 @@ class StreamSession:
         completes the engine's next step (the engine does nothing before), so that a
         stream sent in small frames costs one call per step, not one per frame."""
         max_feed = int(self.settings.max_feed_seconds * SAMPLE_RATE)
-        step = max(1, int(round(getattr(self.engine.config, "step", 0) * SAMPLE_RATE)))
         while True:
-            chunk = self._take(max_feed, step) if self._feedable(step) else None
+            chunk = self._take(max_feed) if self._feedable() else None
             if chunk is None:
                 if self._input_done and not self._pending:
                     return
@@ -361,20 +360,19 @@ class StreamSession:
             await self._send_turns(turns)
             self._save_periodically()
 
-    def _feedable(self, step: int) -> bool:
+    def _feedable(self) -> bool:
         """Whether the queued audio reaches the engine's next step boundary (or the input
         is over, or reading is paused for the backlog)."""
-        fed = self._processed_samples
         return bool(self._pending) and (
             self._input_done or not self._resume.is_set()
-            or (fed + self._pending_samples) // step > fed // step)
+            or self._pending_samples >= self.engine.samples_to_next_step)
 
-    def _take(self, max_samples: int, step: int = 1) -> tuple[np.ndarray, float] | None:
+    def _take(self, max_samples: int) -> tuple[np.ndarray, float] | None:
         """Up to ``max_samples`` queued samples, and the arrival time of the frame that
         completed the first step boundary in them (when the audio became worth feeding)."""
         if not self._pending:
             return None
-        boundary = (self._processed_samples // step + 1) * step - self._processed_samples
+        boundary = self.engine.samples_to_next_step
         parts, size, ready_at = [], 0, None
         while self._pending and size < max_samples:
             samples, arrived = self._pending[0]
