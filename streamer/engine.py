@@ -40,8 +40,6 @@ MIN_INTERIM = 0.25
 STATE_VERSION = 1
 #: How much dearer a new speaker is while a resumed stream's buffer fills up.
 RESUME_RELUCTANCE = 1.5
-#: Identity threshold (cosine similarity) of a front end that does not calibrate one.
-DEFAULT_IDENTITY_THRESHOLD = 0.5
 
 
 def state_identity(frontend: Frontend) -> dict:
@@ -60,13 +58,13 @@ class StreamingDiarizer:
         self.config = (config or StreamConfig()).resolve(
             frontend.chunk_duration, frontend.default_delta_new,
             frontend.default_speech_threshold,
-            getattr(frontend, "default_identity_threshold", DEFAULT_IDENTITY_THRESHOLD))
+            frontend.default_identity_threshold)
         c = self.config
         if c.known_speakers:
             check_models(c.known_speakers, embedding_identity(frontend))
         self._identifier = Identifier(c.known_speakers, c.identity_threshold)
         needs_overlap = [name for name in c.outputs if name in OVERLAP_OUTPUTS]
-        if needs_overlap and not getattr(frontend, "detects_overlap", False):
+        if needs_overlap and not frontend.detects_overlap:
             raise ConfigError(
                 f"the {frontend.name} preset has no overlapped speech model, so it cannot "
                 f"give the {' and '.join(needs_overlap)} output(s): use the pyannote preset")
@@ -80,7 +78,7 @@ class StreamingDiarizer:
         # One more column than speakers: the number of active local speakers per frame,
         # averaged like the activations, gives the overlap-aware outputs their counts.
         self._aggregator = Aggregator(self.resolution, c.max_speakers + 1,
-                                      getattr(frontend, "aggregation_window", "hamming"))
+                                      frontend.aggregation_window)
         self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
                                   speaker_label)
         self._regions = RegionTracker(c.outputs, self.resolution, c.min_duration_on,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -102,6 +102,12 @@ class Frontend(Protocol):
     #: Tuned defaults for :class:`streamer.config.StreamConfig` fields left as ``None``.
     default_delta_new: float
     default_speech_threshold: float
+    #: Similarity from which a speaker matches a voiceprint, for this embedding model.
+    default_identity_threshold: float
+    #: How the engine weighs the frames of overlapping buffers: "hamming" or "uniform".
+    aggregation_window: str
+    #: Whether the front end sees overlapped speech (the overlap-aware outputs need it).
+    detects_overlap: bool
     #: Stream positions, in samples, that keep the analysis grid (VAD frames, embedding
     #: windows, output frames) of a stream started there the same as one started at 0: a
     #: resumed stream is given the audio before it from such a point.
@@ -110,6 +116,11 @@ class Frontend(Protocol):
     def stream(self, config: "object") -> FrontendStream: ...
 
     def describe(self) -> dict: ...
+
+    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
+        """Wrap the batchable model calls (``wrapper(name, call)``: cross-stream
+        micro-batching in the server)."""
+        ...
 
 
 def embedding_identity(frontend: Any) -> dict[str, Any]:

@@ -29,6 +29,11 @@ class SegmentationEmbeddingFrontend:
     #: The segmentation model activates several local speakers at once where they
     #: overlap, which the overlap-aware outputs need.
     detects_overlap = True
+    #: Buffers are averaged with a Hamming window: a chunk's edges see less context.
+    aggregation_window = "hamming"
+    #: Not calibrated for pyannote embeddings here (no trained weights to calibrate on):
+    #: cosine similarity of a voice with itself, well above that of two voices.
+    default_identity_threshold = 0.5
 
     def __init__(self, segmentation: SegmentationModel, embedding: EmbeddingModel,
                  name: str = "pyannote", delta_new: float = 1.0, speech_threshold: float = 0.5,

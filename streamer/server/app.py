@@ -79,7 +79,7 @@ class DiarizationServer:
         self.frontend = copy.copy(frontend)
         self._batchers: BatcherSet | None = None
         group = BatchGroup()
-        if self.settings.batching and hasattr(self.frontend, "map_models"):
+        if self.settings.batching:
             self._batchers = BatcherSet(max_batch=self.settings.batch_max_size,
                                         max_wait=self.settings.batch_max_wait,
                                         on_batch=self.metrics.batch)
