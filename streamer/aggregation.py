@@ -64,14 +64,16 @@ class Aggregator:
         return self._act[:count] / weight, self._speech[:count] / weight[:, 0]
 
     def commit(self, end: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """Remove and return ``(first_index, activations, speech)`` of frames up to ``end``."""
+        """Remove and return ``(first_index, activations, speech)`` of the frames up to
+        ``end`` that some buffer covered; frames up to ``end`` that none covered are
+        committed too (a later buffer no longer adds to them)."""
         start = self.first
         activations, speech = self.peek(end)
         count = len(speech)
         self._act = self._act[count:]
         self._speech = self._speech[count:]
         self._weight = self._weight[count:]
-        self.first += count
+        self.first = max(start + count, end)
         return start, activations, speech
 
     def _grow(self, end: int) -> None:

@@ -374,8 +374,6 @@ class StreamingDiarizer:
         missing = max(end_frame - first - len(speech), 0)
         labels = np.concatenate([self._labels(activations, speech, commit=True),
                                  np.full(missing, -1)])
-        if missing > 0:
-            self._aggregator.first = end_frame
         events: list[Event] = self._record(self._turns.push(labels))
         if self.config.outputs:
             activations = np.concatenate([activations, np.zeros((missing, activations.shape[1]))])
