@@ -45,7 +45,7 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    from streamer.models.pyannote.runtime import check_precision
+    from streamer.models.pyannote.device import check_precision
 
     check_precision(precision, backend)
     if preset == "embedded":

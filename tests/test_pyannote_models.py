@@ -11,7 +11,7 @@ from streamer.models.base import EmbeddingModel, SegmentationModel
 from streamer.models.pyannote import load_embedding, load_segmentation
 from streamer.models.pyannote.fbank import KaldiFbank
 from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
-from streamer.models.pyannote.runtime import resolve_device
+from streamer.models.pyannote.device import resolve_device
 from tests.checkpoints import write_checkpoint
 
 RATE = 16000

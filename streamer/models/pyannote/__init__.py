@@ -29,9 +29,10 @@ from streamer.models.pyannote.checkpoint import Checkpoint, read_checkpoint
 from streamer.models.pyannote.hub import resolve_checkpoint
 from streamer.models.pyannote.pyannet import build_pyannet
 from streamer.models.pyannote.resnet import build_wespeaker
-from streamer.models.pyannote.runtime import (
-    PyannoteEmbedding, PyannoteSegmentation, Runner, check_precision, resolve_device,
-    torch_runner, warn_slow_bf16)
+from streamer.models.pyannote.device import (Runner, check_precision, resolve_device,
+                                             torch_runner, warn_slow_bf16)
+from streamer.models.pyannote.embedding import PyannoteEmbedding
+from streamer.models.pyannote.segmentation import PyannoteSegmentation
 from streamer.models.pyannote.xvector import build_xvector
 
 logger = logging.getLogger(__name__)

@@ -131,7 +131,7 @@ class SincNet(nn.Module):
     #     filters * normalised = a * (filters * x) + (b - mean * a) * sum(filters)
     # and ``filters * x`` on the raw audio does not depend on the rest of the chunk: when
     # the chunk moves by a multiple of the stride, the previous chunk's work is reused and
-    # only the new frames are filtered (the costliest layer of the network). The runtime's
+    # only the new frames are filtered (the costliest layer of the network). segmentation.py's
     # FilterbankCache keeps them max/min-pooled; :meth:`forward_pooled` finishes the layer.
 
     def filter_responses(self, audio: torch.Tensor) -> torch.Tensor:

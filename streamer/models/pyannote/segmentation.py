@@ -1,118 +1,17 @@
-"""numpy-facing wrappers that make the torch (or ONNX) networks implement the engine's
-:class:`~streamer.models.base.SegmentationModel` and
-:class:`~streamer.models.base.EmbeddingModel` interfaces.
-"""
+"""PyanNet segmentation behind the engine's :class:`~streamer.models.base.SegmentationModel`
+interface, and the per-stream cache of its filterbank responses."""
 from __future__ import annotations
 
-import contextlib
-import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from streamer.errors import ConfigError
 from streamer.models.base import FrameTiming
-from streamer.models.pyannote.pooling import resize_weights
+from streamer.models.pyannote.device import Runner, cudnn_tf32
 from streamer.models.pyannote.powerset import powerset_mapping, to_multilabel
 from streamer.models.pyannote.pyannet import PyanNet, SegmentationSpec
-
-logger = logging.getLogger(__name__)
-
-#: ``np.ndarray (batch, samples) -> torch.Tensor`` (raw output or trunk frames).
-Runner = Callable[[np.ndarray], torch.Tensor]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` (cuda when available)."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name.startswith("cuda"):
-        return torch.device(name)
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-
-
-def torch_runner(function: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> Runner:
-    """Run ``function`` under inference mode on ``device``."""
-    def run(waveforms: np.ndarray) -> torch.Tensor:
-        inputs = torch.from_numpy(waveforms).to(device)
-        with torch.inference_mode():
-            return function(inputs)
-    return run
-
-
-@contextlib.contextmanager
-def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
-    """Set cuDNN's TF32 shortcut for the duration of a GPU call.
-
-    Off, GPU outputs match the CPU's closely; on, they drift (powerset log-probabilities
-    more than ResNet embeddings) in exchange for faster convolutions. The README's
-    benchmark table has the figures (``scripts/bench_models.py --device cuda
-    --compare-cpu``).
-    """
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
-
-
-PRECISIONS = ("fp32", "bf16")
-#: See :attr:`PyannoteEmbedding.crop_threshold`.
-CROP_THRESHOLD = 1e-7
-
-
-def check_precision(precision: str, backend: str) -> None:
-    """Validate an embedding precision for ``backend`` (:class:`ConfigError`)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and backend != "torch":
-        raise ConfigError("precision 'bf16' runs with the torch backend only; "
-                          f"got backend {backend!r}")
-
-
-def warn_slow_bf16(precision: str, device: torch.device) -> None:
-    if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
-        logger.warning("this CPU has no AVX-512 BF16/AMX instructions: bf16 embeddings will be "
-                       "slower than fp32 here")
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
-        return False
-
-
-def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
-    """Validate ``(batch, samples)`` (or ``(batch, 1, samples)``) audio -> float32 2-D."""
-    array = np.asarray(waveforms, dtype=np.float32)
-    if array.ndim == 3 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 2:
-        raise ValueError(f"waveforms must be (batch, samples), got shape {array.shape}")
-    if array.shape[0] and array.shape[1] < min_samples:
-        raise ValueError(f"chunks of {array.shape[1]} samples are too short for this model "
-                         f"(at least {min_samples} needed)")
-    if not np.isfinite(array).all():
-        raise ValueError("waveforms contain NaN or infinite values")
-    return np.ascontiguousarray(array)
-
-
-def _min_samples(num_frames: Callable[[int], int], frames: int, limit: int = 1 << 22) -> int:
-    low, high = 1, limit
-    while low < high:
-        middle = (low + high) // 2
-        if num_frames(middle) >= frames:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+from streamer.models.pyannote.waveforms import as_waveforms, shortest_input
 
 
 class PyannoteSegmentation:
@@ -146,7 +45,7 @@ class PyannoteSegmentation:
         self.receptive_field = FrameTiming(start=0.0, duration=size / sample_rate,
                                            step=hop / sample_rate)
         #: The network's instance norms need at least two output frames.
-        self.min_samples = _min_samples(self._num_frames, 2)
+        self.min_samples = shortest_input(self._num_frames, 2)
         self._mapping = (powerset_mapping(self.num_speakers, spec.powerset_max_classes)
                          if spec.powerset_max_classes is not None else None)
         self._run = runner
@@ -287,7 +186,7 @@ class FilterbankCache:
 
     def __init__(self, sincnet: Any, min_samples: int) -> None:
         self._sincnet = sincnet
-        self._min_samples = max(int(min_samples), int(sincnet.kernel_size))
+        self.min_samples = max(int(min_samples), int(sincnet.kernel_size))
         self._stride = int(sincnet.stride)
         self._kernel = int(sincnet.kernel_size)
         self._pool = int(sincnet.first_pool)
@@ -309,8 +208,8 @@ class FilterbankCache:
         ``chunk``: 1-D float32 audio; ``position``: index of its first sample in the stream.
         The arrays are valid until the next update."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        if chunk.ndim != 1 or chunk.size < self._min_samples:
-            raise ValueError(f"chunk must be 1-D with at least {self._min_samples} samples, "
+        if chunk.ndim != 1 or chunk.size < self.min_samples:
+            raise ValueError(f"chunk must be 1-D with at least {self.min_samples} samples, "
                              f"got shape {chunk.shape}")
         if not np.isfinite(chunk).all():
             raise ValueError("chunk contains NaN or infinite values")
@@ -377,114 +276,3 @@ class FilterbankCache:
             series.append(windows.amax(dim=1), windows.amin(dim=1), start, pool,
                           keep_from=self._frame0)
         self._tail = segment[-(pool - 1):].clone() if pool > 1 else segment[:0]
-
-
-class PyannoteEmbedding:
-    """Speaker embedding network behind the :class:`EmbeddingModel` interface.
-
-    The expensive trunk runs once per *distinct* chunk in the batch: calling it with the
-    same chunk repeated once per local speaker (each with its own weights) costs one trunk
-    pass plus cheap pooling per speaker.
-    """
-
-    def __init__(self, architecture: str, module: torch.nn.Module, sample_rate: int,
-                 dimension: int, runner: Runner, *, device: torch.device, backend: str,
-                 source: str, max_batch: int = 32,
-                 frames_runner: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.architecture = architecture
-        self.sample_rate = sample_rate
-        self.dimension = dimension
-        self.device, self.backend, self.source = device, backend, source
-        #: Let cuDNN use TF32 on GPUs (faster ResNet; outputs drift from the CPU's).
-        self.allow_tf32 = False
-        #: ``"bf16"`` runs the trunk under bfloat16 autocast (torch backend): faster on
-        #: CPUs with AMX and on GPUs, embeddings close to fp32's (figures: the README).
-        self.precision = "fp32"
-        #: Largest number of distinct chunks per trunk pass.
-        self.max_batch = max_batch
-        #: On CPU, the WeSpeaker ResNet runs only over the part of a chunk where some
-        #: speaker's weight is above this share of its largest (plus the network's
-        #: receptive field): the frames it leaves out would add less than ~1e-5 to the
-        #: weighted statistics. ``None`` turns it off.
-        self.crop_threshold: float | None = (
-            CROP_THRESHOLD if device.type == "cpu" and hasattr(module, "trunk_span")
-            and (backend == "torch" or frames_runner is not None) else None)
-        self._frames = frames_runner
-        self._module = module
-        self._head_device = device if backend == "torch" else torch.device("cpu")
-        self.num_frames: Callable[[int], int] = module.num_frames
-        self.min_samples = _min_samples(module.num_frames, 2)
-        self._run = runner
-
-    @contextlib.contextmanager
-    def _numerics(self) -> Iterator[None]:
-        """The TF32 and bf16 settings of a trunk call."""
-        bf16 = self.precision == "bf16"
-        with cudnn_tf32(self.device, self.allow_tf32), \
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            yield
-
-    def _trunk(self, batch: np.ndarray) -> torch.Tensor:
-        with self._numerics():
-            parts = [self._run(batch[i:i + self.max_batch]).float()
-                     for i in range(0, batch.shape[0], self.max_batch)]
-        return torch.cat(parts).to(self._head_device)
-
-    def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        batch = as_waveforms(waveforms, self.min_samples)
-        size = batch.shape[0]
-        weight_tensor = None
-        if weights is not None:
-            w = np.asarray(weights, dtype=np.float32)
-            if w.ndim != 2 or w.shape[0] != size or w.shape[1] < 1:
-                raise ValueError(f"weights must be (batch={size}, frames), got shape {w.shape}")
-            if not np.isfinite(w).all():
-                raise ValueError("weights contain NaN or infinite values")
-            weight_tensor = torch.from_numpy(np.ascontiguousarray(w)).to(self._head_device)
-        if not size:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        rows: dict[bytes, int] = {}
-        inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
-        unique = batch if len(rows) == size else batch[[inverse.index(i) for i in range(len(rows))]]
-        with torch.inference_mode():
-            if weight_tensor is not None and self.crop_threshold is not None:
-                cropped = self._cropped(unique, inverse, weight_tensor)
-                if cropped is not None:
-                    return cropped
-            frames = self._trunk(unique)
-            if len(rows) != size:
-                frames = frames[torch.tensor(inverse, device=frames.device)]
-            embeddings = self._module.head(frames, weight_tensor)
-        return embeddings.float().cpu().numpy()
-
-    def _cropped(self, unique: np.ndarray, inverse: list[int],
-                 weights: torch.Tensor) -> np.ndarray | None:
-        """Embeddings with the ResNet cropped to where the weights matter, or None when no
-        chunk of the batch is worth cropping."""
-        frames = self.num_frames(unique.shape[1])
-        full = resize_weights(weights, frames)
-        keep = full > self.crop_threshold * full.amax(dim=1, keepdim=True)
-        members = [[row for row, u in enumerate(inverse) if u == index]
-                   for index in range(len(unique))]
-        spans = []
-        for rows in members:
-            used = torch.nonzero(keep[rows].any(dim=0)).flatten()
-            start, stop = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, frames)
-            spans.append((start, stop))
-        # output frames the margins add, both sides together
-        context = 2 * self._module.crop_margin // self._module.resnet.time_stride
-        if all(stop - start + context >= 0.8 * frames for start, stop in spans):
-            return None
-        out = torch.empty(len(inverse), self.dimension)
-        for chunk, rows, (start, stop) in zip(unique, members, spans):
-            with self._numerics():
-                trunk = self._module.trunk_span(torch.from_numpy(chunk)[None], start, stop,
-                                                frames=self._frames)
-            trunk = trunk.float().expand(len(rows), -1, -1)
-            out[rows] = self._module.head(trunk, full[rows, start:stop]).float()
-        return out.numpy()
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "embedding", "architecture": self.architecture, "source": self.source,
-                "backend": self.backend, "device": str(self.device),
-                "dimension": self.dimension, "precision": self.precision}

@@ -1,0 +1,33 @@
+"""Audio batches as the pyannote networks take them."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+
+def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
+    """Validate ``(batch, samples)`` (or ``(batch, 1, samples)``) audio -> float32 2-D."""
+    array = np.asarray(waveforms, dtype=np.float32)
+    if array.ndim == 3 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 2:
+        raise ValueError(f"waveforms must be (batch, samples), got shape {array.shape}")
+    if array.shape[0] and array.shape[1] < min_samples:
+        raise ValueError(f"chunks of {array.shape[1]} samples are too short for this model "
+                         f"(at least {min_samples} needed)")
+    if not np.isfinite(array).all():
+        raise ValueError("waveforms contain NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def shortest_input(num_frames: Callable[[int], int], frames: int, limit: int = 1 << 22) -> int:
+    """The fewest samples for which a network gives at least ``frames`` output frames."""
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high) // 2
+        if num_frames(middle) >= frames:
+            high = middle
+        else:
+            low = middle + 1
+    return low
