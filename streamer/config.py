@@ -18,6 +18,13 @@ from streamer.voiceprints import KnownSpeaker, parse_known_speakers
 DEFAULT_LATENCY = 2.0
 
 
+def _check_latency(latency: float, step: float, duration: float) -> None:
+    """A final decision cannot wait for audio the buffer no longer holds."""
+    if latency > duration:
+        raise ConfigError(f"latency ({latency}) must be between step ({step}) "
+                          f"and duration ({duration})")
+
+
 def _number(name: str, value: Any, low: float | None = None, high: float | None = None,
             low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -121,11 +128,8 @@ class StreamConfig:
             raise ConfigError(f"step ({self.step}) must not exceed duration ({self.duration})")
         if self.latency is not None:
             self.latency = _number("latency", self.latency, self.step, 60.0)
-            if self.duration is not None and self.latency > self.duration:
-                raise ConfigError(
-                    f"latency ({self.latency}) must be between step ({self.step}) "
-                    f"and duration ({self.duration})"
-                )
+            if self.duration is not None:
+                _check_latency(self.latency, self.step, self.duration)
         self.tau_active = _number("tau_active", self.tau_active, 0.0, 1.0)
         self.rho_update = _number("rho_update", self.rho_update, 0.0, 1.0)
         if self.delta_new is not None:
@@ -185,11 +189,7 @@ class StreamConfig:
         """Fill the model-dependent defaults and check the fields against each other."""
         duration = self.duration if self.duration is not None else chunk_duration
         latency = self.latency if self.latency is not None else min(DEFAULT_LATENCY, duration)
-        if latency > duration:
-            raise ConfigError(
-                f"latency ({latency}) must be between step ({self.step}) "
-                f"and duration ({duration})"
-            )
+        _check_latency(latency, self.step, duration)
         values = self.to_dict()
         values.update(
             duration=duration,

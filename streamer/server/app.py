@@ -204,20 +204,23 @@ class DiarizationServer:
         finally:
             self.sessions.discard(session)
 
-    def _refusal(self) -> tuple[str, str] | None:
-        """``(reason for the metrics, message)`` when a new stream must be refused: at
+    def _refusal(self) -> tuple[str, protocol.TooManyConnections] | None:
+        """``(reason for the metrics, error)`` when a new stream must be refused: at
         ``max_connections``, shutting down, or beyond the measured capacity."""
         if self._stopping:
-            return "shutting_down", "the server is shutting down"
-        if len(self.sessions) >= self.settings.max_connections:
-            return ("too_many_connections",
-                    f"the server is at its limit of {self.settings.max_connections} streams")
-        reason = self.context.admission.refusal(len(self.sessions))
-        return None if reason is None else ("overloaded", reason)
+            reason, message = "shutting_down", "the server is shutting down"
+        elif len(self.sessions) >= self.settings.max_connections:
+            reason, message = ("too_many_connections", "the server is at its limit of "
+                               f"{self.settings.max_connections} streams")
+        else:
+            reason, message = "overloaded", self.context.admission.refusal(len(self.sessions))
+            if message is None:
+                return None
+        return reason, protocol.TooManyConnections(message)
 
-    async def _refuse(self, connection: ServerConnection, reason: str, message: str) -> None:
+    async def _refuse(self, connection: ServerConnection, reason: str,
+                      error: protocol.TooManyConnections) -> None:
         """A connection that slipped past the handshake check while at capacity."""
-        error = protocol.TooManyConnections(message)
         self.metrics.reject(reason)
         try:
             await connection.send(protocol.encode(protocol.error_message(error)))
@@ -256,8 +259,7 @@ class DiarizationServer:
         refusal = self._refusal()
         if refusal is not None:
             self.metrics.reject(refusal[0])
-            body = protocol.encode(protocol.error_message(protocol.TooManyConnections(
-                refusal[1])))
+            body = protocol.encode(protocol.error_message(refusal[1]))
             return response(503, body + "\n", "application/json", extra={"Retry-After": "5"})
         if session_token is not None:
             session = self.session_tokens.redeem(session_token)
