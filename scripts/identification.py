@@ -26,7 +26,7 @@ from streamer.config import StreamConfig
 from streamer.engine import diarize_array
 from streamer.presets import load_frontend
 from streamer.rttm import read_rttm
-from streamer.voiceprints import enroll
+from streamer.enrollment import enroll
 
 GRID = 0.01
 

@@ -201,7 +201,8 @@ def _run_enroll(args: argparse.Namespace) -> int:
     import numpy as np
 
     from streamer.audio import load_audio
-    from streamer.voiceprints import add_voiceprint, check_name, enroll, read_voiceprints
+    from streamer.enrollment import enroll
+    from streamer.voiceprints import add_voiceprint, check_name, read_voiceprints
 
     check_name(args.name, "NAME")
     if os.path.exists(args.out):

@@ -25,7 +25,8 @@ from streamer.errors import AudioFormatError, ConfigError
 from streamer.filemode import rechunk
 from streamer.models.base import Frontend
 from streamer.results import Annotation, Diarization, Segment, uri_of
-from streamer.voiceprints import enroll, read_voiceprints
+from streamer.enrollment import enroll
+from streamer.voiceprints import read_voiceprints
 
 #: Seconds of audio fed to the engine per call (as file mode does).
 CHUNK = 5.0

@@ -5,9 +5,9 @@ that made it (preset, embedding source, dimension) and a format version:
 
     {"type": "voiceprint", "version": 1, "model": {...}, "vector": [...], "speech": 12.3}
 
-:func:`enroll` makes one from at most ``MAX_ENROLL_SECONDS`` of audio of one speaker: the
-audio is diarized like a stream, and refused when it holds too little speech or a second
-voice. A stream given known speakers (``StreamConfig.known_speakers``) names each global
+:func:`streamer.enrollment.enroll` makes one from at most ``MAX_ENROLL_SECONDS`` of audio
+of one speaker: the audio is diarized like a stream, and refused when it holds too little
+speech or a second voice. A stream given known speakers (``StreamConfig.known_speakers``) names each global
 speaker whose centroid matches a voiceprint: speakers and voiceprints are paired one to
 one (Hungarian method) by cosine similarity, and a pair counts only at or above the
 identity threshold, so an unknown voice keeps its anonymous label.
@@ -22,7 +22,6 @@ import numpy as np
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.linalg import min_cost_assignment
-from streamer.audio import SAMPLE_RATE
 
 #: Format version of a voiceprint document.
 VOICEPRINT_VERSION = 1
@@ -149,38 +148,6 @@ class Identifier:
                 for r, c in zip(rows, columns) if similarity[r, c] >= self.threshold}
 
 
-def enroll(frontend: Any, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
-    """The voiceprint of the one voice in ``samples`` (any rate, float or integer PCM,
-    channels on either axis; at most ``MAX_ENROLL_SECONDS``).
-
-    Raises:
-        VoiceprintError: audio that is too long, holds less than ``MIN_ENROLL_SPEECH`` of
-            speech, or where the engine finds a second speaker.
-        AudioFormatError: samples that are not audio."""
-    from streamer.audio import prepare_samples
-    from streamer.engine import diarize_array
-    from streamer.models.base import embedding_identity
-
-    prepared = prepare_samples(samples, sample_rate)
-    seconds = len(prepared) / frontend.sample_rate
-    if seconds > MAX_ENROLL_SECONDS + 1e-6:
-        raise VoiceprintError(f"enrolment takes at most {MAX_ENROLL_SECONDS:g} s of audio, "
-                              f"got {seconds:.1f} s: cut it to one speaker's clearest part")
-    _, engine = diarize_array(frontend, prepared, None, chunk=1.0)
-    speakers = sorted(engine.speakers(), key=lambda s: -s.speech)
-    speech = sum(s.speech for s in speakers)
-    if not speakers or speech < MIN_ENROLL_SPEECH:
-        raise VoiceprintError(f"not enough speech to enroll: {speech:.1f} s found, at least "
-                              f"{MIN_ENROLL_SPEECH:g} s needed")
-    if len(speakers) > 1 and speakers[1].speech >= SECOND_SPEAKER_SPEECH:
-        raise VoiceprintError(
-            f"the audio holds {sum(s.speech >= SECOND_SPEAKER_SPEECH for s in speakers)} "
-            "speakers: a voiceprint takes the speech of one speaker only")
-    return voiceprint_document(embedding_identity(frontend), np.asarray(speakers[0].embedding),
-                               speech)
-
-
-
 def read_voiceprints(path: str) -> list[dict[str, Any]]:
     """The ``[{"name", "voiceprint"}]`` entries of a voiceprint file (written by
     ``streamer enroll``), checked; :class:`ConfigError` for a file that is not one."""
@@ -220,6 +187,6 @@ def add_voiceprint(path: str, name: str, voiceprint: dict[str, Any]) -> int:
 
 
 __all__ = ["VOICEPRINT_VERSION", "MAX_ENROLL_SECONDS", "MIN_ENROLL_SPEECH",
-           "KnownSpeaker", "VoiceprintError", "Identifier", "enroll", "check_voiceprint",
+           "KnownSpeaker", "VoiceprintError", "Identifier", "check_voiceprint",
            "parse_known_speakers", "check_models", "voiceprint_document", "read_voiceprints",
            "add_voiceprint", "check_name"]

@@ -15,8 +15,9 @@ from streamer.cli import main as cli_main
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.errors import ConfigError
+from streamer.enrollment import enroll
 from streamer.voiceprints import (MAX_ENROLL_SECONDS, Identifier, KnownSpeaker,
-                                  VoiceprintError, enroll, read_voiceprints)
+                                  VoiceprintError, read_voiceprints)
 from tests.fakes import fake_frontend, tone_conversation
 from tests.paths import EVAL
 from tests.test_server_resume import whole_stream

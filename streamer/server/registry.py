@@ -134,7 +134,8 @@ def file_enroller(frontend: Any) -> Callable[[str], dict[str, Any]]:
     import numpy as np
 
     from streamer.audio import SAMPLE_RATE, AudioFile
-    from streamer.voiceprints import MAX_ENROLL_SECONDS, VoiceprintError, enroll
+    from streamer.enrollment import enroll
+    from streamer.voiceprints import MAX_ENROLL_SECONDS, VoiceprintError
 
     def run(path: str) -> dict[str, Any]:
         with AudioFile(path) as audio:
