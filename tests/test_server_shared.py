@@ -432,3 +432,11 @@ def test_audio_contexts_round_trip_and_bad_ones_are_ignored() -> None:
     for broken in ({**document, "pcm_s16le": "***"}, {**document, "pcm_s16le": 5},
                    {**document, "pcm_s16le": document["pcm_s16le"][:-4] + "AA=="}, None):
         assert decode_context(broken, 16000, 16000) is None
+
+
+def test_settings_keep_secrets_out_of_their_repr() -> None:
+    from streamer.server.settings import ServerSettings
+
+    shown = repr(ServerSettings(token="t0ken", state_secret="s3cret",
+                                redis_url="redis://:passw0rd@cache:6379/0"))
+    assert "t0ken" not in shown and "s3cret" not in shown and "passw0rd" not in shown

@@ -132,16 +132,17 @@ class ServerSettings:
     batch_max_size: int = 32
     batch_max_wait: float = 0.005
     torch_threads: int | None = 1
-    token: str | None = None
+    # Secrets stay out of the repr (settings may be logged or shown in a traceback).
+    token: str | None = field(default=None, repr=False)
     public_metrics: bool = False
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     shutdown_timeout: float = 30.0
     session_ttl: float = 60.0
-    state_secret: str | None = None
+    state_secret: str | None = field(default=None, repr=False)
     max_load: float = 0.5
     max_lag: float = 1.0
     cpus: float | None = None
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     state_ttl: float = DEFAULT_STATE_TTL
     state_save_interval: float = 5.0
     voiceprint_ttl: float = DEFAULT_VOICEPRINT_TTL
