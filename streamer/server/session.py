@@ -1,7 +1,8 @@
 """One websocket stream: receive -> decode -> engine (in a worker thread) -> send.
 
-:class:`StreamSession` owns the per-connection state (decoder, engine, unprocessed audio,
-outgoing events). Three tasks cooperate on the event loop:
+:class:`StreamSession` owns the per-connection state (decoder, engine, outgoing events);
+the unprocessed audio, when to feed it and when to pause reading are the sans-I/O
+:class:`~streamer.server.audioqueue.AudioQueue`'s. Three tasks cooperate on the event loop:
 
 * the reader takes messages from the socket, decodes audio and queues it; when too much
   audio waits it stops reading, so websockets' flow control pushes back on the client;
@@ -21,12 +22,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Callable
 
-import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from streamer.audio import SAMPLE_RATE, PcmDecoder
 from streamer.errors import ConfigError, ProtocolError, StreamerError
 from streamer.server import protocol
+from streamer.server.audioqueue import AudioQueue
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
@@ -35,7 +36,6 @@ from streamer.server.state import BadState, decode_context, encode_context
 from streamer.server.store import CONTEXT_TTL, StoreUnavailable
 
 logger = logging.getLogger(__name__)
-
 
 
 class _Ended(Exception):
@@ -55,16 +55,11 @@ class StreamSession:
         self.decoder: PcmDecoder | None = None
         self.engine: Any = None
         self._offset = 0.0  # seconds added to every time sent (a resumed stream's)
-        self._pending: list[tuple[np.ndarray, float]] = []
-        self._pending_samples = 0
-        self._received_samples = 0
-        self._processed_samples = 0
+        self.audio = AudioQueue(self.settings.max_pending_seconds)
         self._input_done = False
         self._audio_ready = asyncio.Event()
         self._resume = asyncio.Event()
         self._resume.set()
-        self._warned = False
-        self._first_audio: float | None = None
         self._reader: asyncio.Task | None = None
         self._processor: asyncio.Task | None = None
         self._failure: BaseException | None = None
@@ -93,7 +88,7 @@ class StreamSession:
             await self.sender.abort()
             self.context.metrics.connection_closed(self.id)
             logger.info("session %s closed: %s, %.1f s of audio in %.1f s", self.id, outcome,
-                        self._received_samples / SAMPLE_RATE, time.monotonic() - opened)
+                        self.audio.received / SAMPLE_RATE, time.monotonic() - opened)
 
     def shutdown(self) -> None:
         """Server shutdown: stop reading, finish the stream (final turns and ``end``)."""
@@ -290,46 +285,20 @@ class StreamSession:
         if settings.max_stream_seconds and incoming > settings.max_stream_seconds:
             raise StreamTooLong(f"streams are limited to {settings.max_stream_seconds:g} s")
         samples = decoder.decode(frame)
-        now = time.monotonic()
-        if self._first_audio is None and len(frame):
-            self._first_audio = now
+        pressure = self.audio.add(samples, time.monotonic())
         if len(samples):
-            self._queue_audio(samples, now)
-        await self._check_backlog(now)
-
-    def _queue_audio(self, samples: np.ndarray, arrived: float) -> None:
-        self._pending.append((samples, arrived))
-        self._pending_samples += len(samples)
-        self._received_samples += len(samples)
-        self.context.metrics.received(self.id, len(samples) / SAMPLE_RATE, self._backlog_seconds)
-        self._audio_ready.set()
-
-    @property
-    def _backlog_seconds(self) -> float:
-        return (self._received_samples - self._processed_samples) / SAMPLE_RATE
-
-    def _behind(self, now: float) -> float:
-        """Seconds this stream's processing is behind real time: the wall time since its
-        first audio minus the audio processed, at most what is queued (a stream sent
-        faster than real time is never behind)."""
-        if self._first_audio is None:
-            return 0.0
-        return max(0.0, min(self._backlog_seconds,
-                            now - self._first_audio - self._processed_samples / SAMPLE_RATE))
-
-    async def _check_backlog(self, now: float) -> None:
-        limit = self.settings.max_pending_seconds
-        if self._backlog_seconds <= limit:
-            return
-        behind = self._behind(now)
-        if behind > limit and not self._warned:
-            self._warned = True
+            self.context.metrics.received(self.id, len(samples) / SAMPLE_RATE,
+                                          self.audio.backlog)
+            self._audio_ready.set()
+        if pressure.warn:
             self.context.metrics.count("falling_behind")
             await self.sender.send(protocol.warning_message(
-                "falling_behind", f"processing is {behind:.1f} s behind the audio received; "
-                "reading from this stream pauses until it catches up", behind=round(behind, 3)))
-        self.context.metrics.count("backpressure_pauses")
-        self._resume.clear()
+                "falling_behind", f"processing is {pressure.behind:.1f} s behind the audio "
+                "received; reading from this stream pauses until it catches up",
+                behind=round(pressure.behind, 3)))
+        if pressure.pause:
+            self.context.metrics.count("backpressure_pauses")
+            self._resume.clear()
 
     # -- processing --------------------------------------------------------------------
 
@@ -339,9 +308,11 @@ class StreamSession:
         stream sent in small frames costs one call per step, not one per frame."""
         max_feed = int(self.settings.max_feed_seconds * SAMPLE_RATE)
         while True:
-            chunk = self._take(max_feed) if self._feedable() else None
+            step = self.engine.samples_to_next_step
+            chunk = (self.audio.take(max_feed, step)
+                     if self.audio.feedable(step, self._input_done) else None)
             if chunk is None:
-                if self._input_done and not self._pending:
+                if self._input_done and not self.audio:
                     return
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
@@ -350,46 +321,13 @@ class StreamSession:
             started = time.monotonic()
             turns = await self._call(self.engine.feed, samples)
             done = time.monotonic()
-            self._processed_samples += len(samples)
-            self.context.metrics.fed(self.id, len(samples) / SAMPLE_RATE, self._backlog_seconds,
-                                     done - started, done - ready_at)
-            self.context.admission.record(len(samples) / SAMPLE_RATE, self._behind(done))
-            if self._backlog_seconds <= self.settings.max_pending_seconds / 2:
-                self._warned = False
+            if self.audio.done(len(samples)):
                 self._resume.set()
+            self.context.metrics.fed(self.id, len(samples) / SAMPLE_RATE, self.audio.backlog,
+                                     done - started, done - ready_at)
+            self.context.admission.record(len(samples) / SAMPLE_RATE, self.audio.behind(done))
             await self._send_turns(turns)
             self._save_periodically()
-
-    def _feedable(self) -> bool:
-        """Whether the queued audio reaches the engine's next step boundary (or the input
-        is over, or reading is paused for the backlog)."""
-        return bool(self._pending) and (
-            self._input_done or not self._resume.is_set()
-            or self._pending_samples >= self.engine.samples_to_next_step)
-
-    def _take(self, max_samples: int) -> tuple[np.ndarray, float] | None:
-        """Up to ``max_samples`` queued samples, and the arrival time of the frame that
-        completed the first step boundary in them (when the audio became worth feeding)."""
-        if not self._pending:
-            return None
-        boundary = self.engine.samples_to_next_step
-        parts, size, ready_at = [], 0, None
-        while self._pending and size < max_samples:
-            samples, arrived = self._pending[0]
-            room = max_samples - size
-            if len(samples) > room:
-                self._pending[0] = (samples[room:], arrived)
-                samples = samples[:room]
-            else:
-                self._pending.pop(0)
-            parts.append(samples)
-            size += len(samples)
-            if ready_at is None and size >= boundary:
-                ready_at = arrived
-        self._pending_samples -= size
-        if ready_at is None:
-            ready_at = arrived
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), ready_at
 
     def _processor_done(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is None:
