@@ -61,9 +61,13 @@ def start_message(
     channels: int = 1,
     config: Mapping[str, Any] | None = None,
     resume_id: str | None = None,
+    resume: str | None = None,
+    offset: float | None = None,
 ) -> str:
-    """The JSON ``start`` message that opens a stream (``resume_id``: continuing the stream
-    whose state the server saved under it; its clock continues from the saved position)."""
+    """The JSON ``start`` message that opens a stream. It continues an earlier one with
+    ``resume_id`` (the state the server saved under it; the clock continues from the saved
+    position), or with ``resume``, the ``state`` of its ``end``, and ``offset``, its
+    ``position``."""
     message: dict[str, Any] = {
         "type": "start",
         "sample_rate": int(sample_rate),
@@ -74,7 +78,53 @@ def start_message(
         message["config"] = dict(config)
     if resume_id:
         message["resume_id"] = resume_id
+    if resume:
+        message["resume"] = resume
+    if offset is not None:
+        message["offset"] = offset
     return json.dumps(message)
+
+
+#: Connections tried when resuming a drained stream, RECONNECT_DELAY seconds apart (more
+#: each time): the balancer may need a moment to route around the server that left.
+RECONNECT_ATTEMPTS, RECONNECT_DELAY = 8, 0.25
+
+
+async def resume_stream(
+    url: str,
+    start_for: Callable[..., str],
+    end: Mapping[str, Any],
+    send_audio: AudioSender,
+    token: str | None = None,
+    on_event: EventCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Reopen a stream that ended with ``reconnect`` (its server was drained): by its
+    ``resume_id`` (the state the servers share), else, when no server has it (no shared
+    store, or it is down), with the ``state`` and ``position`` of its ``end``.
+    ``start_for(**fields)`` builds the ``start`` message (see :func:`start_message`).
+    Connections refused or failing are tried again for a few seconds."""
+    try:
+        return await _retrying(url, start_for(resume_id=end["resume_id"]), send_audio, token,
+                               on_event)
+    except StreamError as error:
+        if error.code not in ("bad_state", "store_unavailable") or not end.get("state"):
+            raise
+    return await _retrying(url, start_for(resume=end["state"], offset=end["position"]),
+                           send_audio, token, on_event)
+
+
+async def _retrying(url: str, start: str, send_audio: AudioSender, token: str | None,
+                    on_event: EventCallback | None) -> list[dict[str, Any]]:
+    for attempt in range(RECONNECT_ATTEMPTS):
+        try:
+            return await run_stream(url, start, send_audio, token=token, on_event=on_event)
+        except (OSError, StreamError) as error:
+            retry = isinstance(error, OSError) or error.code in ("unavailable",
+                                                                "too_many_connections")
+            if not retry or attempt == RECONNECT_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(RECONNECT_DELAY * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def raise_for_error(event: Mapping[str, Any]) -> None:

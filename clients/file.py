@@ -34,6 +34,7 @@ from clients.common import (  # noqa: E402
     final_turns,
     install_stop_handler,
     json_object,
+    resume_stream,
     run_stream,
     start_message,
     write_rttm,
@@ -151,42 +152,21 @@ async def stream_audio(
         raise ValueError(f"speed must be >= 0, got {speed}")
     if chunk_seconds <= 0:
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
-    events: list[dict[str, Any]] = []
-    resume_id, position = None, 0.0
-    while True:
-        start = start_message(audio.sample_rate, audio.encoding, audio.channels, config,
-                              resume_id=resume_id)
+    def start_for(**resume: Any) -> str:
+        return start_message(audio.sample_rate, audio.encoding, audio.channels, config, **resume)
 
-        async def send(ws: ClientConnection, start_at: float = position) -> None:
+    def sender(start_at: float) -> Any:
+        async def send(ws: ClientConnection) -> None:
             await _send_audio(ws, audio, speed, chunk_seconds, stop_event, start_at)
+        return send
 
-        events += await _open_with_retries(url, start, send, token, on_event,
-                                           attempts=RECONNECT_ATTEMPTS if resume_id else 1)
+    events = await run_stream(url, start_for(), sender(0.0), token=token, on_event=on_event)
+    while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") and not (
+            stop_event is not None and stop_event.is_set()):
         end = events[-1]
-        if not (reconnect and end.get("reconnect") and end.get("resume_id")) or (
-                stop_event is not None and stop_event.is_set()):
-            return events
-        resume_id, position = end["resume_id"], float(end["position"])
-
-
-#: Connections tried when resuming a drained stream, RECONNECT_DELAY seconds apart (more
-#: each time): the balancer may need a moment to route around the replica that left.
-RECONNECT_ATTEMPTS, RECONNECT_DELAY = 8, 0.25
-
-
-async def _open_with_retries(url: str, start: str, send: Any, token: str | None,
-                             on_event: EventCallback | None, attempts: int
-                             ) -> list[dict[str, Any]]:
-    for attempt in range(attempts):
-        try:
-            return await run_stream(url, start, send, token=token, on_event=on_event)
-        except (OSError, StreamError) as error:
-            retry = isinstance(error, OSError) or error.code in ("unavailable",
-                                                                "too_many_connections")
-            if not retry or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(RECONNECT_DELAY * (attempt + 1))
-    raise AssertionError("unreachable")
+        events += await resume_stream(url, start_for, end, sender(float(end["position"])),
+                                      token, on_event)
+    return events
 
 
 async def stream_file(

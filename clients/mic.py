@@ -32,6 +32,7 @@ from clients.common import (  # noqa: E402
     default_token,
     install_stop_handler,
     json_object,
+    resume_stream,
     run_stream,
     start_message,
 )
@@ -248,22 +249,22 @@ async def stream_microphone(
             stream.stop()
             stream.close()
 
-    events: list[dict[str, Any]] = []
-    resume_id, sample = None, 0
+    def start_for(**resume: Any) -> str:
+        return start_message(sample_rate, "pcm_s16le", channels, config, **resume)
+
     try:
-        while True:
-            start = start_message(sample_rate, "pcm_s16le", channels, config, resume_id=resume_id)
-            events += await run_stream(url, start, lambda ws, at=sample: send(ws, at),
-                                       token=token, on_event=on_event)
+        events = await run_stream(url, start_for(), lambda ws: send(ws, 0), token=token,
+                                  on_event=on_event)
+        while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") \
+                and not stop_event.is_set():
             end = events[-1]
-            if not (reconnect and end.get("reconnect") and end.get("resume_id")) \
-                    or stop_event.is_set():
-                return events
-            resume_id = end["resume_id"]
             sample = int(round(float(end["position"]) * sample_rate))
             if sample < captured.oldest:
                 counts["lost"] = counts.get("lost", 0) + captured.oldest - sample
                 sample = captured.oldest
+            events += await resume_stream(url, start_for, end,
+                                          lambda ws, at=sample: send(ws, at), token, on_event)
+        return events
     finally:
         close_microphone()
 

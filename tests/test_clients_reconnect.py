@@ -30,7 +30,7 @@ def redis_url(tmp_path_factory):
         yield address
 
 
-async def replicas(redis_url: str) -> list[DiarizationServer]:
+async def replicas(redis_url: str | None) -> list[DiarizationServer]:
     settings = ServerSettings(redis_url=redis_url, state_secret="one secret")
     first = DiarizationServer(fake_frontend(), settings)
     await first.start("127.0.0.1", 0, reuse_port=True)
@@ -122,3 +122,33 @@ def test_the_microphone_client_resumes_without_losing_what_it_captured(redis_url
     events, uncut, microphones = asyncio.run(asyncio.wait_for(body(), 60))
     assert microphones == 1  # capture went on through the reconnect
     check_against_uncut(events, uncut)
+
+
+def test_without_a_shared_store_the_client_resumes_with_the_state_it_holds() -> None:
+    """No Redis: the other server has no saved state for the id (``bad_state``), so the
+    client resumes with the ``state`` and ``position`` of its ``end`` (the servers share
+    their state secret): labels and clock continue, nothing is lost."""
+    audio = FileAudio((LONG_TALK * 32767).astype(np.int16)[:, None], 16000)
+    seen: list[dict[str, Any]] = []
+
+    async def body():
+        servers = await replicas(None)
+        try:
+            url = f"ws://127.0.0.1:{servers[0].port}/v1/stream"
+            client = asyncio.create_task(stream_audio(url, audio, speed=SPEED,
+                                                      on_event=seen.append))
+            await drain_the_busy_one(servers, 1.5)
+            return await client
+        finally:
+            for server in servers:
+                await server.shutdown()
+
+    events = asyncio.run(asyncio.wait_for(body(), 60))
+    assert any(e.get("code") == "bad_state" for e in seen)  # the id was tried first
+    readies = [e for e in events if e["type"] == "ready"]
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(readies) == len(ends) == 2 and ends[0]["reconnect"] is True
+    assert readies[1]["resumed"] == [s["label"] for s in ends[0]["speakers"]]
+    assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
+    assert ends[-1]["position"] == pytest.approx(len(LONG_TALK) / 16000, abs=0.01)
+    assert {t["speaker"] for t in final_turns(events)} == {"SPEAKER_00", "SPEAKER_01"}

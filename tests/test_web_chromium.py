@@ -265,11 +265,14 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
         shutil.copy(screenshot, os.environ["STREAMER_KEEP_SCREENSHOT"])
 
 
-def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path) -> None:
-    """Two servers on one port sharing a real redis-server, tone models, a tone
-    conversation as the microphone: the server holding the page's stream is drained; the
-    page resumes on the other with its resume_id, sends again what was not processed,
-    and its final ``end`` accounts for every second it captured."""
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "no shared store"])
+def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
+                                                                shared: bool) -> None:
+    """Two servers on one port (with a real redis-server, or sharing nothing but their
+    state secret), tone models, a tone conversation as the microphone: the server holding
+    the page's stream is drained; the page resumes on the other with its resume_id (else,
+    refused for want of a shared store, with the state it holds), sends again what was
+    not processed, and its final ``end`` accounts for every second it captured."""
     from tests.services import redis_server
     from tests.test_clients_reconnect import drain_the_busy_one, replicas
     from tests.test_server_resume import LONG_TALK
@@ -279,7 +282,7 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path) 
     profile = tmp_path / "profile"
     profile.mkdir()
 
-    async def body(redis_url: str) -> dict[str, Any]:
+    async def body(redis_url: str | None) -> dict[str, Any]:
         servers = await replicas(redis_url)
         try:
             async with chromium(tones, profile) as page:
@@ -302,14 +305,20 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path) 
             for server in servers:
                 await server.shutdown()
 
-    with redis_server(tmp_path) as redis_url:
-        state = asyncio.run(asyncio.wait_for(body(redis_url), 180))
+    if shared:
+        with redis_server(tmp_path) as redis_url:
+            state = asyncio.run(asyncio.wait_for(body(redis_url), 180))
+    else:
+        state = asyncio.run(asyncio.wait_for(body(None), 180))
     assert state["error"] is None and state["phase"] == "done", state
     events = state["events"]
     readies = [e for e in events if e["type"] == "ready"]
     ends = [e for e in events if e["type"] == "end"]
     assert len(readies) == 2 and len(ends) == 2 and ends[0]["reconnect"] is True
-    assert readies[1]["resume_id"] == readies[0]["resume_id"]
+    refused = [e.get("code") for e in events if e["type"] == "error"]
+    assert refused == ([] if shared else ["bad_state"])
+    # By id, the continued stream saves in the same place; from the state, in a new one.
+    assert (readies[1]["resume_id"] == readies[0]["resume_id"]) is shared
     assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
     assert readies[1]["resumed"] == [s["label"] for s in ends[0]["speakers"]]
     # Nothing captured was lost: the stream's clock covers all of it.

@@ -47,7 +47,7 @@
   let capturedSamples = 0;
   let cursor = 0;              // next sample to send on the current connection
   let streaming = false;       // the current connection is ready for audio
-  let resuming = false;        // the current connection resumes a drained stream
+  let resuming = null;         // the end event of the drained stream being resumed
 
   function pageParams() { return new URLSearchParams(location.search); }
 
@@ -183,8 +183,9 @@
     connect(null);
   }
 
-  // One websocket of the stream: the first, or one resuming it after a server drain.
-  function connect(resumeId) {
+  // One websocket of the stream: the first, or one resuming it after a server drain
+  // (resume: {resume_id} or {resume, offset}, fields of its start message).
+  function connect(resume) {
     streaming = false;
     const socket = new WebSocket(streamUrl());
     ws = socket;
@@ -192,7 +193,7 @@
     socket.onopen = () => {
       const message = { type: "start", sample_rate: Math.round(state.sampleRate), encoding: "pcm_s16le", channels: 1 };
       if (state.config) message.config = state.config;
-      if (resumeId) message.resume_id = resumeId;
+      if (resume) Object.assign(message, resume);
       socket.send(JSON.stringify(message));
     };
     socket.onmessage = (message) => {
@@ -231,7 +232,7 @@
         state.resumeId = event.resume_id || null;
         if (resuming) {
           // Go on from the audio the drained server had processed.
-          resuming = false;
+          resuming = null;
           cursor = Math.round((event.offset || 0) * state.sampleRate);
           streaming = true;
           setPhase(state.stopSent ? "stopping" : "live",
@@ -265,17 +266,24 @@
         }
         break;
       case "error":
+        if (resuming && !resuming.byState && resuming.state
+            && ["bad_state", "store_unavailable"].includes(event.code)) {
+          // No server has the saved state (no shared store): resume with our own copy.
+          resuming.byState = true;
+          connect({ resume: resuming.state, offset: resuming.position });
+          break;
+        }
         fail(event.code || "error", event.message || "");
         break;
       case "end":
         if (event.reconnect && state.resumeId && (audio || state.stopSent)) {
           // The server was drained (a restart): resume on another one, capture going on.
           streaming = false;
-          resuming = true;
+          resuming = { state: event.state, position: event.position, byState: false };
           state.interim = null;
           state.reconnects += 1;
           setPhase("resuming", "the server is restarting: resuming the stream…");
-          connect(state.resumeId);
+          connect({ resume_id: state.resumeId });
           break;
         }
         state.end = event;
@@ -324,7 +332,7 @@
     capturedSamples = 0;
     cursor = 0;
     streaming = false;
-    resuming = false;
+    resuming = null;
     colours.clear();
     $("turns").replaceChildren();
     $("summary").textContent = "Press Stop to see each speaker's total speech.";
