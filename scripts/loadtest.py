@@ -28,8 +28,9 @@ prints per N:
   output also has ``first_vs_reference_p50``, measured from the first speech of
   ``reference.rttm`` instead (it then includes speech the models missed).
 * server CPU (cores used by the server and every process it started, e.g. the workers of
-  ``--processes N``, and per admitted stream), RSS growth per stream, warnings, errors,
-  and streams refused at the handshake (HTTP 503: the server's admission control).
+  ``--processes N``, and per admitted stream), RSS growth per stream (of all of them too),
+  warnings, errors, and streams refused at the handshake (HTTP 503: the server's
+  admission control).
 
 Finally it prints the largest N whose admitted streams keep lag p95 within the limit,
 every admitted stream complete and no ``falling_behind`` warning; and, per N, how many
@@ -252,10 +253,8 @@ class ServerProcess:
         return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the server and of every process under it."""
+        return sum(_rss_mb(pid) for pid in _tree(self.process.pid))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -276,6 +275,16 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _tree(root: int) -> list[int]:
