@@ -440,3 +440,34 @@ def test_settings_keep_secrets_out_of_their_repr() -> None:
     shown = repr(ServerSettings(token="t0ken", state_secret="s3cret",
                                 redis_url="redis://:passw0rd@cache:6379/0"))
     assert "t0ken" not in shown and "s3cret" not in shown and "passw0rd" not in shown
+
+
+@pytest.mark.parametrize("authorization, answered", [
+    ("", True), ("Authorization: Bearer wrong\r\n", True),
+    ("Authorization: Bearer server-token\r\n", False),
+])
+def test_only_the_token_holder_makes_the_server_hold_an_upload(authorization,
+                                                               answered) -> None:
+    """A body is read only for an upload by the token's holder: anyone else is answered
+    (401) from the request's head, without the server waiting for, or keeping, the body."""
+    head = ("POST /v1/voiceprints HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+            f"{authorization}\r\n").encode()
+
+    async def body():
+        async with running_server(token="server-token") as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(head)  # and no body
+            await writer.drain()
+            try:
+                async with asyncio.timeout(1.0):
+                    return await reader.read(100)
+            except TimeoutError:
+                return None  # still waiting for the announced body
+            finally:
+                writer.close()
+
+    reply = run(body())
+    if answered:
+        assert reply is not None and reply.startswith(b"HTTP/1.1 401 ")
+    else:
+        assert reply is None

@@ -121,7 +121,8 @@ class DiarizationServer:
             self._handle, host, port, process_request=self._process_request,
             create_connection=StreamConnection.factory(frame_limit=s.max_frame_bytes,
                                                        stall_timeout=s.send_timeout,
-                                                       body_limit=s.max_body_bytes),
+                                                       body_limit=s.max_body_bytes,
+                                                       accepts_body=self._accepts_body),
             max_size=s.max_frame_bytes, max_queue=s.receive_queue, compression=None,
             logger=redact_secrets(logging.getLogger("websockets.server")),
             ping_interval=s.ping_interval or None, ping_timeout=s.ping_timeout or None,
@@ -319,14 +320,25 @@ class DiarizationServer:
         return await self.voiceprints.handle(method, path, query, request.headers,
                                              reader.body_length, reader.body)
 
+    def _accepts_body(self, method: str, target: str, authorization: str) -> bool:
+        """Whether to read a request's body: an upload to ``POST /v1/voiceprints`` by the
+        server token's holder (anyone else is answered without the server holding it)."""
+        url = urlsplit(target)
+        return (method == "POST" and url.path == VOICEPRINTS_PATH
+                and self._token_ok(authorization, url.query))
+
     def _authorized(self, request: Request, query: str) -> bool:
+        return self._token_ok(request.headers.get("Authorization", ""), query)
+
+    def _token_ok(self, authorization: str, query: str) -> bool:
+        """Whether ``Authorization: Bearer`` or ``?token=`` holds the server's token (or
+        the server has none)."""
         expected = self.settings.token
         if expected is None:
             return True
         offered = []
-        header = request.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer ":
-            offered.append(header[7:].strip())
+        if authorization[:7].lower() == "bearer ":
+            offered.append(authorization[7:].strip())
         offered += parse_qs(query).get("token", [])
         return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 

@@ -50,11 +50,14 @@ class _SkippingReader(StreamReader):
     websockets' request parser refuses any request with a body. While the request's
     head is read, this reader hides ``Content-Length`` and ``Transfer-Encoding`` from it
     (renamed ``X-Streamer-*``) and, after the blank line that ends the head, reads a body
-    of at most ``body_limit`` bytes into :attr:`body`. A larger body is not read: the
-    route answers 413 from :attr:`body_length`, and the connection closes.
+    of at most ``body_limit`` bytes into :attr:`body`, when ``accepts_body(method, target,
+    authorization)`` says the request may carry one (the upload route, with the right
+    token: nobody else makes the server hold a body). Another body is not read: the route
+    answers (413, 401, 400...) from the head, and the connection closes.
     """
 
-    def __init__(self, limit: int, body_limit: int = 0) -> None:
+    def __init__(self, limit: int, body_limit: int = 0,
+                 accepts_body: Callable[[str, str, str], bool] | None = None) -> None:
         super().__init__()
         self.limit = max(limit, _ALWAYS_READ)
         #: Size of the payload being skipped (0 when none).
@@ -72,6 +75,9 @@ class _SkippingReader(StreamReader):
         #: websocket frames (the route answers and the connection closes).
         self.held = False
         self._in_head = True
+        self._accepts_body = accepts_body or (lambda method, target, authorization: True)
+        self._request_line = b""
+        self._authorization = b""
 
     def read_line(self, m: int, too_long_exc_type: type[Exception] = RuntimeError
                   ) -> Generator[None, None, bytearray]:
@@ -80,8 +86,13 @@ class _SkippingReader(StreamReader):
         line = yield from super().read_line(m, too_long_exc_type)
         if not self._in_head:
             return line
+        if not self._request_line:
+            self._request_line = bytes(line)
+            return line
         name, colon, value = line.partition(b":")
         header = name.strip().lower()
+        if colon and header == b"authorization":
+            self._authorization = value.strip()
         if colon and header in (b"content-length", b"transfer-encoding"):
             self.chunked = self.chunked or header == b"transfer-encoding"
             if header == b"content-length":
@@ -94,10 +105,16 @@ class _SkippingReader(StreamReader):
             return bytearray(b"X-Streamer-" + line.lstrip())
         if line in (b"\r\n", b"\n"):
             self._in_head = False
-            if self.body_length and 0 < self.body_length <= self.body_limit:
+            if self.body_length and 0 < self.body_length <= self.body_limit \
+                    and self._body_accepted():
                 self.body = bytes((yield from super().read_exact(self.body_length)))
             self.held = self.chunked or (self.body_length is not None and self.body_length != 0)
         return line
+
+    def _body_accepted(self) -> bool:
+        method, _, rest = self._request_line.decode("latin-1").partition(" ")
+        target = rest.rsplit(" ", 1)[0]
+        return self._accepts_body(method, target, self._authorization.decode("latin-1"))
 
     def read_exact(self, n: int) -> Generator[None, None, bytearray]:
         while self.held:
@@ -147,7 +164,8 @@ class StreamProtocol(ServerProtocol):
     """
 
     def __init__(self, frame_limit: int, logger: LoggerLike | None = None,
-                 body_limit: int = 0) -> None:
+                 body_limit: int = 0,
+                 accepts_body: Callable[[str, str, str], bool] | None = None) -> None:
         super().__init__(max_size=None, logger=logger)
         self.frame_limit = frame_limit
         self.refusal: StreamerError | None = None
@@ -163,7 +181,7 @@ class StreamProtocol(ServerProtocol):
         self._text: codecs.IncrementalDecoder | None = None
         # The parser started by __init__ holds on to the reader of that moment: start it
         # again on the skipping one, before any byte arrives.
-        self.reader: _SkippingReader = _SkippingReader(frame_limit, body_limit)
+        self.reader: _SkippingReader = _SkippingReader(frame_limit, body_limit, accepts_body)
         self.parser = self.parse()
         next(self.parser)
 
@@ -269,9 +287,12 @@ class StreamConnection(ServerConnection):
     protocol: StreamProtocol
 
     def __init__(self, protocol: ServerProtocol, server: Server, *, frame_limit: int,
-                 stall_timeout: float, body_limit: int = 0, **kwargs: Any) -> None:
+                 stall_timeout: float, body_limit: int = 0,
+                 accepts_body: Callable[[str, str, str], bool] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(StreamProtocol(frame_limit, logger=protocol.logger,
-                                        body_limit=body_limit), server, **kwargs)
+                                        body_limit=body_limit, accepts_body=accepts_body),
+                         server, **kwargs)
         self.stall_timeout = stall_timeout
         #: Set when the peer stopped reading and the connection was closed for it.
         self.gave_up: SlowClient | None = None
@@ -286,14 +307,18 @@ class StreamConnection(ServerConnection):
         self._stall_timer: asyncio.TimerHandle | None = None
 
     @classmethod
-    def factory(cls, *, frame_limit: int, stall_timeout: float, body_limit: int = 0
+    def factory(cls, *, frame_limit: int, stall_timeout: float, body_limit: int = 0,
+                accepts_body: Callable[[str, str, str], bool] | None = None
                 ) -> Callable[..., "StreamConnection"]:
-        """A ``create_connection`` for websockets' ``serve``."""
+        """A ``create_connection`` for websockets' ``serve``; ``accepts_body(method,
+        target, authorization)``: whether a request's body is read (see
+        :class:`_SkippingReader`)."""
 
         def create(protocol: ServerProtocol, server: Server, **kwargs: Any
                    ) -> StreamConnection:
             return cls(protocol, server, frame_limit=frame_limit,
-                       stall_timeout=stall_timeout, body_limit=body_limit, **kwargs)
+                       stall_timeout=stall_timeout, body_limit=body_limit,
+                       accepts_body=accepts_body, **kwargs)
 
         return create
 
