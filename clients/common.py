@@ -90,6 +90,29 @@ def start_message(
 RECONNECT_ATTEMPTS, RECONNECT_DELAY = 8, 0.25
 
 
+async def stream_resuming(
+    url: str,
+    start_for: Callable[..., str],
+    send_from: Callable[[float], AudioSender],
+    token: str | None = None,
+    on_event: EventCallback | None = None,
+    reconnect: bool = True,
+    stopped: Callable[[], bool] = lambda: False,
+) -> list[dict[str, Any]]:
+    """A stream (see :func:`run_stream`) that, with ``reconnect``, survives its server's
+    drain: while it ends with ``reconnect`` and is not ``stopped()``, it is opened again
+    (:func:`resume_stream`) and ``send_from(position)`` sends the audio from the position
+    the server had processed. ``start_for(**fields)`` builds the ``start`` message (see
+    :func:`start_message`). Returns the events of every connection, one ``end`` each."""
+    events = await run_stream(url, start_for(), send_from(0.0), token=token, on_event=on_event)
+    while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") \
+            and not stopped():
+        end = events[-1]
+        events += await resume_stream(url, start_for, end, send_from(float(end["position"])),
+                                      token, on_event)
+    return events
+
+
 async def resume_stream(
     url: str,
     start_for: Callable[..., str],

@@ -34,9 +34,8 @@ from clients.common import (  # noqa: E402
     final_turns,
     install_stop_handler,
     json_object,
-    resume_stream,
-    run_stream,
     start_message,
+    stream_resuming,
     write_rttm,
 )
 
@@ -152,21 +151,18 @@ async def stream_audio(
         raise ValueError(f"speed must be >= 0, got {speed}")
     if chunk_seconds <= 0:
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
+
     def start_for(**resume: Any) -> str:
         return start_message(audio.sample_rate, audio.encoding, audio.channels, config, **resume)
 
-    def sender(start_at: float) -> Any:
+    def send_from(position: float) -> Any:
         async def send(ws: ClientConnection) -> None:
-            await _send_audio(ws, audio, speed, chunk_seconds, stop_event, start_at)
+            await _send_audio(ws, audio, speed, chunk_seconds, stop_event, position)
         return send
 
-    events = await run_stream(url, start_for(), sender(0.0), token=token, on_event=on_event)
-    while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") and not (
-            stop_event is not None and stop_event.is_set()):
-        end = events[-1]
-        events += await resume_stream(url, start_for, end, sender(float(end["position"])),
-                                      token, on_event)
-    return events
+    return await stream_resuming(
+        url, start_for, send_from, token, on_event, reconnect,
+        stopped=lambda: stop_event is not None and stop_event.is_set())
 
 
 async def stream_file(

@@ -32,9 +32,8 @@ from clients.common import (  # noqa: E402
     default_token,
     install_stop_handler,
     json_object,
-    resume_stream,
-    run_stream,
     start_message,
+    stream_resuming,
 )
 
 PREFERRED_RATE = 16000
@@ -252,19 +251,16 @@ async def stream_microphone(
     def start_for(**resume: Any) -> str:
         return start_message(sample_rate, "pcm_s16le", channels, config, **resume)
 
+    def send_from(position: float) -> Any:
+        sample = int(round(position * sample_rate))
+        if sample < captured.oldest:
+            counts["lost"] = counts.get("lost", 0) + captured.oldest - sample
+            sample = captured.oldest
+        return lambda ws: send(ws, sample)
+
     try:
-        events = await run_stream(url, start_for(), lambda ws: send(ws, 0), token=token,
-                                  on_event=on_event)
-        while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") \
-                and not stop_event.is_set():
-            end = events[-1]
-            sample = int(round(float(end["position"]) * sample_rate))
-            if sample < captured.oldest:
-                counts["lost"] = counts.get("lost", 0) + captured.oldest - sample
-                sample = captured.oldest
-            events += await resume_stream(url, start_for, end,
-                                          lambda ws, at=sample: send(ws, at), token, on_event)
-        return events
+        return await stream_resuming(url, start_for, send_from, token, on_event, reconnect,
+                                     stopped=stop_event.is_set)
     finally:
         close_microphone()
 

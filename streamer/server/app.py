@@ -97,7 +97,7 @@ class DiarizationServer:
             states=StateSealer(self.settings.state_secret, self.settings.token),
             store=open_store(self.settings.redis_url))
         self.voiceprints = VoiceprintRoutes(
-            file_enroller(self.frontend), self._run, self.context.store,
+            file_enroller(self.frontend), self.context.run, self.context.store,
             self.settings.voiceprint_ttl, self.settings.max_body_bytes,
             on_enrolled=lambda: self.metrics.count("voiceprints_enrolled"))
         self.sessions: set[StreamSession] = set()
@@ -229,11 +229,6 @@ class DiarizationServer:
         except ConnectionClosed:
             pass
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A blocking call that may use the models, in the engine threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.context.tracked(fn), *args)
-
     async def _process_request(self, connection: StreamConnection, request: Request
                                ) -> Response | None:
         url = urlsplit(request.path)
@@ -356,10 +351,7 @@ class DiarizationServer:
             return not_allowed()
         if path == "/metrics" and not (self.settings.public_metrics
                                        or self._authorized(request, query)):
-            self.metrics.reject("unauthorized")
-            return for_method(method, response(
-                401, "missing or wrong token\n",
-                extra={"WWW-Authenticate": 'Bearer realm="streamer"'}))
+            return for_method(method, self._unauthorized())
         if path == "/healthz":
             answer = response(200, "ok\n")
         elif path == "/readyz":

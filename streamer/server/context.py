@@ -1,6 +1,7 @@
 """What every session of one server shares: settings, metrics, models, worker threads."""
 from __future__ import annotations
 
+import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ class ServerContext:
 
     def new_engine(self, config: StreamConfig) -> Any:
         return self.engine_factory(config)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking call that may use the models, in the engine threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.tracked(fn), *args)
 
     def describe(self) -> dict[str, Any]:
         return self.models

@@ -201,11 +201,12 @@ def state_message(kind: str, state: str, position: float, resume_id: str) -> dic
             "resume_id": resume_id}
 
 
-def end_message(session: str, duration: float, speakers: list[dict[str, Any]], state: str,
-                position: float, resume_id: str, reconnect: bool = False) -> dict[str, Any]:
-    """The last event of a stream; ``reconnect`` when the server was drained."""
-    end = {"type": "end", "session": session, "duration": round(duration, 3),
-           "speakers": speakers, **state_message("end", state, position, resume_id)}
+def end_message(session: str, duration: float, speakers: list[dict[str, Any]],
+                saved: Mapping[str, Any], reconnect: bool = False) -> dict[str, Any]:
+    """The last event of a stream, with the fields of its :func:`state_message`
+    (``saved``); ``reconnect`` when the server was drained."""
+    end = {**saved, "type": "end", "session": session, "duration": round(duration, 3),
+           "speakers": speakers}
     if reconnect:
         end["reconnect"] = True
     return end

@@ -20,7 +20,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from websockets.exceptions import ConnectionClosed
 
@@ -357,12 +357,10 @@ class StreamSession:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run an engine call in the shared thread pool."""
-        loop = asyncio.get_running_loop()
         metrics = self.context.metrics
         metrics.feed_started(1)
         try:
-            return await loop.run_in_executor(self.context.executor, self.context.tracked(fn),
-                                              *args)
+            return await self.context.run(fn, *args)
         finally:
             metrics.feed_started(-1)
 
@@ -393,12 +391,8 @@ class StreamSession:
         reconnect), so that the stream resumed by ``resume_id`` decides as this one would
         have; a store that does not answer only costs the resumed stream that context."""
         context = {**encode_context(self.engine.context(), SAMPLE_RATE), "position": position}
-        try:
-            await self.context.store.put_context(self.resume_id, context,
-                                                 min(CONTEXT_TTL, self.settings.state_ttl))
-        except StoreUnavailable as error:
-            self.context.metrics.error(error.code)
-            logger.warning("session %s: audio context not saved: %s", self.id, error)
+        await self._store("audio context", self.context.store.put_context(
+            self.resume_id, context, min(CONTEXT_TTL, self.settings.state_ttl)))
 
     async def _prime(self, engine: Any, document: Any) -> None:
         """Give a stream resumed by id the audio context saved when its first part was
@@ -436,19 +430,25 @@ class StreamSession:
             with contextlib.suppress(Exception):
                 await self._saver
         record = {"state": message["state"], "position": message["position"]}
+        if await self._store("state", self.context.store.put_state(
+                self.resume_id, record, self.settings.state_ttl)):
+            self.context.metrics.count("states_saved")
+
+    async def _store(self, what: str, saving: Awaitable[None]) -> bool:
+        """Await a save to the store; one that does not answer is counted and logged, not
+        raised (the stream goes on). Returns whether it was saved."""
         try:
-            await self.context.store.put_state(self.resume_id, record, self.settings.state_ttl)
+            await saving
         except StoreUnavailable as error:
             self.context.metrics.error(error.code)
-            logger.warning("session %s: state not saved: %s", self.id, error)
-        else:
-            self.context.metrics.count("states_saved")
+            logger.warning("session %s: %s not saved: %s", self.id, what, error)
+            return False
+        return True
 
     def _end_message(self, reconnect: bool = False) -> dict[str, Any]:
         return protocol.end_message(
             self.id, self.engine.position, [s.to_dict() for s in self.engine.speakers()],
-            self.context.states.seal(self.engine.state()),
-            self._offset + self.engine.position, self.resume_id, reconnect)
+            self._state_message("end"), reconnect)
 
     def _state_message(self, kind: str) -> dict[str, Any]:
         """The speaker memory so far (audio processed up to ``position``), sealed."""
