@@ -14,7 +14,7 @@ from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
 from streamer.server.state import StateSealer
-from streamer.server.store import MemoryStore
+from streamer.server.store import Store
 
 #: ``engine_factory(config) -> engine`` builds the per-stream engine (a StreamingDiarizer).
 EngineFactory = Callable[[StreamConfig], Any]
@@ -33,7 +33,7 @@ class ServerContext:
     admission: Admission
     states: StateSealer
     #: Saved stream states, redeemed tokens and registered voiceprints (or Redis's).
-    store: MemoryStore
+    store: Store
 
     def new_engine(self, config: StreamConfig) -> Any:
         return self.engine_factory(config)

@@ -48,48 +48,24 @@ class StoreUnavailable(StreamerError):
     code = "store_unavailable"
 
 
-class MemoryStore:
-    """The store of one process: bounded dictionaries with expiry times."""
+class Store:
+    """What every store offers; a store implements ``_put``, ``_get``, ``_delete`` and
+    ``_claim`` for its kinds of entry (``state``, ``context``, ``token``, ``voiceprint``)."""
 
+    #: Whether other processes and replicas see the same entries.
     shared = False
 
-    def __init__(self, limit: int = MEMORY_LIMIT, clock: Callable[[], float] = time.monotonic):
-        self.limits = {"state": limit, "token": limit, "voiceprint": limit,
-                       "context": min(limit, MEMORY_CONTEXTS)}
-        self._clock = clock
-        self._kinds: dict[str, collections.OrderedDict[str, tuple[float, str]]] = {
-            kind: collections.OrderedDict() for kind in self.limits}
-
     async def _put(self, kind: str, key: str, value: Any, ttl: float) -> None:
-        entries = self._kinds[kind]
-        entries.pop(key, None)
-        now = self._clock()
-        entries[key] = (now + ttl if ttl else math.inf, json.dumps(value))
-        # Oldest writes first: with one lifetime per kind, expired entries lead.
-        while entries and (len(entries) > self.limits[kind]
-                           or next(iter(entries.values()))[0] <= now):
-            entries.popitem(last=False)
+        raise NotImplementedError
 
     async def _get(self, kind: str, key: str) -> Any:
-        found = self._kinds[kind].get(key)
-        if found is None:
-            return None
-        if found[0] <= self._clock():
-            del self._kinds[kind][key]
-            return None
-        return json.loads(found[1])
+        raise NotImplementedError
 
     async def _delete(self, kind: str, key: str) -> bool:
-        return await self._get(kind, key) is not None and \
-            self._kinds[kind].pop(key, None) is not None
+        raise NotImplementedError
 
     async def _claim(self, key: str, ttl: float) -> bool:
-        if await self._get("token", key) is not None:
-            return False
-        await self._put("token", key, 1, ttl)
-        return True
-
-    # The public operations: the same for every store.
+        raise NotImplementedError
 
     async def put_state(self, key: str, record: dict[str, Any], ttl: float) -> None:
         await self._put("state", key, record, ttl)
@@ -122,11 +98,50 @@ class MemoryStore:
     async def close(self) -> None:
         """Release the store's connections."""
 
-    def describe(self) -> str:
-        return "memory (this process)"
+
+class MemoryStore(Store):
+    """The store of one process: bounded dictionaries with expiry times."""
+
+    def __init__(self, limit: int = MEMORY_LIMIT, clock: Callable[[], float] = time.monotonic):
+        self.limits = {"state": limit, "token": limit, "voiceprint": limit,
+                       "context": min(limit, MEMORY_CONTEXTS)}
+        self._clock = clock
+        self._kinds: dict[str, collections.OrderedDict[str, tuple[float, str]]] = {
+            kind: collections.OrderedDict() for kind in self.limits}
+
+    async def _put(self, kind: str, key: str, value: Any, ttl: float) -> None:
+        entries = self._kinds[kind]
+        entries.pop(key, None)
+        now = self._clock()
+        entries[key] = (now + ttl if ttl else math.inf, json.dumps(value))
+        # Oldest writes first: with one lifetime per kind, expired entries lead.
+        while entries and (len(entries) > self.limits[kind]
+                           or next(iter(entries.values()))[0] <= now):
+            entries.popitem(last=False)
+
+    async def _get(self, kind: str, key: str) -> Any:
+        found = self._kinds[kind].get(key)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            del self._kinds[kind][key]
+            return None
+        return json.loads(found[1])
+
+    async def _delete(self, kind: str, key: str) -> bool:
+        found = await self._get(kind, key) is not None  # an expired entry counts as gone
+        self._kinds[kind].pop(key, None)
+        return found
+
+    async def _claim(self, key: str, ttl: float) -> bool:
+        if await self._get("token", key) is not None:
+            return False
+        await self._put("token", key, 1, ttl)
+        return True
 
 
-class RedisStore(MemoryStore):
+
+class RedisStore(Store):
     """The store in Redis (``redis.asyncio``), shared by every replica."""
 
     shared = True
@@ -138,8 +153,6 @@ class RedisStore(MemoryStore):
         except ImportError:
             raise StreamerError("--redis-url needs the redis client: pip install "
                                 "'streamer[redis]'") from None
-        super().__init__()
-        self.url = url
         try:
             self._redis = redis.Redis.from_url(url, socket_timeout=timeout,
                                                socket_connect_timeout=timeout)
@@ -181,14 +194,11 @@ class RedisStore(MemoryStore):
     async def close(self) -> None:
         await self._redis.aclose()
 
-    def describe(self) -> str:
-        return "redis"
 
-
-def open_store(redis_url: str | None) -> MemoryStore:
+def open_store(redis_url: str | None) -> Store:
     """The store the settings ask for: Redis at ``redis_url``, else this process's."""
     return RedisStore(redis_url) if redis_url else MemoryStore()
 
 
 __all__ = ["CONTEXT_TTL", "DEFAULT_STATE_TTL", "DEFAULT_VOICEPRINT_TTL", "MemoryStore", "RedisStore",
-           "StoreUnavailable", "open_store"]
+           "Store", "StoreUnavailable", "open_store"]
