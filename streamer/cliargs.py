@@ -17,16 +17,18 @@ def add_model_arguments(parser: argparse.ArgumentParser,
     """Model flags; ``threads=False`` leaves out ``--threads`` (the server sets threads
     per worker thread instead)."""
     group = parser.add_argument_group("models")
-    group.add_argument("--preset", default=None, choices=["embedded", "pyannote"],
+    group.add_argument("--preset", default=None, choices=["embedded", "accurate", "pyannote"],
                        help="model preset (default: embedded, or pyannote when "
-                            "--segmentation/--embedding is given)")
+                            "--segmentation/--embedding is given); accurate: packaged "
+                            "segmentation-3.0 + CAM++")
     group.add_argument("--segmentation", default=None, metavar="SRC",
                        help="pyannote segmentation model: pytorch_model.bin, a folder "
                             "holding one, or hf:REPO for the Hugging Face hub (e.g. "
-                            "hf:pyannote/segmentation-3.0)")
+                            "hf:pyannote/segmentation-3.0), or packaged:segmentation-3.0")
     group.add_argument("--embedding", default=None, metavar="SRC",
                        help="pyannote embedding model: file, folder or hf:REPO "
-                            "(e.g. hf:pyannote/wespeaker-voxceleb-resnet34-LM)")
+                            "(e.g. hf:pyannote/wespeaker-voxceleb-resnet34-LM), or "
+                            "packaged:campplus")
     group.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                        help="where torch models run (default %(default)s)")
     group.add_argument("--backend", default="torch", choices=["torch", "onnx"],
@@ -84,7 +86,7 @@ def segmentation_from_args(args: argparse.Namespace) -> Any:
     from streamer.presets import PRESETS
 
     _set_threads(args)
-    return load_segmentation(args.segmentation or PRESETS["pyannote"]["segmentation"],
+    return load_segmentation(args.segmentation or PRESETS[preset_of(args)]["segmentation"],
                              device=args.device, backend=args.backend, **hub_options(args))
 
 
@@ -97,7 +99,7 @@ def embedding_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     from streamer.presets import PRESETS
 
     _set_threads(args)
-    source = args.embedding or PRESETS["pyannote"]["embedding"]
+    source = args.embedding or PRESETS[preset_of(args)]["embedding"]
     return load_embedding(source, device=args.device, backend=args.backend,
                           precision=getattr(args, "precision", "fp32"),
                           **hub_options(args)), source

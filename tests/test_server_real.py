@@ -50,3 +50,36 @@ def test_sample_wav_through_the_server_equals_file_mode(embedded) -> None:
     labels = {s["label"] for s in events[-1]["speakers"]}
     assert {speaker for speaker, _, _ in expected_turns} <= labels
     assert all(len(s["embedding"]) > 0 for s in events[-1]["speakers"])
+
+
+def test_accurate_preset_through_the_server_equals_file_mode() -> None:
+    """The packaged segmentation-3.0 + CAM++ preset behind the websocket: the same final
+    turns as file mode, with sample.wav's two speakers."""
+    import torch
+
+    from streamer.audio import load_audio
+    from streamer.engine import diarize_array
+    from streamer.presets import load_frontend
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        accurate = load_frontend("accurate")
+        audio = load_audio(SAMPLE)
+        expected, _ = diarize_array(accurate, audio)
+
+        async def body():
+            async with running_server(accurate) as server:
+                return await stream(server, audio, chunk=0.37)
+
+        ready, events, code = run(body(), timeout=180)
+    finally:
+        torch.set_num_threads(threads)
+    assert ready["models"]["preset"] == "accurate"
+    assert ready["models"]["embedding"] == "packaged:campplus"
+    assert code == 1000
+    check_turn_invariants(events)
+    expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
+    assert finals(events) == expected_turns
+    assert len({speaker for speaker, _, _ in expected_turns}) == 2
+    assert all(len(s["embedding"]) == 192 for s in events[-1]["speakers"])

@@ -129,7 +129,7 @@ def embedding_identity(frontend: Any) -> dict[str, Any]:
     info = frontend.describe()
     source = str(info.get("embedding", ""))
     model = getattr(frontend, "embedding", None)
-    if not source.startswith("hf:") and getattr(model, "source", None):
+    if not source.startswith(("hf:", "packaged:")) and getattr(model, "source", None):
         source = os.path.abspath(str(model.source))
     return {"preset": str(info.get("preset", getattr(frontend, "name", "?"))),
             "embedding": source, "dimension": int(info["embedding_dimension"])}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamer.errors import ConfigError, ModelLoadError
+from streamer.models.packaged import is_packaged, packaged_path
 from streamer.models.pyannote.checkpoint import Checkpoint, read_checkpoint
 from streamer.models.pyannote.hub import resolve_checkpoint
 from streamer.models.pyannote.pyannet import build_pyannet
@@ -71,6 +72,8 @@ def _prepare(source: str | os.PathLike[str], kind: str, device: str, backend: st
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
                              "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    if is_packaged(source):
+        source = packaged_path(str(source))
     checkpoint = read_checkpoint(resolve_checkpoint(
         source, revision=revision, cache_dir=cache_dir, token=token))
     architecture = detect_architecture(checkpoint)
@@ -144,10 +147,25 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
                                 responses_runner=from_responses)
 
 
+def _load_campplus(device: str, precision: str) -> Any:
+    """The packaged CAM++ encoder (torch on ``device``; with ``backend="onnx"`` only the
+    segmentation model runs in ONNX Runtime)."""
+    if precision != "fp32":
+        raise ConfigError("precision 'bf16' is offered for the WeSpeaker ResNet; CAM++ "
+                          "runs in fp32")
+    from streamer.models.campplus import CampPlusEmbedding
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
+                             "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    return CampPlusEmbedding(device=str(resolved), source="packaged:campplus")
+
+
 def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
                    backend: str = "torch", revision: str | None = None,
                    cache_dir: str | Path | None = None, token: str | None = None,
-                   precision: str = "fp32") -> PyannoteEmbedding:
+                   precision: str = "fp32") -> Any:
     """Load a pyannote speaker embedding model (WeSpeaker ResNet or x-vector SincNet).
 
     Same arguments and errors as :func:`load_segmentation`, plus ``precision``: ``"fp32"``
@@ -155,6 +173,8 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     autocast, ~3.5x faster on CPUs with AMX; ValueError otherwise).
     """
     check_precision(precision, backend)
+    if str(source) == "packaged:campplus":
+        return _load_campplus(device, precision)
     checkpoint, architecture, resolved = _prepare(source, "embedding", device, backend,
                                                   revision, cache_dir, token)
     if precision == "bf16" and architecture == "XVectorSincNet":
