@@ -38,10 +38,11 @@ class Pipeline:
     """Speaker diarization with the models of a preset, loaded once.
 
     Args:
-        preset: ``"embedded"`` (default: Silero VAD + GE2E, weights packaged) or
+        preset: ``"embedded"`` (default: Silero VAD + GE2E, weights packaged),
+            ``"accurate"`` (segmentation-3.0 + CAM++, weights packaged) or
             ``"pyannote"``; ``segmentation``/``embedding`` imply ``"pyannote"``.
         segmentation, embedding: pyannote model sources: a ``pytorch_model.bin``, a
-            folder holding one, or ``hf:<repo id>`` (hub download; ``revision``,
+            folder holding one, ``packaged:<name>``, or ``hf:<repo id>`` (hub download; ``revision``,
             ``cache_dir`` and ``token`` go in ``hub``).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``. backend: ``"torch"`` or ``"onnx"``.
         precision: ``"fp32"`` or ``"bf16"`` (pyannote embedding model, torch backend).
