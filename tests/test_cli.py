@@ -45,6 +45,26 @@ def test_diarize_sample_writes_rttm_and_json(tmp_path):
     assert "real-time factor" in result.stderr
 
 
+def test_accurate_preset_from_the_command_line(tmp_path):
+    """``--preset accurate`` (packaged models, no download): the fixture's two voices, and
+    the preset listed by ``streamer models``."""
+    rttm, document = tmp_path / "out.rttm", tmp_path / "out.json"
+    result = streamer("diarize", str(DATA / "two_voices.wav"), "--preset", "accurate",
+                      "--rttm", str(rttm), "--json", str(document), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    reference = read_rttm(DATA / "two_voices.rttm")["two_voices"]
+    der = der_components(reference, read_rttm(rttm)["two_voices"]).der
+    assert der < 0.15, f"DER {der:.3f}"
+    data = json.loads(document.read_text())
+    assert data["num_speakers"] == 2
+    assert all(len(v) == 192 for v in data["embeddings"].values())
+    listing = streamer("models")
+    assert "packaged:campplus" in listing.stdout and "accurate" in listing.stdout
+    bad = streamer("diarize", str(DATA / "two_voices.wav"), "--preset", "accurate",
+                   "--embedding", "packaged:nope")
+    assert bad.returncode != 0 and "packaged:campplus" in bad.stderr
+
+
 def seconds(clock_text: str) -> float:
     hours, minutes, rest = clock_text.split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(rest)
