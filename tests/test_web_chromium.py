@@ -231,7 +231,9 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     profile.mkdir()
     screenshot = tmp_path / "page.png"
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
-    with streamer_serve_process([f"--token={token}"]) as base:  # a token may start with "-"
+    # The accurate preset: sample.wav's two people must come out as two speakers through
+    # the page (the embedded preset merges them from some start points).
+    with streamer_serve_process([f"--token={token}", "--preset", "accurate"]) as base:
         page_url = f"{base}/?token={token}"
         state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 240))
 
@@ -254,6 +256,9 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     assert shown, f"no speaker shown; final turns: {turns}"
     assert {row["speaker"] for row in shown} == {t["speaker"] for t in finals}, turns
     assert all(row["finals"] >= 1 for row in shown), shown
+    if SAMPLE.exists():
+        assert len(shown) == 2, f"sample.wav's two people gave {len(shown)} speakers: {turns}"
+    assert state["ready"]["models"]["preset"] == "accurate"
     assert len(state["end"]["speakers"]) >= len(shown), state["end"]["speakers"]
     assert state["summaryRows"] == len(state["end"]["speakers"]) + 1
     assert again["error"] is None and again["phase"] == "done", again
