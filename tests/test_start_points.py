@@ -1,9 +1,9 @@
 """How a stream arrives must not decide who speaks when.
 
-The same conversation (``../shared/eval/sample.wav``, two people) with the embedded preset,
-in random frame sizes and recorded at 44.1 or 48 kHz (through the server's PCM decoder and
-through file mode), must give the same two speakers and about the same DER as the file as
-recorded.
+The same conversation (``../shared/eval/sample.wav``, two people) with the embedded and the
+accurate presets, in random frame sizes and recorded at 44.1 or 48 kHz (through the server's
+PCM decoder and through file mode), must give the same two speakers and about the same DER
+as the file as recorded.
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ SPEAKERS = 2
 RATE_DER_TOLERANCE = 0.02
 
 
-@pytest.fixture(scope="module")
-def frontend():
+@pytest.fixture(scope="module", params=["embedded", "accurate"])
+def frontend(request):
     from streamer.presets import load_frontend
 
-    return load_frontend("embedded")
+    return load_frontend(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +105,15 @@ def test_pcm_at_high_rates_through_the_stream_decoder(frontend, sample, as_recor
 
 
 @pytest.mark.parametrize("rate", [44100, 48000])
-def test_wav_files_at_high_rates_in_file_mode(sample, as_recorded, rate, tmp_path):
+def test_wav_files_at_high_rates_in_file_mode(frontend, sample, as_recorded, rate, tmp_path):
     from streamer.cli import main
 
     samples, reference, uem = sample
     wav, rttm = tmp_path / "sample.wav", tmp_path / "sample.rttm"
     sf.write(wav, upsampled(samples, rate), rate, subtype="PCM_16")
     assert sf.info(wav).samplerate == rate
-    assert main(["diarize", str(wav), "--rttm", str(rttm), "--no-progress"]) == 0
+    assert main(["diarize", str(wav), "--rttm", str(rttm), "--no-progress",
+                 "--preset", frontend.name]) == 0
     turns = read_rttm(rttm).get("sample", [])
     check_like_16k(turns, as_recorded, reference, uem, f"{rate} Hz wav")
 
