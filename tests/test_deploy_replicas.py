@@ -150,15 +150,21 @@ def test_a_drained_replicas_streams_resume_on_the_other_through_the_balancer(clu
         assert status == 201, answer
     config = {"known_speakers": [{"name": v.split("+")[-1]} for v in voices]}
 
+    async def until_open(wanted, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 60
+        while sorted(open_streams(port) for port, _ in replicas) != wanted:
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.05)
+
     async def body():
         whole = await stream_audio(url, audio, speed=0, config=config)
-        # Two clients at 6x real time: the balancer gives each replica one.
-        clients = [asyncio.create_task(stream_audio(url, audio, speed=6, config=config))
-                   for _ in range(2)]
-        deadline = asyncio.get_running_loop().time() + 60
-        while [open_streams(port) for port, _ in replicas] != [1, 1]:
-            assert asyncio.get_running_loop().time() < deadline, "streams not spread"
-            await asyncio.sleep(0.05)
+        # Two clients at 6x real time, one after the other once the first stream has
+        # closed: with nothing else open, leastconn gives each replica one.
+        await until_open([0, 0], "the first stream did not close")
+        clients = [asyncio.create_task(stream_audio(url, audio, speed=6, config=config))]
+        await until_open([0, 1], "the first client did not open")
+        clients.append(asyncio.create_task(stream_audio(url, audio, speed=6, config=config)))
+        await until_open([1, 1], "streams not spread")
         await asyncio.sleep(4.0)  # about 40 % of the audio sent
         drained_port, drained = replicas[0]
         drained.send_signal(signal.SIGTERM)
