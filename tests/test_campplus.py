@@ -83,6 +83,8 @@ def test_weights_select_frames_and_rows_are_independent(campplus):
                     campplus(chunks[:1]))[0] > 0.99999
     with pytest.raises(ValueError, match="weights must be"):
         campplus(chunks, np.ones((3, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        campplus(chunks, np.full((2, 10), np.nan, np.float32))
     with pytest.raises(ValueError, match="waveforms must be"):
         campplus(chunks[:, :100])
 

@@ -281,6 +281,8 @@ class CampPlusEmbedding:
             if w.ndim != 2 or w.shape[0] != len(batch) or w.shape[1] < 1:
                 raise ValueError(f"weights must be (batch={len(batch)}, frames), got shape "
                                  f"{w.shape}")
+            if not np.isfinite(w).all():
+                raise ValueError("weights contain NaN or infinite values")
             pooling = F.interpolate(torch.from_numpy(w).to(self.device)[:, None],
                                     size=frames.shape[-1], mode="linear",
                                     align_corners=False)[:, 0]
