@@ -148,3 +148,16 @@ def test_accurate_preset_finds_the_two_speakers_of_sample_from_any_start(accurat
     assert len({t.speaker for t in turns}) == 2
     der = der_components(reference, [(t.start, t.end, t.speaker) for t in turns]).der
     assert der < 0.2, f"DER {der:.3f} from {shift} s"
+
+
+def test_onnx_backend_runs_the_network_in_onnx_runtime_with_the_same_embeddings(
+        campplus, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path))
+    frontend = load_frontend("accurate", backend="onnx")
+    assert frontend.embedding.describe()["backend"] == "onnx"
+    assert list(tmp_path.glob("embedding-campplus-*.onnx"))
+    rng = np.random.default_rng(3)
+    chunks = (0.1 * rng.standard_normal((2, 160000))).astype(np.float32)
+    weights = rng.random((2, 589)).astype(np.float32)
+    assert _cosines(frontend.embedding(chunks, weights), campplus(chunks, weights)).min() > 0.99999

@@ -13,7 +13,7 @@ normalised over the clip. Output: a 192-d embedding, compared by cosine.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -259,10 +259,19 @@ class CampPlusEmbedding:
         self.model = load_campplus(path).to(self.device)
         self.fbank = KaldiFbank(num_mel_bins=FEATURES, window_type="povey").to(self.device)
         self.source = source or path or "packaged:campplus"
+        self.backend = "torch"
+        self._frames: Callable[[torch.Tensor], torch.Tensor] = self.model.frames
+
+    def use_frames(self, runner: Callable[..., torch.Tensor], backend: str) -> None:
+        """Run the network's frame-level part with ``runner`` (fbank -> frames), e.g. an
+        ONNX Runtime session; the filterbank and the pooling stay in torch."""
+        self._frames = lambda features: runner(features.cpu().numpy()).to(self.device)
+        self.backend = backend
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "embedding", "architecture": self.architecture, "source": self.source,
-                "backend": "torch", "device": str(self.device), "dimension": self.dimension}
+                "backend": self.backend, "device": str(self.device),
+                "dimension": self.dimension}
 
     @torch.inference_mode()
     def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -274,7 +283,7 @@ class CampPlusEmbedding:
         index = [first.setdefault(row.tobytes(), len(first)) for row in batch]
         unique = batch[[index.index(k) for k in range(len(first))]]
         signal = torch.from_numpy(np.ascontiguousarray(unique)).to(self.device)
-        frames = self.model.frames(self.fbank(signal))[torch.as_tensor(index)]
+        frames = self._frames(self.fbank(signal))[torch.as_tensor(index)]
         pooling = None
         if weights is not None:
             w = np.asarray(weights, np.float32)

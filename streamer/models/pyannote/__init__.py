@@ -147,9 +147,9 @@ def load_segmentation(source: str | os.PathLike[str], *, device: str = "cpu",
                                 responses_runner=from_responses)
 
 
-def _load_campplus(device: str, precision: str) -> Any:
-    """The packaged CAM++ encoder (torch on ``device``; with ``backend="onnx"`` only the
-    segmentation model runs in ONNX Runtime)."""
+def _load_campplus(device: str, precision: str, backend: str) -> Any:
+    """The packaged CAM++ encoder: torch on ``device``, or its network in ONNX Runtime
+    (the filterbank and the weighted pooling stay in torch)."""
     if precision != "fp32":
         raise ConfigError("precision 'bf16' is offered for the WeSpeaker ResNet; CAM++ "
                           "runs in fp32")
@@ -159,7 +159,21 @@ def _load_campplus(device: str, precision: str) -> Any:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
                              "use device='cpu' (or 'auto'), or install a CUDA build of torch")
-    return CampPlusEmbedding(device=str(resolved), source="packaged:campplus")
+    embedding = CampPlusEmbedding(device=str(resolved), source="packaged:campplus")
+    if backend == "onnx":
+        from streamer.models.pyannote.onnx import onnx_runner
+        example = 0.1 * torch.randn(1, 10 * embedding.sample_rate,
+                                    generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            features = embedding.fbank(example.to(resolved)).cpu()
+        graph = onnx_runner(
+            _FramesGraph(embedding.model.cpu()), Path(packaged_path("packaged:campplus")),
+            "embedding-campplus", {"features": features},
+            {"features": {0: "batch", 1: "frames"}, "output": {0: "batch", 2: "frames"}},
+            resolved)
+        embedding.model.to(resolved)
+        embedding.use_frames(_numpy_runner(graph), backend)
+    return embedding
 
 
 def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
@@ -174,7 +188,7 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
     """
     check_precision(precision, backend)
     if str(source) == "packaged:campplus":
-        return _load_campplus(device, precision)
+        return _load_campplus(device, precision, backend)
     checkpoint, architecture, resolved = _prepare(source, "embedding", device, backend,
                                                   revision, cache_dir, token)
     if precision == "bf16" and architecture == "XVectorSincNet":
@@ -254,7 +268,7 @@ class _TrunkGraph(nn.Module):
 
 
 class _FramesGraph(nn.Module):
-    """``(batch, fbank frames, features) -> ResNet frame features``."""
+    """``(batch, fbank frames, features) -> frame features`` of a ResNet or CAM++."""
 
     def __init__(self, resnet: nn.Module) -> None:
         super().__init__()
