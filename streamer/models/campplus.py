@@ -275,24 +275,19 @@ class CampPlusEmbedding:
 
     @torch.inference_mode()
     def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        batch = np.ascontiguousarray(waveforms, np.float32)
-        if batch.ndim != 2 or batch.shape[1] < self.min_samples:
-            raise ValueError(f"waveforms must be (batch, samples >= {self.min_samples}), "
-                             f"got shape {batch.shape}")
-        first: dict[bytes, int] = {}
-        index = [first.setdefault(row.tobytes(), len(first)) for row in batch]
-        unique = batch[[index.index(k) for k in range(len(first))]]
-        signal = torch.from_numpy(np.ascontiguousarray(unique)).to(self.device)
-        frames = self._frames(self.fbank(signal))[torch.as_tensor(index)]
+        from streamer.models.pyannote.waveforms import as_waveforms, as_weights, distinct_rows
+
+        batch = as_waveforms(waveforms, self.min_samples)
         pooling = None
         if weights is not None:
-            w = np.asarray(weights, np.float32)
-            if w.ndim != 2 or w.shape[0] != len(batch) or w.shape[1] < 1:
-                raise ValueError(f"weights must be (batch={len(batch)}, frames), got shape "
-                                 f"{w.shape}")
-            if not np.isfinite(w).all():
-                raise ValueError("weights contain NaN or infinite values")
-            pooling = F.interpolate(torch.from_numpy(w).to(self.device)[:, None],
-                                    size=frames.shape[-1], mode="linear",
+            pooling = torch.from_numpy(as_weights(weights, len(batch))).to(self.device)
+        if not len(batch):
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        unique, index = distinct_rows(batch)
+        signal = torch.from_numpy(np.ascontiguousarray(unique)).to(self.device)
+        frames = self._frames(self.fbank(signal))
+        frames = frames[torch.as_tensor(index, device=frames.device)]
+        if pooling is not None:
+            pooling = F.interpolate(pooling[:, None], size=frames.shape[-1], mode="linear",
                                     align_corners=False)[:, 0]
         return self.model.pool(frames, pooling).float().cpu().numpy()

@@ -10,7 +10,8 @@ import torch
 
 from streamer.models.pyannote.device import Runner, cudnn_tf32
 from streamer.models.pyannote.pooling import resize_weights
-from streamer.models.pyannote.waveforms import as_waveforms, shortest_input
+from streamer.models.pyannote.waveforms import (as_waveforms, as_weights, distinct_rows,
+                                               shortest_input)
 
 #: See :attr:`PyannoteEmbedding.crop_threshold`.
 CROP_THRESHOLD = 1e-7
@@ -72,24 +73,17 @@ class PyannoteEmbedding:
         size = batch.shape[0]
         weight_tensor = None
         if weights is not None:
-            w = np.asarray(weights, dtype=np.float32)
-            if w.ndim != 2 or w.shape[0] != size or w.shape[1] < 1:
-                raise ValueError(f"weights must be (batch={size}, frames), got shape {w.shape}")
-            if not np.isfinite(w).all():
-                raise ValueError("weights contain NaN or infinite values")
-            weight_tensor = torch.from_numpy(np.ascontiguousarray(w)).to(self._head_device)
+            weight_tensor = torch.from_numpy(as_weights(weights, size)).to(self._head_device)
         if not size:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        rows: dict[bytes, int] = {}
-        inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
-        unique = batch if len(rows) == size else batch[[inverse.index(i) for i in range(len(rows))]]
+        unique, inverse = distinct_rows(batch)
         with torch.inference_mode():
             if weight_tensor is not None and self.crop_threshold is not None:
                 cropped = self._cropped(unique, inverse, weight_tensor)
                 if cropped is not None:
                     return cropped
             frames = self._trunk(unique)
-            if len(rows) != size:
+            if len(unique) != size:
                 frames = frames[torch.tensor(inverse, device=frames.device)]
             embeddings = self._module.head(frames, weight_tensor)
         return embeddings.float().cpu().numpy()

@@ -21,6 +21,26 @@ def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def as_weights(weights: Any, size: int) -> np.ndarray:
+    """Validate per-frame pooling weights ``(batch=size, frames)`` -> float32 2-D."""
+    array = np.asarray(weights, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] != size or array.shape[1] < 1:
+        raise ValueError(f"weights must be (batch={size}, frames), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("weights contain NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def distinct_rows(batch: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The distinct rows of ``batch`` in order of first appearance, and each row's index
+    among them: a chunk repeated once per local speaker goes through a network once."""
+    rows: dict[bytes, int] = {}
+    inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
+    if len(rows) == len(batch):
+        return batch, inverse
+    return batch[[inverse.index(i) for i in range(len(rows))]], inverse
+
+
 def shortest_input(num_frames: Callable[[int], int], frames: int, limit: int = 1 << 22) -> int:
     """The fewest samples for which a network gives at least ``frames`` output frames."""
     low, high = 1, limit
