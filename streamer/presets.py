@@ -83,9 +83,6 @@ def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
     emb = load_embedding(embedding, device=device, backend=backend, precision=precision, **hub)
     logger.info("loaded segmentation %s and embedding %s (%s, %s)", segmentation, embedding,
                 device, backend)
-    frontend = SegmentationEmbeddingFrontend(
-        seg, emb, name=name, delta_new=getattr(emb, "delta_new", 1.0),
+    return SegmentationEmbeddingFrontend(
+        seg, emb, name=name,
         sources={"segmentation": segmentation, "embedding": embedding})
-    if hasattr(emb, "identity_threshold"):
-        frontend.default_identity_threshold = emb.identity_threshold
-    return frontend

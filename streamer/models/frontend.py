@@ -31,13 +31,9 @@ class SegmentationEmbeddingFrontend:
     detects_overlap = True
     #: Buffers are averaged with a Hamming window: a chunk's edges see less context.
     aggregation_window = "hamming"
-    #: Not calibrated for pyannote embeddings here (no trained weights to calibrate on):
-    #: cosine similarity of a voice with itself, well above that of two voices.
-    default_identity_threshold = 0.5
-
     def __init__(self, segmentation: SegmentationModel, embedding: EmbeddingModel,
-                 name: str = "pyannote", delta_new: float = 1.0, speech_threshold: float = 0.5,
-                 sources: dict[str, str] | None = None):
+                 name: str = "pyannote", delta_new: float | None = None,
+                 speech_threshold: float = 0.5, sources: dict[str, str] | None = None):
         if segmentation.sample_rate != embedding.sample_rate:
             raise ValueError("segmentation and embedding models must share one sample rate")
         self.name = name
@@ -49,7 +45,13 @@ class SegmentationEmbeddingFrontend:
         #: Segmentation and embeddings look at each buffer alone, and the aggregator
         #: places their frames on the stream's own grid: any start point keeps it.
         self.sample_alignment = 1
-        self.default_delta_new = delta_new
+        # An embedding model may carry distances calibrated for it (CAM++ does). Otherwise
+        # new-speaker distance 1.0, and an identity threshold that is not calibrated for
+        # pyannote embeddings here (no trained weights to calibrate on): cosine similarity
+        # of a voice with itself, well above that of two voices.
+        self.default_delta_new = (delta_new if delta_new is not None
+                                  else getattr(embedding, "delta_new", 1.0))
+        self.default_identity_threshold = float(getattr(embedding, "identity_threshold", 0.5))
         self.default_speech_threshold = speech_threshold
         self.sources = dict(sources or {})
         self._segment: Callable[..., np.ndarray] = segmentation
