@@ -63,15 +63,20 @@ def detect_architecture(checkpoint: Checkpoint) -> str:
     return ""
 
 
+def _available_device(device: str) -> torch.device:
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
+                             "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    return resolved
+
+
 def _prepare(source: str | os.PathLike[str], kind: str, device: str, backend: str,
              revision: str | None, cache_dir: str | Path | None,
              token: str | None) -> tuple[Checkpoint, str, torch.device]:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
-                             "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    resolved = _available_device(device)
     if is_packaged(source):
         source = packaged_path(str(source))
     checkpoint = read_checkpoint(resolve_checkpoint(
@@ -155,10 +160,7 @@ def _load_campplus(device: str, precision: str, backend: str) -> Any:
                           "runs in fp32")
     from streamer.models.campplus import CampPlusEmbedding
 
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA GPU here: "
-                             "use device='cpu' (or 'auto'), or install a CUDA build of torch")
+    resolved = _available_device(device)
     embedding = CampPlusEmbedding(device=str(resolved), source="packaged:campplus")
     if backend == "onnx":
         from streamer.models.pyannote.onnx import onnx_runner
@@ -184,7 +186,8 @@ def load_embedding(source: str | os.PathLike[str], *, device: str = "cpu",
 
     Same arguments and errors as :func:`load_segmentation`, plus ``precision``: ``"fp32"``
     (exact) or ``"bf16"`` (WeSpeaker ResNet with the torch backend: the trunk under bfloat16
-    autocast, ~3.5x faster on CPUs with AMX; ValueError otherwise).
+    autocast, ~3.5x faster on CPUs with AMX; ValueError otherwise). ``"packaged:campplus"``
+    gives the packaged CAM++ encoder (:mod:`streamer.models.campplus`).
     """
     check_precision(precision, backend)
     if str(source) == "packaged:campplus":
