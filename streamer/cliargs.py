@@ -17,7 +17,9 @@ def add_model_arguments(parser: argparse.ArgumentParser,
     """Model flags; ``threads=False`` leaves out ``--threads`` (the server sets threads
     per worker thread instead)."""
     group = parser.add_argument_group("models")
-    group.add_argument("--preset", default=None, choices=["embedded", "accurate", "pyannote"],
+    from streamer.presets import PRESETS
+
+    group.add_argument("--preset", default=None, choices=list(PRESETS),
                        help="model preset (default: embedded, or pyannote when "
                             "--segmentation/--embedding is given); accurate: packaged "
                             "segmentation-3.0 + CAM++")

@@ -42,8 +42,8 @@ class Pipeline:
             ``"accurate"`` (segmentation-3.0 + CAM++, weights packaged) or
             ``"pyannote"``; ``segmentation``/``embedding`` imply ``"pyannote"``.
         segmentation, embedding: pyannote model sources: a ``pytorch_model.bin``, a
-            folder holding one, ``packaged:<name>``, or ``hf:<repo id>`` (hub download; ``revision``,
-            ``cache_dir`` and ``token`` go in ``hub``).
+            folder holding one, ``packaged:<name>``, or ``hf:<repo id>`` (hub download;
+            ``revision``, ``cache_dir`` and ``token`` go in ``hub``).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``. backend: ``"torch"`` or ``"onnx"``.
         precision: ``"fp32"`` or ``"bf16"`` (pyannote embedding model, torch backend).
         frontend: an already loaded front end (then the other model arguments are unused).

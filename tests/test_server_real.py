@@ -1,5 +1,6 @@
-"""End to end on real speech: sample.wav through the server with the embedded preset gives
-the same final turns as the engine run directly on the file (file mode)."""
+"""End to end on real speech: sample.wav through the server with the embedded and the
+accurate presets gives the same final turns as the engine run directly on the file (file
+mode)."""
 from __future__ import annotations
 
 import pytest
@@ -13,73 +14,47 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    """The embedded preset, with torch on one intra-op thread in this (main) thread, as
-    the server's worker threads run it (torch's default of one thread per core is many
-    times slower for these small models on a busy 2-core machine)."""
+@pytest.fixture(scope="module", params=["embedded", "accurate"])
+def frontend(request):
+    """A preset, with torch on one intra-op thread in this (main) thread, as the server's
+    worker threads run it (torch's default of one thread per core is many times slower
+    for these small models on a busy 2-core machine)."""
     import torch
 
     from streamer.presets import load_frontend
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_frontend("embedded")
+    yield load_frontend(request.param)
     torch.set_num_threads(threads)
 
 
-def test_sample_wav_through_the_server_equals_file_mode(embedded) -> None:
+def test_sample_wav_through_the_server_equals_file_mode(frontend) -> None:
+    """The embedded preset, and the packaged segmentation-3.0 + CAM++ one, behind the
+    websocket: the same final turns as file mode, with sample.wav's two speakers."""
     from streamer.audio import load_audio
     from streamer.engine import diarize_array
 
     audio = load_audio(SAMPLE)
-    expected, _ = diarize_array(embedded, audio)
+    expected, _ = diarize_array(frontend, audio)
     expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
 
     async def body():
-        async with running_server(embedded) as server:
+        async with running_server(frontend) as server:
             return await stream(server, audio, chunk=0.37)
 
-    ready, events, code = run(body(), timeout=120)
-    assert ready["models"]["preset"] == "embedded"
+    ready, events, code = run(body(), timeout=120 if frontend.name == "embedded" else 180)
+    assert ready["models"]["preset"] == frontend.name
+    assert ready["models"]["embedding"] == frontend.describe()["embedding"]
     assert code == 1000
     check_turn_invariants(events)
     assert len(expected_turns) >= 2
     assert finals(events) == expected_turns
+    assert len({speaker for speaker, _, _ in expected_turns}) == 2
     assert events[-1]["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
     labels = {s["label"] for s in events[-1]["speakers"]}
     assert {speaker for speaker, _, _ in expected_turns} <= labels
-    assert all(len(s["embedding"]) > 0 for s in events[-1]["speakers"])
-
-
-def test_accurate_preset_through_the_server_equals_file_mode() -> None:
-    """The packaged segmentation-3.0 + CAM++ preset behind the websocket: the same final
-    turns as file mode, with sample.wav's two speakers."""
-    import torch
-
-    from streamer.audio import load_audio
-    from streamer.engine import diarize_array
-    from streamer.presets import load_frontend
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        accurate = load_frontend("accurate")
-        audio = load_audio(SAMPLE)
-        expected, _ = diarize_array(accurate, audio)
-
-        async def body():
-            async with running_server(accurate) as server:
-                return await stream(server, audio, chunk=0.37)
-
-        ready, events, code = run(body(), timeout=180)
-    finally:
-        torch.set_num_threads(threads)
-    assert ready["models"]["preset"] == "accurate"
-    assert ready["models"]["embedding"] == "packaged:campplus"
-    assert code == 1000
-    check_turn_invariants(events)
-    expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
-    assert finals(events) == expected_turns
-    assert len({speaker for speaker, _, _ in expected_turns}) == 2
-    assert all(len(s["embedding"]) == 192 for s in events[-1]["speakers"])
+    dimension = frontend.describe()["embedding_dimension"]
+    assert all(len(s["embedding"]) == dimension for s in events[-1]["speakers"])
+    if frontend.name == "accurate":
+        assert ready["models"]["embedding"] == "packaged:campplus" and dimension == 192
