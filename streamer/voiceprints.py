@@ -8,9 +8,9 @@ that made it (preset, embedding source, dimension) and a format version:
 :func:`streamer.enrollment.enroll` makes one from at most ``MAX_ENROLL_SECONDS`` of audio
 of one speaker: the audio is diarized like a stream, and refused when it holds too little
 speech or a second voice. A stream given known speakers (``StreamConfig.known_speakers``)
-names each global speaker whose centroid matches a voiceprint: speakers and voiceprints are paired one to
-one (Hungarian method) by cosine similarity, and a pair counts only at or above the
-identity threshold, so an unknown voice keeps its anonymous label.
+names each global speaker whose centroid matches a voiceprint: speakers and voiceprints
+are paired one to one (Hungarian method) by cosine similarity, and a pair counts only at
+or above the identity threshold, so an unknown voice keeps its anonymous label.
 """
 from __future__ import annotations
 
