@@ -247,12 +247,12 @@ def pipeline(models: dict[str, tuple[str, Path | str]], backends: list[str],
                 oracle = ActiveSpeakers(segmentation, active, turns, len(audio) / 16000)
                 frontend = SegmentationEmbeddingFrontend(oracle, embedding)
                 _tracking_streams(frontend, oracle)
-                frontend._embed = lambda chunks, weights=None: (  # noqa: E731
-                    calls.append(len(chunks)), embed(chunks, weights))[1]
                 frontend.reuse_responses = reuse
+                models = {**frontend.models, "embedding": lambda chunks, weights=None: (
+                    calls.append(len(chunks)), embed(chunks, weights))[1]}
                 calls.clear()
                 cpu: list[float] = []
-                timings = time_steps(frontend, audio, StreamConfig(), steps, cpu)
+                timings = time_steps(frontend, audio, StreamConfig(), steps, cpu, models)
                 print(f"{backend:<8}{precision:<11}{'reused' if reuse else 'full':<12}"
                       f"{np.percentile(timings, 50):>9.1f}{timings.mean():>9.1f}"
                       f"{np.mean(cpu) / 1000 / 0.5:>20.3f}{sum(calls) / (steps + 1):>17.2f}",

@@ -5,12 +5,12 @@ import argparse
 import os
 import time
 from collections import Counter
-from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from streamer.errors import AudioFileError
+from streamer.models.calls import Models, run_direct
 
 DEFAULT_AUDIO = ("../shared/eval/sample.wav", "shared/eval/sample.wav")
 
@@ -25,21 +25,23 @@ def _audio_path(explicit: str | None) -> str:
 
 
 def time_steps(frontend, samples: np.ndarray, config, steps: int,
-               cpu: list[float] | None = None) -> np.ndarray:
+               cpu: list[float] | None = None, models: Models | None = None) -> np.ndarray:
     """Milliseconds of each ``feed`` call that completes one step (audio looped); ``cpu``
-    collects the process CPU milliseconds of each."""
+    collects the process CPU milliseconds of each. ``models`` replaces the front end's
+    models (e.g. to count their calls)."""
     from streamer.engine import StreamingDiarizer
 
     engine = StreamingDiarizer(frontend, config)
+    models = frontend.models if models is None else models
     size = int(round(engine.config.step * engine.sample_rate))
     needed = size * (steps + 1)
     audio = np.tile(samples, needed // len(samples) + 1)[:needed]
-    engine.feed(audio[:size])  # warm-up step
+    run_direct(engine.feed_steps(audio[:size]), models)  # warm-up step
     timings = []
     for index in range(1, steps + 1):
         chunk = audio[index * size: (index + 1) * size]
         started, started_cpu = time.perf_counter(), time.process_time()
-        engine.feed(chunk)
+        run_direct(engine.feed_steps(chunk), models)
         timings.append((time.perf_counter() - started) * 1000)
         if cpu is not None:
             cpu.append((time.process_time() - started_cpu) * 1000)
@@ -55,10 +57,9 @@ def run_step_benchmark(args: argparse.Namespace) -> str:
     frontend = frontend_from_args(args)
     config = config_from_args(args)
     rows: Counter[str] = Counter()
-    if hasattr(frontend, "map_models"):
-        frontend.map_models(partial(_counting, rows))
+    models = {name: _counting(rows, name, fn) for name, fn in frontend.models.items()}
     cpu: list[float] = []
-    timings = time_steps(frontend, samples, config, args.steps, cpu)
+    timings = time_steps(frontend, samples, config, args.steps, cpu, models)
     step = config.step
     p50, p95 = np.percentile(timings, [50, 95])
     calls = ", ".join(f"{name} {count / (len(timings) + 1):.2f}" for name, count in rows.items())
@@ -68,7 +69,7 @@ def run_step_benchmark(args: argparse.Namespace) -> str:
               f"(real-time factor {timings.mean() / 1000 / step:.3f}; "
               f"{np.mean(cpu) / 1000 / step:.3f} CPU-seconds per second of audio)\n"
               f"model rows per step: {calls or 'none'}")
-    if not set(rows) - {"segmentation"}:
+    if not set(rows) - {"segmentation", "segmentation_responses", "vad"}:
         report += ("\nwarning: the embedding model never ran (no speech found in these steps), "
                    "so these figures leave it out")
     return report

@@ -25,6 +25,7 @@ from streamer.errors import AudioFormatError, ConfigError
 from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSummary, Turn,
                              speaker_label)
 from streamer.models.base import BufferAnalysis, Frontend, embedding_identity
+from streamer.models.calls import Steps, run_direct
 from streamer.regions import RegionTracker
 from streamer.turns import TurnBuilder
 from streamer.voiceprints import Identifier, check_models
@@ -124,6 +125,16 @@ class StreamingDiarizer:
         :func:`diarize_array` for other rates, integer PCM and channels). Samples beyond
         full scale are clipped; NaN or infinity, integer or other non-float samples, and
         more than one channel raise :class:`AudioFormatError`."""
+        return run_direct(self.feed_steps(samples), self.frontend.models)
+
+    def feed_steps(self, samples: np.ndarray) -> Steps[list[Event]]:
+        """:meth:`feed` as model calls (see :mod:`streamer.models.calls`), for a
+        scheduler that batches the calls of many streams; the audio is checked before
+        the first call."""
+        samples = self._checked(samples)
+        return self._feed(samples)
+
+    def _checked(self, samples: np.ndarray) -> np.ndarray:
         if self._finished:
             raise RuntimeError("flush() ended this stream: call reset() to start another")
         samples = np.asarray(samples)
@@ -136,11 +147,13 @@ class StreamingDiarizer:
             raise AudioFormatError(
                 f"feed takes one channel, got shape {samples.shape}: average the channels "
                 f"first or use diarize_array(..., sample_rate=...)")
-        samples = clip_samples(samples.reshape(-1), "samples")
+        return clip_samples(samples.reshape(-1), "samples")
+
+    def _feed(self, samples: np.ndarray) -> Steps[list[Event]]:
         events: list[Event] = []
         stepped = False
         for buffer, end in self._buffer.push(samples):
-            self._process(buffer, end)
+            yield from self._process(buffer, end)
             events += self._commit(end - self._latency_samples)
             stepped = True
         if stepped:
@@ -151,12 +164,16 @@ class StreamingDiarizer:
     def flush(self) -> list[Event]:
         """End of stream: decide every remaining frame; returns the last final turns and
         regions."""
+        return run_direct(self.flush_steps(), self.frontend.models)
+
+    def flush_steps(self) -> Steps[list[Event]]:
+        """:meth:`flush` as model calls (see :meth:`feed_steps`)."""
         if self._finished:
             return []
         tail = self._buffer.tail()
         end = self._buffer.received
         if tail is not None:
-            self._process(*tail)
+            yield from self._process(*tail)
         events = self._commit(end, final=True)
         events += self._record(self._turns.flush())
         events += self._regions.flush()
@@ -228,15 +245,23 @@ class StreamingDiarizer:
         sent for the context, the speaker memory stays as restored, and times still start
         at 0 where the context ends. Without it, a resumed stream starts with an empty
         buffer (and is slower to open new speakers meanwhile)."""
+        run_direct(self.prime_steps(context), self.frontend.models)
+
+    def prime_steps(self, context: np.ndarray) -> Steps[None]:
+        """:meth:`prime` as model calls (see :meth:`feed_steps`); the context is checked
+        before the first call."""
         if self._buffer.received:
             raise RuntimeError("prime() comes before any audio")
         context = clip_samples(np.asarray(context, np.float32).reshape(-1), "context")
         if len(context) > self.context_limit:
             raise ConfigError(f"a context holds at most {self.context_limit} samples, got "
                               f"{len(context)}")
+        return self._prime(context)
+
+    def _prime(self, context: np.ndarray) -> Steps[None]:
         sums, speech = self._memory.sums, dict(self._speech)
         for buffer, end in self._buffer.push(context):
-            self._process(buffer, end)
+            yield from self._process(buffer, end)
         # The context's frames were decided by the stream it comes from.
         self._commit(self._buffer.received, final=True)
         self._turns.cut()
@@ -302,9 +327,9 @@ class StreamingDiarizer:
     def _latency_samples(self) -> int:
         return int(round(self.config.latency * self.sample_rate))
 
-    def _process(self, buffer: np.ndarray, end: int) -> None:
+    def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:
         start = (end - len(buffer)) / self.sample_rate
-        analysis = self._stream.analyze(buffer, start)
+        analysis = yield from self._stream.analyze(buffer, start)
         activations, speech = self._to_global(analysis)
         self._aggregator.add(activations, speech, analysis.frames, start, analysis.confidence)
 

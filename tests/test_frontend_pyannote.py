@@ -1,12 +1,11 @@
 """The pyannote front end in the streaming engine (small random weights made here).
 
 Streams reuse the segmentation's first-layer work of their previous step; that must change
-nothing but the compute: not the analysis of a buffer, not the engine's events, not under
-cross-stream micro-batching.
+nothing but the compute: not the analysis of a buffer, not the engine's events, not when
+the calls of several streams are batched together.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer
 from streamer.models.frontend import SegmentationEmbeddingFrontend
 from streamer.models.pyannote import load_embedding, load_segmentation
+from streamer.models.calls import run_direct, run_together
 from tests.checkpoints import write_checkpoint
-from streamer.server.batching import BatcherSet
 
 AUDIO = Path(__file__).parent / "data" / "two_voices.wav"
 RATE = 16000
@@ -50,7 +49,9 @@ def _frontend(models: tuple[object, object], reuse: bool) -> SegmentationEmbeddi
 
 def _analyses(stream, audio: np.ndarray, steps: int, offset: int = 0) -> list:
     size, hop = 10 * RATE, RATE // 2
-    return [stream.analyze(audio[offset + i * hop: offset + i * hop + size], i * hop / RATE)
+    models = stream.frontend.models
+    return [run_direct(stream.analyze(audio[offset + i * hop: offset + i * hop + size],
+                                      i * hop / RATE), models)
             for i in range(steps)]
 
 
@@ -82,42 +83,27 @@ def test_reuse_gives_the_same_analyses_and_events(models, audio: np.ndarray) -> 
     assert events[True] == events[False] and events[True]
 
 
-def test_reuse_under_cross_stream_micro_batching(models, audio: np.ndarray) -> None:
+def test_reuse_when_streams_are_batched_together(models, audio: np.ndarray) -> None:
     """Two streams whose calls are batched together get their own results."""
+    offsets = (0, 5 * RATE)
     expected = [_analyses(_frontend(models, False).stream(CONFIG), audio, 6, offset)
-                for offset in (0, 5 * RATE)]
+                for offset in offsets]
     batches: list[tuple[str, int]] = []
-    batchers = BatcherSet(max_batch=8, max_wait=2.0,
-                          on_batch=lambda name, calls, rows, seconds: batches.append((name, rows)))
     frontend = _frontend(models, True)
-    frontend.map_models(batchers.wrap)
-    streams = [frontend.stream(CONFIG) for _ in range(2)]
+    streams = [frontend.stream(CONFIG) for _ in offsets]
     results: list[list] = [[], []]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            offset = (0, 5 * RATE)[index]
-            for step in range(6):
-                with batchers.group.caller():
-                    barrier.wait(timeout=30)
-                    start = offset + step * RATE // 2
-                    results[index].append(
-                        streams[index].analyze(audio[start:start + 10 * RATE], step / 2))
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    for step in range(6):
+        jobs = [stream.analyze(audio[offset + step * RATE // 2:
+                                     offset + step * RATE // 2 + 10 * RATE], step / 2)
+                for stream, offset in zip(streams, offsets)]
+        outcomes = run_together(jobs, frontend.models, on_batch=lambda name, streams, rows,
+                                seconds: batches.append((name, rows)))
+        for got, outcome in zip(results, outcomes):
+            got.append(outcome.result())
     for got, want in zip(results, expected):
         _assert_same(got, want)
-    assert ("segmentation", 2) in batches  # both streams' chunks went through one pass
+    # both streams' chunks went through one pass
+    assert ("segmentation_responses", 2) in batches
     assert all(stream.responses.reused_frames == 5 * (15975 - 800) for stream in streams)
 
 

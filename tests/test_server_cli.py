@@ -125,7 +125,7 @@ def test_a_bad_variable_exits_2_and_names_it(monkeypatch, caplog, name, value, r
 
 def test_bad_flag_values_exit_2_before_loading_models() -> None:
     assert cli.main(_parse("--max-connections", "0")) == 2
-    assert cli.main(_parse("--batch-max-wait", "-1")) == 2
+    assert cli.main(_parse("--min-tick", "-1")) == 2
 
 
 class _Server:

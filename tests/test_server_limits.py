@@ -264,7 +264,7 @@ def test_batched_server_gives_the_same_turns_as_file_mode() -> None:
     audios = [conversation(pattern) for pattern in range(6)]
 
     async def body():
-        async with running_server(batch_max_size=8, batch_max_wait=0.01) as server:
+        async with running_server(batch_max_size=8, min_tick=0.05) as server:
             results = await asyncio.gather(*(stream(server, a) for a in audios))
             return results, server.metrics.render()
 
@@ -282,6 +282,7 @@ def test_batched_server_gives_the_same_turns_as_file_mode() -> None:
     {"max_connections": 0}, {"max_frame_bytes": -1}, {"idle_timeout": float("nan")},
     {"max_pending_seconds": 0}, {"max_feed_seconds": 10.0}, {"token": ""},
     {"allowed_origins": "http://a"}, {"batch_max_size": 1.5}, {"workers": 0},
+    {"min_tick": -1.0}, {"batch_max_size": 0},
     {"max_connections": True},
 ])
 def test_bad_settings_raise_value_error(changes: dict) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from streamer.models.calls import Models, Steps
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,13 @@ class BufferAnalysis:
 class FrontendStream(Protocol):
     """Per-stream state of a front end (caches, recurrent states)."""
 
-    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
+    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
         """Analyse ``buffer`` (16 kHz mono float32) whose first sample is at ``start``
         seconds from stream start (negative while the buffer is left-padded).
 
-        Buffers arrive in time order; consecutive buffers overlap."""
+        Buffers arrive in time order; consecutive buffers overlap. The analysis asks for
+        its model calls by yielding them (:mod:`streamer.models.calls`): run it with
+        ``run_direct(stream.analyze(...), frontend.models)``."""
         ...
 
 
@@ -117,9 +121,9 @@ class Frontend(Protocol):
 
     def describe(self) -> dict: ...
 
-    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
-        """Wrap the batchable model calls (``wrapper(name, call)``: cross-stream
-        micro-batching in the server)."""
+    @property
+    def models(self) -> Models:
+        """The batchable models that the streams' analyses call, by name."""
         ...
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from streamer.linalg import LINKAGES, linkage_clusters
 from streamer.models.base import BufferAnalysis, FrameTiming
 from streamer.models.ge2e import HOP as MEL_HOP
-from streamer.models.ge2e import N_FFT, MelSpectrogram, VoiceEncoder, volume_gain
+from streamer.models.calls import ModelCall, Models, Steps
+from streamer.models.ge2e import N_FFT, N_MELS, MelSpectrogram, VoiceEncoder, volume_gain
 from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
 from streamer.audio import SAMPLE_RATE
@@ -100,15 +101,15 @@ class EmbeddedFrontend:
         self.mean = np.zeros(256, np.float32) if mean is None else np.asarray(mean, np.float32)
         self.mel = MelSpectrogram()
         self.max_frames = int(round(self.settings.window * SAMPLE_RATE)) // MEL_HOP
-        self._encode: Callable[[np.ndarray, np.ndarray], np.ndarray] = self.encoder.embed_padded
 
     @property
     def sample_alignment(self) -> int:
         """VAD chunks and GE2E windows both start on multiples of this."""
         return math.lcm(VAD_CHUNK, int(round(self.settings.hop * SAMPLE_RATE)))
 
-    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
-        self._encode = wrapper("ge2e", self._encode)
+    @property
+    def models(self) -> Models:
+        return {"vad": self.vad.recurrent, "ge2e": self.encoder.embed_padded}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,11 +129,25 @@ class EmbeddedFrontend:
 
     def embed(self, mels: np.ndarray, gain: float) -> np.ndarray:
         """Normalised embedding of speech mel frames ``(frames, 40)``."""
-        count = min(len(mels), self.max_frames)
-        padded = np.zeros((1, self.max_frames, mels.shape[1]), np.float32)
-        padded[0, :count] = mels[:count] * gain ** 2
-        raw = self._encode(padded, np.array([count], np.int64))[0] - self.mean
-        return raw / max(float(np.linalg.norm(raw)), 1e-8)
+        return self.finish_embeddings(self.encoder.embed_padded(
+            *self.encoder_call([mels], [gain]).args))[0]
+
+    def encoder_call(self, mels: list[np.ndarray], gains: list[float]) -> ModelCall:
+        """The GE2E call for windows of speech mel frames (``(frames, 40)`` each, at most
+        one window's worth used) at their volume gains; its result goes through
+        :meth:`finish_embeddings`. Windows are padded to one length, so that the windows
+        of many streams make one batch."""
+        padded = np.zeros((len(mels), self.max_frames, N_MELS), np.float32)
+        counts = np.zeros(len(mels), np.int64)
+        for row, (frames, gain) in enumerate(zip(mels, gains)):
+            counts[row] = min(len(frames), self.max_frames)
+            padded[row, :counts[row]] = frames[:counts[row]] * gain ** 2
+        return ModelCall("ge2e", (padded, counts))
+
+    def finish_embeddings(self, raw: np.ndarray) -> np.ndarray:
+        """GE2E outputs ``(windows, 256)`` -> the embeddings the preset compares."""
+        centred = np.asarray(raw, np.float32) - self.mean
+        return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-8)
 
 
 class EmbeddedStream:
@@ -157,12 +172,13 @@ class EmbeddedStream:
         self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
 
     # -------------------------------------------------------------- incremental state
-    def _take_new(self, buffer: np.ndarray, start: float) -> int:
+    def _take_new(self, buffer: np.ndarray, start: float) -> Steps[int]:
         end = int(round(start * SAMPLE_RATE)) + len(buffer)
         new = end - self.received
         if new > 0:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
-            self.probs = np.concatenate([self.probs, self.frontend.vad.process(self.vad_state, samples)])
+            probs = yield from self.frontend.vad.process_steps(self.vad_state, samples)
+            self.probs = np.concatenate([self.probs, probs])
             self.audio = np.concatenate([self.audio, samples])
             self.received = end
         self._update_mels()
@@ -181,7 +197,9 @@ class EmbeddedStream:
         segment = np.pad(segment, (pad_left, 0))
         self.mels = np.concatenate([self.mels, self.frontend.mel.frames(segment)])
 
-    def _embed_windows(self, end: int) -> None:
+    def _embed_windows(self, end: int) -> Steps[None]:
+        """Embeds the windows that end by ``end``: all of them in one model call."""
+        stops, mels, gains = [], [], []
         while self.next_window * self.hop_samples <= end:
             stop = self.next_window * self.hop_samples
             self.next_window += 1
@@ -194,11 +212,16 @@ class EmbeddedStream:
             mel_index = np.arange(start // MEL_HOP,
                                   min(stop // MEL_HOP, self.mel_start + len(self.mels)))
             keep = speech[np.clip(mel_index * MEL_HOP // 512 - lo_vad, 0, len(speech) - 1)]
-            mels = self.mels[mel_index[keep] - self.mel_start]
-            if len(mels) == 0:
+            frames = self.mels[mel_index[keep] - self.mel_start]
+            if len(frames) == 0:
                 continue
             audio = self.audio[start - self.audio_start: stop - self.audio_start]
-            self.windows[stop] = self.frontend.embed(mels, volume_gain(audio))
+            stops.append(stop)
+            mels.append(frames)
+            gains.append(volume_gain(audio))
+        if stops:
+            raw = yield self.frontend.encoder_call(mels, gains)
+            self.windows.update(zip(stops, self.frontend.finish_embeddings(raw)))
 
     def _forget(self, buffer_start: int) -> None:
         keep_from = max(0, buffer_start - self.window_samples - N_FFT)
@@ -218,9 +241,9 @@ class EmbeddedStream:
             del self.windows[stop]
 
     # -------------------------------------------------------------- per buffer
-    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
-        end = self._take_new(buffer, start)
-        self._embed_windows(end)
+    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
+        end = yield from self._take_new(buffer, start)
+        yield from self._embed_windows(end)
         begin = max(0, end - len(buffer))
         self._forget(begin)
         first, last = int(np.ceil(begin / 512)), end // 512

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamer.models.base import BufferAnalysis, EmbeddingModel, SegmentationModel
+from streamer.models.calls import ModelCall, Models, Steps
 
 
 def overlap_aware_weights(activations: np.ndarray, gamma: float, beta: float) -> np.ndarray:
@@ -54,20 +55,17 @@ class SegmentationEmbeddingFrontend:
         self.default_identity_threshold = float(getattr(embedding, "identity_threshold", 0.5))
         self.default_speech_threshold = speech_threshold
         self.sources = dict(sources or {})
-        self._segment: Callable[..., np.ndarray] = segmentation
-        self._embed: Callable[..., np.ndarray] = embedding
         #: Streams reuse the segmentation's first-layer work of their previous step when
         #: the model offers it (pyannote models on CPU); same outputs, less compute.
         self.reuse_responses = bool(getattr(segmentation, "reuses_filter_responses", False))
-        self._segment_responses: Callable[..., np.ndarray] | None = (
-            segmentation.from_responses if self.reuse_responses else None)  # type: ignore[attr-defined]
 
-    def map_models(self, wrapper: Callable[[str, Callable], Callable]) -> None:
-        """Wrap the batchable model calls (e.g. for cross-stream micro-batching)."""
-        self._segment = wrapper("segmentation", self._segment)
-        self._embed = wrapper("embedding", self._embed)
-        if self._segment_responses is not None:
-            self._segment_responses = wrapper("segmentation", self._segment_responses)
+    @property
+    def models(self) -> Models:
+        models: dict[str, Callable[..., np.ndarray]] = {
+            "segmentation": self.segmentation, "embedding": self.embedding}
+        if self.reuse_responses:
+            models["segmentation_responses"] = self.segmentation.from_responses  # type: ignore[attr-defined]
+        return models
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,23 +95,23 @@ class SegmentationEmbeddingStream:
         self.responses = (frontend.segmentation.response_cache()  # type: ignore[attr-defined]
                           if frontend.reuse_responses else None)
 
-    def _activations(self, chunk: np.ndarray, start: float) -> np.ndarray:
-        f = self.frontend
+    def _segmentation_call(self, chunk: np.ndarray, start: float) -> ModelCall:
         if self.responses is None:
-            return np.asarray(f._segment(chunk[None]), np.float32)[0]
-        inputs = self.responses.update(chunk, round(start * f.sample_rate))
-        return np.asarray(f._segment_responses(*(x[None] for x in inputs)),  # type: ignore[misc]
-                          np.float32)[0]
+            return ModelCall("segmentation", (chunk[None],))
+        inputs = self.responses.update(chunk, round(start * self.frontend.sample_rate))
+        return ModelCall("segmentation_responses", tuple(x[None] for x in inputs))
 
-    def analyze(self, buffer: np.ndarray, start: float) -> BufferAnalysis:
+    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
         f = self.frontend
         chunk = np.ascontiguousarray(buffer, np.float32)[None]
-        activations = self._activations(chunk[0], start)
+        activations = np.asarray((yield self._segmentation_call(chunk[0], start)),
+                                 np.float32)[0]
         count = activations.shape[1]
         embeddings = np.full((count, f.embedding.dimension), np.nan, np.float32)
         active = np.flatnonzero(activations.max(axis=0) >= self.config.tau_active)
         if len(active):
             weights = overlap_aware_weights(activations, self.config.gamma, self.config.beta)
             batch = np.repeat(chunk, len(active), axis=0)
-            embeddings[active] = f._embed(batch, np.ascontiguousarray(weights[:, active].T))
+            embeddings[active] = yield ModelCall(
+                "embedding", (batch, np.ascontiguousarray(weights[:, active].T)))
         return BufferAnalysis(activations, embeddings, f.segmentation.frames)

@@ -11,7 +11,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import logging
 import signal
@@ -27,7 +26,7 @@ from websockets.http11 import Request, Response
 from streamer.config import StreamConfig
 from streamer.server import protocol
 from streamer.server.admission import Admission
-from streamer.server.batching import BatcherSet, BatchGroup
+from streamer.scheduler import TickScheduler
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -66,8 +65,9 @@ def _engine_factory(frontend: Any) -> Callable[[StreamConfig], Any]:
 class DiarizationServer:
     """Serves ``/v1/stream`` and the HTTP routes for one shared, loaded frontend.
 
-    The frontend is copied (shallowly: models are shared) so that wrapping its model
-    calls for micro-batching leaves the caller's object untouched.
+    The steps of all its streams run in one :class:`~streamer.scheduler.TickScheduler`,
+    which batches their model calls; other blocking work (setting a stream up, enrolling
+    a voiceprint) runs in a pool of worker threads.
     """
 
     def __init__(self, frontend: Any, settings: ServerSettings | None = None, *,
@@ -76,22 +76,18 @@ class DiarizationServer:
         self.worker = worker
         self.metrics = ServerMetrics(worker=worker)
         self.web_root = web_root
-        self.frontend = copy.copy(frontend)
-        self._batchers: BatcherSet | None = None
-        group = BatchGroup()
-        if self.settings.batching:
-            self._batchers = BatcherSet(max_batch=self.settings.batch_max_size,
-                                        max_wait=self.settings.batch_max_wait,
-                                        on_batch=self.metrics.batch)
-            self.frontend.map_models(self._batchers.wrap)
-            group = self._batchers.group
+        self.frontend = frontend
+        self.scheduler = TickScheduler(
+            self.frontend.models, max_batch=self.settings.batch_max_size,
+            min_tick=self.settings.min_tick, on_batch=self.metrics.batch,
+            on_tick=self.metrics.tick, thread_init=self.settings.init_thread)
         self._executor = ThreadPoolExecutor(self.settings.worker_count,
                                             thread_name_prefix="streamer-engine",
                                             initializer=self.settings.init_thread)
         self.context = ServerContext(
             settings=self.settings, metrics=self.metrics, executor=self._executor,
             engine_factory=_engine_factory(self.frontend), models=self._describe(),
-            batch_group=group,
+            scheduler=self.scheduler,
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
                                 self.settings.max_lag),
             states=StateSealer(self.settings.state_secret, self.settings.token),
@@ -166,8 +162,7 @@ class DiarizationServer:
                 self._server.close(close_connections=True)
                 await self._server.wait_closed()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._batchers is not None:
-            self._batchers.close()
+        self.scheduler.close(wait=False)
         await self.context.store.close()
 
     async def __aenter__(self) -> "DiarizationServer":

@@ -137,8 +137,9 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="unprocessed audio per stream before reading pauses and a "
                              "falling_behind warning (default %(default)s)")
     limits.add_argument("--workers", type=int, default=None,
-                        help="engine worker threads of each process (default: 2 per CPU "
-                             "core, shared out between the processes)")
+                        help="threads of each process for the work outside the streams' "
+                             "steps: setting a stream up, enrolling voiceprints (default: 2 "
+                             "per CPU core, shared out between the processes)")
     limits.add_argument("--processes", type=int, default=1,
                         help="server processes on the same port (SO_REUSEPORT), each with "
                              "its own models; 0 for one per CPU core, at most 16; "
@@ -160,10 +161,13 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="CPU cores the server may use, for admission (default: those "
                              "it may run on, shared out between --processes)")
     limits.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size,
-                        help="rows per micro-batched model call, 1 disables batching "
+                        help="most rows in one forward pass of the scheduler, which runs "
+                             "the steps of all due streams together; 1 disables batching "
                              "(default %(default)s)")
-    limits.add_argument("--batch-max-wait", type=float, default=defaults.batch_max_wait,
-                        help="seconds a model call waits for others (default %(default)s)")
+    limits.add_argument("--min-tick", type=float, default=defaults.min_tick,
+                        help="shortest time in seconds between two scheduler ticks: more "
+                             "makes larger batches at the cost of that much latency "
+                             "(default %(default)s: a tick starts as soon as a step is due)")
     limits.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout,
                         help="seconds open streams get to finish after SIGTERM before they "
                              "are closed (default %(default)s)")

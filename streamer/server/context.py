@@ -1,16 +1,17 @@
-"""What every session of one server shares: settings, metrics, models, worker threads."""
+"""What every session of one server shares: settings, metrics, models, the scheduler
+that runs the streams' steps, worker threads for the rest."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from streamer.config import StreamConfig
+from streamer.models.calls import Steps
+from streamer.scheduler import TickScheduler
 from streamer.errors import ConfigError
 from streamer.server.admission import Admission
-from streamer.server.batching import BatchGroup
 from streamer.server.metrics import ServerMetrics
 from streamer.server.settings import ServerSettings
 from streamer.server.state import StateSealer
@@ -29,7 +30,8 @@ class ServerContext:
     executor: ThreadPoolExecutor
     engine_factory: EngineFactory
     models: dict[str, Any]
-    batch_group: BatchGroup
+    #: Runs every stream's engine steps, their model calls batched per tick.
+    scheduler: TickScheduler
     admission: Admission
     states: StateSealer
     #: Saved stream states, redeemed tokens and registered voiceprints (or Redis's).
@@ -39,9 +41,13 @@ class ServerContext:
         return self.engine_factory(config)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A blocking call that may use the models, in the engine threads."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.tracked(fn), *args)
+        """A blocking call outside the streams' steps, in the worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def step(self, make: Callable[[], Steps[Any]]) -> Any:
+        """Engine work of one stream (``make()`` gives its steps, e.g.
+        ``engine.feed_steps(samples)``), in the scheduler's next tick."""
+        return await asyncio.wrap_future(self.scheduler.submit(make))
 
     def describe(self) -> dict[str, Any]:
         return self.models
@@ -68,16 +74,6 @@ class ServerContext:
                 f"duration / step is {ratio:g} ({config.duration:g} s / {config.step:g} s), "
                 f"above this server's max_window_ratio of {s.max_window_ratio:g}: raise "
                 "step or shorten duration")
-
-    def tracked(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` marked as a possible caller of batched models while it runs."""
-
-        @functools.wraps(fn)
-        def call(*args: Any) -> Any:
-            with self.batch_group.caller():
-                return fn(*args)
-
-        return call
 
 
 __all__ = ["ServerContext", "EngineFactory"]

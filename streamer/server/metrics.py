@@ -14,6 +14,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+TICK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass
@@ -77,6 +78,9 @@ class ServerMetrics:
         self.feed_seconds = Histogram(LATENCY_BUCKETS)
         self.step_latency = Histogram(LATENCY_BUCKETS)
         self.batch_rows: dict[str, Histogram] = {}
+        self.batch_streams: dict[str, Histogram] = {}
+        self.tick_jobs = Histogram(TICK_BUCKETS)
+        self.tick_seconds = Histogram(LATENCY_BUCKETS)
 
     # -- updates -----------------------------------------------------------------------
 
@@ -122,9 +126,17 @@ class ServerMetrics:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
-    def batch(self, model: str, calls: int, rows: int, seconds: float) -> None:
+    def batch(self, model: str, streams: int, rows: int, seconds: float) -> None:
+        """One forward pass of the scheduler: ``rows`` from ``streams`` streams."""
         with self._lock:
             self.batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
+            self.batch_streams.setdefault(model, Histogram(BATCH_BUCKETS)).observe(streams)
+
+    def tick(self, jobs: int, seconds: float) -> None:
+        """One scheduler tick that served ``jobs`` stream steps in ``seconds``."""
+        with self._lock:
+            self.tick_jobs.observe(jobs)
+            self.tick_seconds.observe(seconds)
 
     # -- exposition --------------------------------------------------------------------
 
@@ -182,6 +194,12 @@ class ServerMetrics:
                           "events being ready.", self.step_latency)
             add.histograms("streamer_batch_rows", "Rows per model forward pass.", "model",
                            self.batch_rows)
+            add.histograms("streamer_batch_streams", "Streams sharing a model forward pass.",
+                           "model", self.batch_streams)
+            add.histogram("streamer_tick_steps", "Stream steps served by one scheduler tick.",
+                          self.tick_jobs)
+            add.histogram("streamer_tick_duration_seconds",
+                          "Compute time of one scheduler tick.", self.tick_seconds)
             return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_pending_seconds=args.max_pending_seconds,
         max_feed_seconds=min(ServerSettings.max_feed_seconds, args.max_pending_seconds),
         workers=args.workers, batch_max_size=args.batch_max_size,
-        batch_max_wait=args.batch_max_wait, torch_threads=args.torch_threads or None,
+        min_tick=args.min_tick, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
         allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
         cpus=args.cpus, session_ttl=args.session_ttl, shutdown_timeout=args.shutdown_timeout,

@@ -1,4 +1,4 @@
-"""One websocket stream: receive -> decode -> engine (in a worker thread) -> send.
+"""One websocket stream: receive -> decode -> engine (in the scheduler) -> send.
 
 :class:`StreamSession` owns the per-connection state (decoder, engine, outgoing events);
 the unprocessed audio, when to feed it and when to pause reading are the sans-I/O
@@ -6,8 +6,9 @@ the unprocessed audio, when to feed it and when to pause reading are the sans-I/
 
 * the reader takes messages from the socket, decodes audio and queues it; when too much
   audio waits it stops reading, so websockets' flow control pushes back on the client;
-* the processor hands the queued audio to the engine, one call at a time, in the shared
-  thread pool, and queues the turn events;
+* the processor hands the queued audio to the engine, one call at a time, through the
+  server's scheduler (which batches the model calls of all streams due in a tick), and
+  queues the turn events;
 * the :class:`EventSender` writes queued events to the socket, so a client that does not
   read only ever blocks itself, and is disconnected after ``send_timeout``.
 """
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streamer.audio import SAMPLE_RATE, PcmDecoder
 from streamer.errors import ConfigError, ProtocolError, StreamerError
+from streamer.models.calls import Steps
 from streamer.server import protocol
 from streamer.server.audioqueue import AudioQueue
 from streamer.server.connection import StreamConnection
@@ -247,7 +249,7 @@ class StreamSession:
 
     async def _start(self, request: protocol.StartRequest) -> None:
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
-        engine = await self._call(self.context.new_engine, request.config)
+        engine = await self.context.run(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
         sealed, offset, context = request.resume, request.offset, None
         if request.resume_id is not None:
@@ -319,7 +321,7 @@ class StreamSession:
                 continue
             samples, ready_at = chunk
             started = time.monotonic()
-            turns = await self._call(self.engine.feed, samples)
+            turns = await self._step(lambda: self.engine.feed_steps(samples))
             done = time.monotonic()
             if self.audio.done(len(samples)):
                 self._resume.set()
@@ -343,11 +345,13 @@ class StreamSession:
         if self._processor is not None:
             await self._processor
         tail = self.decoder.flush()
+        engine = self.engine
 
-        def finish() -> list:
-            return (self.engine.feed(tail) if len(tail) else []) + self.engine.flush()
+        def finish() -> Steps[list]:
+            events = (yield from engine.feed_steps(tail)) if len(tail) else []
+            return events + (yield from engine.flush_steps())
 
-        await self._send_turns(await self._call(finish))
+        await self._send_turns(await self._step(finish))
 
     async def _send_turns(self, turns: list) -> None:
         for turn in turns:
@@ -355,12 +359,12 @@ class StreamSession:
         if turns:
             self.context.metrics.count("turns_sent", len(turns))
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run an engine call in the shared thread pool."""
+    async def _step(self, make: Callable[[], Steps[Any]]) -> Any:
+        """Run engine work (``make()`` gives its steps) in the scheduler's next tick."""
         metrics = self.context.metrics
         metrics.feed_started(1)
         try:
-            return await self.context.run(fn, *args)
+            return await self.context.step(make)
         finally:
             metrics.feed_started(-1)
 
@@ -402,7 +406,7 @@ class StreamSession:
             logger.warning("session %s: the saved audio context does not fit; resuming "
                            "without it", self.id)
             return
-        await self._call(engine.prime, samples)
+        await self._step(lambda: engine.prime_steps(samples))
 
     def _save_periodically(self) -> None:
         """Save the state every ``state_save_interval`` seconds of audio, in the

@@ -70,12 +70,14 @@ class ServerSettings:
             pings but does not read cannot make it queue pongs without bound) until the
             buffer drains; after ``send_timeout`` the connection is closed (1008) and
             dropped.
-        workers: Threads running engine calls (shared by all streams). ``None`` means
-            two per CPU core: the engine holds the GIL for part of each call, and on 2
-            cores 4 workers kept the final-turn lag of 48 real-time streams at a third of
-            what 32 workers gave (``scripts/loadtest.py``).
-        batch_max_size: Most rows in one micro-batched model call; 1 disables batching.
-        batch_max_wait: Seconds a model call waits for others to join its batch.
+        workers: Threads for the work outside the streams' steps (setting up a stream,
+            enrolling a voiceprint). ``None`` means two per CPU core. The streams' steps
+            run in the scheduler's thread (:mod:`streamer.scheduler`).
+        batch_max_size: Most rows in one forward pass of the scheduler; 1 runs every
+            stream's model calls on their own.
+        min_tick: Shortest time between the starts of two scheduler ticks, in seconds.
+            0 starts a tick as soon as a step is due (ticks grow with the load by
+            themselves); more makes larger batches at the cost of that much latency.
         torch_threads: torch intra-op threads of each worker thread; ``None``
             leaves torch's default. torch's OpenMP setting is per thread (a new thread does
             not inherit ``torch.set_num_threads`` of the main one), so the server sets it in
@@ -129,8 +131,8 @@ class ServerSettings:
     send_timeout: float = 10.0
     write_limit: int = 1 << 16
     workers: int | None = None
-    batch_max_size: int = 32
-    batch_max_wait: float = 0.005
+    batch_max_size: int = 64
+    min_tick: float = 0.0
     torch_threads: int | None = 1
     # Secrets stay out of the repr (settings may be logged or shown in a traceback).
     token: str | None = field(default=None, repr=False)
@@ -158,7 +160,7 @@ class ServerSettings:
                 _positive(name, getattr(self, name), whole=True)
                 setattr(self, name, int(getattr(self, name)))
         for name in ("max_stream_seconds", "min_step", "max_window_ratio", "idle_timeout",
-                     "ping_interval", "ping_timeout", "batch_max_wait"):
+                     "ping_interval", "ping_timeout", "min_tick"):
             _positive(name, getattr(self, name), allow_zero=True)
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
                      "send_timeout", "shutdown_timeout", "session_ttl", "state_ttl"):
@@ -198,12 +200,8 @@ class ServerSettings:
         """Cores this process may use (``cpus``, or those it may run on)."""
         return self.cpus if self.cpus is not None else float(cpu_count())
 
-    @property
-    def batching(self) -> bool:
-        return self.batch_max_size > 1 and self.batch_max_wait > 0
-
     def init_thread(self) -> None:
-        """Per-thread setup of a worker thread (torch intra-op threads)."""
+        """Per-thread setup of a thread that runs models (torch intra-op threads)."""
         if self.torch_threads is None:
             return
         torch = sys.modules.get("torch")
