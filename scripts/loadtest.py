@@ -31,6 +31,8 @@ prints per N:
   ``--processes N``, and per admitted stream), RSS growth per stream (of all of them too),
   warnings, errors, and streams refused at the handshake (HTTP 503: the server's
   admission control).
+* where ``nvidia-smi`` runs: GPU utilisation (mean and max) and GPU memory while the
+  streams run.
 
 Finally it prints the largest N whose admitted streams keep lag p95 within the limit,
 every admitted stream complete and no ``falling_behind`` warning; and, per N, how many
@@ -227,7 +229,8 @@ class ServerProcess:
             self.port = probe.getsockname()[1]
         argv = [sys.executable, "-m", "streamer.server", "--host", "127.0.0.1", "--port",
                 str(self.port), "--max-connections", "1000", "--log-level", "WARNING", *extra]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env)
         self._wait_healthy()
 
@@ -304,6 +307,38 @@ def _tree(root: int) -> list[int]:
     return found
 
 
+class GpuSampler:
+    """GPU utilisation and memory, sampled by ``nvidia-smi`` every 0.5 s while a level
+    runs (nothing where there is no ``nvidia-smi``)."""
+
+    def __init__(self) -> None:
+        try:
+            self.process: subprocess.Popen | None = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                 "--format=csv,noheader,nounits", "-lms", "500"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.process = None
+
+    def stop(self) -> dict[str, float]:
+        if self.process is None:
+            return {}
+        self.process.terminate()
+        output, _ = self.process.communicate()
+        samples = []
+        for line in output.splitlines():
+            try:
+                samples.append([float(x) for x in line.split(",")[:2]])
+            except ValueError:
+                continue
+        if not samples:
+            return {}
+        values = np.asarray(samples)
+        return {"gpu_util_mean": float(values[:, 0].mean()),
+                "gpu_util_max": float(values[:, 0].max()),
+                "gpu_memory_max_mb": float(values[:, 1].max())}
+
+
 async def _sample_rss(server: ServerProcess | None, peak: list[float]) -> None:
     while server is not None:
         peak[0] = max(peak[0], server.rss_mb())
@@ -318,15 +353,18 @@ async def run_level(n: int, clips: list[Clip], args: argparse.Namespace) -> dict
         cpu0, wall0 = (server.cpu_seconds() if server else 0.0), time.monotonic()
         peak = [rss0]
         sampler = asyncio.create_task(_sample_rss(server, peak))
+        gpu = GpuSampler()
         longest = max(len(c.frames) for c in clips) * args.chunk
         streams = [run_stream(url, clips[i % len(clips)], args.chunk,
                               args.spread * i / max(1, n), longest * 3 + 60)
                    for i in range(n)]
         results = await asyncio.gather(*streams)
         sampler.cancel()
+        gpu_figures = gpu.stop()
         wall = time.monotonic() - wall0
         cpu = (server.cpu_seconds() - cpu0) if server else float("nan")
-        return summarize(n, results, clips, cpu / wall, (peak[0] - rss0) / n, rss0)
+        return {**summarize(n, results, clips, cpu / wall, (peak[0] - rss0) / n, rss0),
+                **gpu_figures}
     finally:
         if server is not None:
             server.stop()
@@ -410,6 +448,10 @@ async def main_async(args: argparse.Namespace) -> int:
         summary = await run_level(n, clips, args)
         summaries.append(summary)
         print(format_row(summary), flush=True)
+        if "gpu_util_mean" in summary:
+            print(f"       GPU utilisation mean {summary['gpu_util_mean']:.0f} %, max "
+                  f"{summary['gpu_util_max']:.0f} %; GPU memory up to "
+                  f"{summary['gpu_memory_max_mb']:.0f} MiB", flush=True)
         for error in summary["errors"]:
             print(f"       error: {error}", flush=True)
     good = [s for s in summaries if passes(s, args.lag_limit)]
