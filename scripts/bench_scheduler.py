@@ -9,7 +9,8 @@ N engines (one per stream, speech from ``--files``, each starting elsewhere) are
 step of audio each per tick, the way the server's :class:`~streamer.scheduler.TickScheduler`
 serves N real-time streams whose steps are all due at once. A tick must take less than
 one step (0.5 s) for N real-time streams to keep up. Prints, per N, the tick time
-(p50/p95 over ``--ticks`` ticks after two warm-up ticks), the largest batch of each model,
+(p50/p95 over ``--ticks`` ticks after two warm-up ticks), the largest batch of each model
+and its share of the tick time (the rest is the streams' own work, on the CPU),
 and the streams one process could serve at that rate (N x step / tick p95); the largest N
 whose tick p95 fits in a step is the compute capacity of one server process, before
 websocket I/O. ``--json`` writes the figures with the command, machine and commit.
@@ -60,9 +61,13 @@ def measure(frontend, config, speech: np.ndarray, streams: int, ticks: int,
     step = int(round(engines[0].config.step * engines[0].sample_rate))
     starts = [(index * 7919 * step // 16) % (len(speech) - step) for index in range(streams)]
     largest: dict[str, int] = collections.Counter()
+    model_seconds: dict[str, float] = collections.Counter()
+    timed = [False]
 
     def observe(name: str, jobs: int, rows: int, seconds: float) -> None:
         largest[name] = max(largest[name], rows)
+        if timed[0]:
+            model_seconds[name] += seconds
 
     times = []
     for tick in range(ticks + 2):
@@ -70,6 +75,7 @@ def measure(frontend, config, speech: np.ndarray, streams: int, ticks: int,
         for engine, start in zip(engines, starts):
             offset = (start + tick * step) % (len(speech) - step)
             jobs.append(engine.feed_steps(speech[offset:offset + step]))
+        timed[0] = tick >= 2
         begun = time.perf_counter()
         for outcome in run_together(jobs, frontend.models, max_batch=max_batch,
                                     on_batch=observe):
@@ -80,7 +86,9 @@ def measure(frontend, config, speech: np.ndarray, streams: int, ticks: int,
     seconds = step / engines[0].sample_rate
     return {"streams": streams, "tick_p50": round(p50, 4), "tick_p95": round(p95, 4),
             "real_time": p95 <= seconds, "streams_per_process": int(streams * seconds / p95),
-            "largest_batch": dict(largest)}
+            "largest_batch": dict(largest),
+            "model_share": {name: round(total / sum(times), 3)
+                            for name, total in model_seconds.items()}}
 
 
 def main() -> int:
@@ -103,12 +111,13 @@ def main() -> int:
     print(f"preset {frontend.name}, device {args.device} ({_device_name(args.device)}), "
           f"precision {args.precision}, max batch {args.max_batch}, {args.ticks} ticks")
     print(f"{'N':>6}{'tick p50':>10}{'tick p95':>10}{'real time':>11}{'N per process':>15}"
-          "  largest batch (rows)")
+          "  largest batch (rows); share of the tick in each model")
     results = []
     for streams in (int(n) for n in args.streams.split(",")):
         result = measure(frontend, config, speech, streams, args.ticks, args.max_batch)
         results.append(result)
-        batches = ", ".join(f"{k} {v}" for k, v in result["largest_batch"].items())
+        batches = ", ".join(f"{k} {v} ({100 * result['model_share'].get(k, 0):.0f} %)"
+                            for k, v in result["largest_batch"].items())
         print(f"{streams:>6}{result['tick_p50']:>9.3f}s{result['tick_p95']:>9.3f}s"
               f"{'yes' if result['real_time'] else 'no':>11}{result['streams_per_process']:>15}"
               f"  {batches}", flush=True)

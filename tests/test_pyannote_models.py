@@ -304,3 +304,18 @@ def test_cuda_matches_cpu(tmp_path: Path, kind: str) -> None:
     weights = np.random.default_rng(2).uniform(0, 1, (2, 589)).astype(np.float32)
     args = (chunks,) if kind.startswith("segmentation") else (chunks, weights)
     np.testing.assert_allclose(gpu(*args), cpu(*args), atol=1e-5)
+
+
+def test_distinct_rows_finds_repeats_near_and_far() -> None:
+    from streamer.models.pyannote.waveforms import distinct_rows
+
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((3, 1000)).astype(np.float32)
+    near_a = a.copy()
+    near_a[1] += 1.0  # differs only where the sparse sample does not look
+    batch = np.stack([a, a, b, a, near_a, c, c, np.zeros_like(a), np.zeros_like(a), b])
+    unique, inverse = distinct_rows(batch)
+    assert inverse == [0, 0, 1, 0, 2, 3, 3, 4, 4, 1]
+    np.testing.assert_array_equal(unique[inverse], batch)
+    alone = np.stack([a, b])
+    assert distinct_rows(alone)[0] is alone

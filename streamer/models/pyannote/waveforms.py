@@ -33,12 +33,32 @@ def as_weights(weights: Any, size: int) -> np.ndarray:
 
 def distinct_rows(batch: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """The distinct rows of ``batch`` in order of first appearance, and each row's index
-    among them: a chunk repeated once per local speaker goes through a network once."""
-    rows: dict[bytes, int] = {}
-    inverse = [rows.setdefault(row.tobytes(), len(rows)) for row in batch]
-    if len(rows) == len(batch):
+    among them: a chunk repeated once per local speaker goes through a network once.
+
+    Rows are compared in full, but only with the previous row's (repeats of a stream's
+    chunk come together) and with rows that share a sparse sample of values, so a batch
+    of many streams' chunks costs about one pass over its memory."""
+    firsts: list[int] = []  # row index of each distinct row
+    by_sample: dict[bytes, list[int]] = {}
+    inverse: list[int] = []
+    for index, row in enumerate(batch):
+        if inverse and np.array_equal(row, batch[firsts[inverse[-1]]]):
+            inverse.append(inverse[-1])
+            continue
+        candidates = by_sample.setdefault(row[::_SAMPLE_STRIDE].tobytes(), [])
+        match = next((c for c in candidates if np.array_equal(row, batch[firsts[c]])), None)
+        if match is None:
+            match = len(firsts)
+            candidates.append(match)
+            firsts.append(index)
+        inverse.append(match)
+    if len(firsts) == len(batch):
         return batch, inverse
-    return batch[[inverse.index(i) for i in range(len(rows))]], inverse
+    return batch[firsts], inverse
+
+
+#: Every this many values of a row make the key that finds its possible duplicates.
+_SAMPLE_STRIDE = 127
 
 
 def shortest_input(num_frames: Callable[[int], int], frames: int, limit: int = 1 << 22) -> int:
