@@ -16,9 +16,15 @@ def as_waveforms(waveforms: Any, min_samples: int) -> np.ndarray:
     if array.shape[0] and array.shape[1] < min_samples:
         raise ValueError(f"chunks of {array.shape[1]} samples are too short for this model "
                          f"(at least {min_samples} needed)")
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         raise ValueError("waveforms contain NaN or infinite values")
     return np.ascontiguousarray(array)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity in ``array``: its minimum and maximum are finite (NaN carries
+    through both), which needs no temporary array of the batch's size."""
+    return not array.size or bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
 def as_weights(weights: Any, size: int) -> np.ndarray:
@@ -26,7 +32,7 @@ def as_weights(weights: Any, size: int) -> np.ndarray:
     array = np.asarray(weights, dtype=np.float32)
     if array.ndim != 2 or array.shape[0] != size or array.shape[1] < 1:
         raise ValueError(f"weights must be (batch={size}, frames), got shape {array.shape}")
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         raise ValueError("weights contain NaN or infinite values")
     return np.ascontiguousarray(array)
 
