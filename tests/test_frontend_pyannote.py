@@ -108,7 +108,7 @@ def test_reuse_when_streams_are_batched_together(models, audio: np.ndarray) -> N
 
 
 def test_pyannote_models_through_the_server(models, audio: np.ndarray) -> None:
-    """Two concurrent streams through a real server (micro-batched model calls, streams
+    """Two concurrent streams through a real server (model calls batched per tick, streams
     reusing their first-layer work): each gets the turns of file mode."""
     import asyncio
 

@@ -79,6 +79,7 @@ class ServerMetrics:
         self.step_latency = Histogram(LATENCY_BUCKETS)
         self.batch_rows: dict[str, Histogram] = {}
         self.batch_streams: dict[str, Histogram] = {}
+        self.batch_seconds: dict[str, Histogram] = {}
         self.tick_jobs = Histogram(TICK_BUCKETS)
         self.tick_seconds = Histogram(LATENCY_BUCKETS)
 
@@ -131,6 +132,7 @@ class ServerMetrics:
         with self._lock:
             self.batch_rows.setdefault(model, Histogram(BATCH_BUCKETS)).observe(rows)
             self.batch_streams.setdefault(model, Histogram(BATCH_BUCKETS)).observe(streams)
+            self.batch_seconds.setdefault(model, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
     def tick(self, jobs: int, seconds: float) -> None:
         """One scheduler tick that served ``jobs`` stream steps in ``seconds``."""
@@ -169,7 +171,7 @@ class ServerMetrics:
                        "Received audio not yet processed, summed over streams (seconds).",
                        sum(self.pending_seconds.values()))
             add.metric("streamer_feeds_in_flight", "gauge",
-                       "Engine calls running or queued for a worker.", self.feeds_in_flight)
+                       "Engine calls running or waiting for the scheduler.", self.feeds_in_flight)
             add.metric("streamer_falling_behind_total", "counter",
                        "falling_behind warnings sent to real-time streams.", self.falling_behind)
             add.metric("streamer_backpressure_pauses_total", "counter",
@@ -188,7 +190,8 @@ class ServerMetrics:
             add.metric("streamer_voiceprints_enrolled_total", "counter",
                        "Voiceprints made by POST /v1/voiceprints.", self.voiceprints_enrolled)
             add.histogram("streamer_feed_duration_seconds",
-                          "Compute time of one engine call.", self.feed_seconds)
+                          "Time of one engine call, from its hand-over to the scheduler to "
+                          "its events.", self.feed_seconds)
             add.histogram("streamer_step_latency_seconds",
                           "From the arrival of the oldest audio of an engine call to its "
                           "events being ready.", self.step_latency)
@@ -196,6 +199,8 @@ class ServerMetrics:
                            self.batch_rows)
             add.histograms("streamer_batch_streams", "Streams sharing a model forward pass.",
                            "model", self.batch_streams)
+            add.histograms("streamer_batch_duration_seconds", "Time of one model forward pass.",
+                           "model", self.batch_seconds)
             add.histogram("streamer_tick_steps", "Stream steps served by one scheduler tick.",
                           self.tick_jobs)
             add.histogram("streamer_tick_duration_seconds",

@@ -2,7 +2,7 @@
 
 One process runs out of GIL long before a machine runs out of cores (or a GPU out of
 work), so N > 1 starts N *worker processes*, each the single-process server with its
-own models, engine threads, micro-batching and metrics, listening on the same
+own models, scheduler, worker threads and metrics, listening on the same
 ``host:port`` with ``SO_REUSEPORT``: the kernel spreads new connections over them.
 
 The parent loads no model and serves nothing: it supervises. It reserves the port when
