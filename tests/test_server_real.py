@@ -58,3 +58,39 @@ def test_sample_wav_through_the_server_equals_file_mode(frontend) -> None:
     assert all(len(s["embedding"]) == dimension for s in events[-1]["speakers"])
     if frontend.name == "accurate":
         assert ready["models"]["embedding"] == "packaged:campplus" and dimension == 192
+
+
+def test_concurrent_streams_share_model_passes_and_keep_file_mode_turns() -> None:
+    """Three streams of sample.wav from different start points at once (embedded
+    preset): the scheduler runs their model calls in shared passes, and each stream
+    still gets file mode's turns."""
+    import asyncio
+    import re
+
+    import numpy as np
+
+    from streamer.audio import load_audio
+    from streamer.engine import diarize_array
+    from streamer.presets import load_frontend
+
+    frontend = load_frontend("embedded")
+    audio = load_audio(SAMPLE)
+    signals = [np.roll(audio, 16000 * shift) for shift in (0, 5, 11)]
+    expected = [[(t.speaker, round(t.start, 3), round(t.end, 3))
+                 for t in diarize_array(frontend, signal)[0]] for signal in signals]
+
+    async def body():
+        async with running_server(frontend, min_tick=0.05) as server:
+            results = await asyncio.gather(*(stream(server, signal, chunk=0.25)
+                                              for signal in signals))
+            return results, server.metrics.render()
+
+    results, metrics = run(body(), timeout=180)
+    for (ready, events, code), want in zip(results, expected):
+        assert code == 1000 and len(want) >= 2
+        assert finals(events) == want
+    shared = re.search(r'^streamer_batch_streams_bucket\{model="vad",le="1"\} (\d+)$',
+                       metrics, re.M)
+    total = re.search(r'^streamer_batch_streams_count\{model="vad"\} (\d+)$', metrics, re.M)
+    assert shared and total and int(shared.group(1)) < int(total.group(1)), \
+        "no VAD pass was shared by two streams"

@@ -1,8 +1,8 @@
 """Admission by measured capacity: a new stream is accepted only while the process keeps
 its streams real time, so that overload refuses newcomers instead of degrading everyone.
 
-Every engine call reports how much audio it processed and how long it queued for a worker
-thread; the process's CPU time is read at each report. Over a sliding window:
+Every engine call reports how much audio it processed and how far its stream is behind;
+the process's CPU time is read at each report. Over a sliding window:
 
 * cost: CPU seconds of the whole process (models, engine, websocket I/O) per second of
   audio processed. Each open stream may send real-time audio, so the streams demand
