@@ -27,7 +27,7 @@ from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSumm
 from streamer.models.base import BufferAnalysis, Frontend, embedding_identity
 from streamer.models.calls import Steps, run_direct
 from streamer.regions import RegionTracker
-from streamer.turns import TurnBuilder
+from streamer.turns import TurnPolicy
 from streamer.voiceprints import Identifier, check_models
 
 #: An engine event: an exclusive turn, or an event of an opt-in output.
@@ -35,8 +35,6 @@ Event = Turn | Region | SpeakerChange
 
 logger = logging.getLogger(__name__)
 
-#: Shortest open turn shown as an interim event, in seconds (debounces noise blips).
-MIN_INTERIM = 0.25
 #: Format version of :meth:`StreamingDiarizer.state`.
 STATE_VERSION = 1
 #: How much dearer a new speaker is while a resumed stream's buffer fills up.
@@ -80,7 +78,8 @@ class StreamingDiarizer:
         # averaged like the activations, gives the overlap-aware outputs their counts.
         self._aggregator = Aggregator(self.resolution, c.max_speakers + 1,
                                       frontend.aggregation_window)
-        self._turns = TurnBuilder(self.resolution, c.min_duration_on, c.min_duration_off,
+        self._policy = TurnPolicy(self.resolution, self.sample_rate, c.latency,
+                                  c.speech_threshold, c.min_duration_on, c.min_duration_off,
                                   speaker_label)
         self._regions = RegionTracker(c.outputs, self.resolution, c.min_duration_on,
                                       c.min_duration_off)
@@ -93,16 +92,13 @@ class StreamingDiarizer:
         self._buffer.reset()
         self._memory.reset()
         self._aggregator.reset()
-        self._turns.reset()
+        self._policy.reset()
         self._regions.reset()
         if self._changes is not None:
             self._changes.reset()
-        self._view: Turn | None = None  # the interim view of the open turn, if shown
         self._stream = self.frontend.stream(self.config)
         self._speech: dict[str, float] = {}
         self._restored = False
-        self._last_interim: Turn | None = None
-        self._hold = -1  # speaker of the last committed speech frame
         self._finished = False
         self._origin = 0  # samples of a primed stream's context, before its time 0
 
@@ -154,11 +150,11 @@ class StreamingDiarizer:
         stepped = False
         for buffer, end in self._buffer.push(samples):
             yield from self._process(buffer, end)
-            events += self._commit(end - self._latency_samples)
+            events += self._commit(end)
             stepped = True
         if stepped:
             events += self._interim()
-            events += self._speaker_changes(events, self._view)
+            events += self._speaker_changes(events, self._policy.view)
         return self._identify(self._from_origin(events))
 
     def flush(self) -> list[Event]:
@@ -175,7 +171,7 @@ class StreamingDiarizer:
         if tail is not None:
             yield from self._process(*tail)
         events = self._commit(end, final=True)
-        events += self._record(self._turns.flush())
+        events += self._record(self._policy.turns.flush())
         events += self._regions.flush()
         events += self._speaker_changes(events, None)
         if self._changes is not None:
@@ -264,13 +260,13 @@ class StreamingDiarizer:
             yield from self._process(buffer, end)
         # The context's frames were decided by the stream it comes from.
         self._commit(self._buffer.received, final=True)
-        self._turns.cut()
+        self._policy.turns.cut()
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
         self._memory.load(sums)
         self._speech = speech
-        self._view = self._last_interim = None
+        self._policy.cut_view()
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.
         self._restored = False
@@ -323,10 +319,6 @@ class StreamingDiarizer:
             named.append(event)
         return named
 
-    @property
-    def _latency_samples(self) -> int:
-        return int(round(self.config.latency * self.sample_rate))
-
     def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:
         start = (end - len(buffer)) / self.sample_rate
         analysis = yield from self._stream.analyze(buffer, start)
@@ -363,43 +355,20 @@ class StreamingDiarizer:
                 result[:, target] = np.maximum(result[:, target], local[:, index])
         return result, speech
 
-    def _labels(self, activations: np.ndarray, speech: np.ndarray, commit: bool) -> np.ndarray:
-        """Per frame, the most active global speaker, or -1 where nobody speaks.
-
-        Speech that no global speaker claims (e.g. a voice too short to embed) goes to
-        the speaker of the previous speech frame, so it is not lost. In the interim view
-        (``commit=False``), speech before any speaker is known is shown as the first
-        speaker to come, so the first interim turn follows the first speech at once."""
-        labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
-        is_speech = speech >= self.config.speech_threshold
-        unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
-        labels[~is_speech] = -1
-        hold = self._hold
-        if not commit and hold < 0 and len(self._memory) == 0:
-            hold = 0
-        for index in np.flatnonzero(is_speech):
-            if unclaimed[index]:
-                labels[index] = hold
-            else:
-                hold = labels[index]
-        if commit:
-            self._hold = hold
-        return labels
-
     def _commit(self, end_sample: int, final: bool = False) -> list[Event]:
-        """Decide the frames before ``end_sample`` (all received frames if ``final``)
-        and feed their labels to the turn builder; returns the turns made final."""
-        received = int(np.ceil(self._buffer.received / self.sample_rate / self.resolution))
-        end_frame = received if final else min(
-            received, int(np.floor(end_sample / self.sample_rate / self.resolution)))
+        """Decide the frames that the step ending at ``end_sample`` makes final (all
+        received frames if ``final``) and feed their labels to the turn builder; returns
+        the turns made final."""
+        end_frame = self._policy.decided_until(self._buffer.received, end_sample, final)
         if end_frame <= self._aggregator.first:
             return []
         first, columns, speech = self._aggregator.commit(end_frame)
         activations, count = columns[:, :-1], columns[:, -1]
         missing = max(end_frame - first - len(speech), 0)
-        labels = np.concatenate([self._labels(activations, speech, commit=True),
+        labels = np.concatenate([self._policy.labels(activations, speech, commit=True,
+                                                     known=len(self._memory) > 0),
                                  np.full(missing, -1)])
-        events: list[Event] = self._record(self._turns.push(labels))
+        events: list[Event] = self._record(self._policy.turns.push(labels))
         if self.config.outputs:
             activations = np.concatenate([activations, np.zeros((missing, activations.shape[1]))])
             count = np.concatenate([count, np.zeros(missing)])
@@ -408,15 +377,7 @@ class StreamingDiarizer:
 
     def _interim(self) -> list[Turn]:
         columns, speech = self._aggregator.peek(self._aggregator.available)
-        activations = columns[:, :-1]
-        turn = self._turns.preview(self._labels(activations, speech, commit=False))
-        shown = turn is not None and turn.duration >= max(self.config.min_duration_on,
-                                                          MIN_INTERIM)
-        self._view = turn if shown else None
-        if not shown or turn == self._last_interim:
-            return []
-        self._last_interim = turn
-        return [turn]
+        return self._policy.interim(columns[:, :-1], speech, known=len(self._memory) > 0)
 
     def _speaker_changes(self, events: list[Event], view: Turn | None) -> list[Event]:
         if self._changes is None:

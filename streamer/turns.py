@@ -1,4 +1,8 @@
-"""Exclusive speaker turns from a stream of per-frame speaker labels.
+"""Exclusive speaker turns from a stream of per-frame speaker activations.
+
+:class:`TurnPolicy` decides which frames are final (the latency cut), labels each frame
+with one speaker, and keeps the interim view of the open turn; :class:`TurnBuilder` turns
+the labels into turns.
 
 Frames arrive in order, each labelled with one speaker index or -1 (no speech). A turn is
 a stretch of one speaker: gaps of at most ``min_off`` frames between two stretches of the
@@ -10,6 +14,7 @@ frames passed without its speaker.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,3 +149,90 @@ def _runs(labels: np.ndarray, offset: int) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], changes])
     ends = np.concatenate([changes, [len(labels)]])
     return [(int(labels[s]), offset + int(s), offset + int(e)) for s, e in zip(starts, ends)]
+
+
+#: Shortest open turn shown as an interim event, in seconds (debounces noise blips).
+MIN_INTERIM = 0.25
+
+
+class TurnPolicy:
+    """The finalisation policy of one stream: which frames are decided, how each is
+    labelled, and what the interim view of the open turn shows.
+
+    Args:
+        resolution: Seconds per output frame.
+        sample_rate: Samples per second of the stream.
+        latency: Seconds of audio after a frame before it is final.
+        speech_threshold: Speech activity from which a frame is speech.
+        min_on, min_off: The turn builder's shortest turn and longest bridged gap.
+        label: Speaker index -> label.
+    """
+
+    def __init__(self, resolution: float, sample_rate: int, latency: float,
+                 speech_threshold: float, min_on: float, min_off: float,
+                 label: Callable[[int], str]):
+        self.resolution = resolution
+        self.sample_rate = sample_rate
+        self.latency_samples = int(round(latency * sample_rate))
+        self.speech_threshold = speech_threshold
+        self.min_interim = max(min_on, MIN_INTERIM)
+        self.turns = TurnBuilder(resolution, min_on, min_off, label)
+        self.reset()
+
+    def reset(self) -> None:
+        self.turns.reset()
+        self._hold = -1  # speaker of the last committed speech frame
+        self.cut_view()
+
+    def cut_view(self) -> None:
+        """Forget the interim view (nothing is shown as open)."""
+        #: The interim view of the open turn, if shown.
+        self.view: Turn | None = None
+        self._last_interim: Turn | None = None
+
+    def decided_until(self, received: int, end: int, final: bool) -> int:
+        """Frames that are final once ``received`` samples arrived and the step ending
+        at sample ``end`` is processed: those ``latency`` before ``end`` (every received
+        frame if ``final``)."""
+        frames = int(math.ceil(received / self.sample_rate / self.resolution))
+        if final:
+            return frames
+        return min(frames, int(math.floor((end - self.latency_samples) / self.sample_rate
+                                          / self.resolution)))
+
+    def labels(self, activations: np.ndarray, speech: np.ndarray, commit: bool,
+               known: bool) -> np.ndarray:
+        """Per frame, the most active global speaker, or -1 where nobody speaks.
+
+        Speech that no global speaker claims (e.g. a voice too short to embed) goes to
+        the speaker of the previous speech frame, so it is not lost. In the interim view
+        (``commit=False``), speech before any speaker is ``known`` is shown as the first
+        speaker to come, so the first interim turn follows the first speech at once."""
+        labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
+        is_speech = speech >= self.speech_threshold
+        unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
+        labels[~is_speech] = -1
+        hold = self._hold
+        if not commit and hold < 0 and not known:
+            hold = 0
+        for index in np.flatnonzero(is_speech):
+            if unclaimed[index]:
+                labels[index] = hold
+            else:
+                hold = labels[index]
+        if commit:
+            self._hold = hold
+        return labels
+
+    def interim(self, activations: np.ndarray, speech: np.ndarray, known: bool
+                ) -> list[Turn]:
+        """The interim view after the undecided frames (``activations``, ``speech``):
+        the open turn once it lasts ``min_interim``; returned when it changed."""
+        turn = self.turns.preview(self.labels(activations, speech, commit=False,
+                                              known=known))
+        shown = turn is not None and turn.duration >= self.min_interim
+        self.view = turn if shown else None
+        if not shown or turn == self._last_interim:
+            return []
+        self._last_interim = turn
+        return [turn]
