@@ -1,8 +1,9 @@
 """One websocket stream: receive -> decode -> engine (in the scheduler) -> send.
 
-:class:`StreamSession` owns the per-connection state (decoder, engine, outgoing events);
-the unprocessed audio, when to feed it and when to pause reading are the sans-I/O
-:class:`~streamer.server.audioqueue.AudioQueue`'s. Three tasks cooperate on the event loop:
+:class:`StreamSession` runs one connection: what the client's messages mean (their
+order, the audio limits, the decoder, the unprocessed audio, when to pause reading) is
+decided by the sans-I/O :class:`~streamer.server.inbound.Inbound`, and the session acts
+on its answers. Three tasks cooperate on the event loop:
 
 * the reader takes messages from the socket, decodes audio and queues it; when too much
   audio waits it stops reading, so websockets' flow control pushes back on the client;
@@ -25,11 +26,11 @@ from typing import Any, Awaitable, Callable
 
 from websockets.exceptions import ConnectionClosed
 
-from streamer.audio import SAMPLE_RATE, PcmDecoder
-from streamer.errors import ConfigError, ProtocolError, StreamerError
+from streamer.audio import SAMPLE_RATE
+from streamer.errors import ConfigError, StreamerError
 from streamer.models.calls import Steps
 from streamer.server import protocol
-from streamer.server.audioqueue import AudioQueue
+from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
@@ -54,10 +55,12 @@ class StreamSession:
         self.id = uuid.uuid4().hex[:12]
         self.sender = EventSender(connection, queue_size=self.settings.send_queue_size,
                                   timeout=self.settings.send_timeout)
-        self.decoder: PcmDecoder | None = None
         self.engine: Any = None
         self._offset = 0.0  # seconds added to every time sent (a resumed stream's)
-        self.audio = AudioQueue(self.settings.max_pending_seconds)
+        self.inbound = Inbound(self.settings.max_pending_seconds,
+                               self.settings.max_stream_seconds)
+        #: The stream's received, unprocessed audio (the inbound side's queue).
+        self.audio = self.inbound.audio
         self._input_done = False
         self._audio_ready = asyncio.Event()
         self._resume = asyncio.Event()
@@ -203,7 +206,7 @@ class StreamSession:
             async with asyncio.timeout_at(deadline):
                 while True:
                     message = await self.connection.recv()
-                    if message or isinstance(message, str) or self.decoder is None:
+                    if message or isinstance(message, str) or not self.inbound.started:
                         return message
         except TimeoutError:
             raise IdleTimeout(f"no message for {idle:g} s") from None
@@ -219,36 +222,24 @@ class StreamSession:
             raise
 
     async def _read_messages(self) -> None:
-        message = await self._receive()
-        if isinstance(message, bytes):
-            raise ProtocolError("audio before start: send a start message first")
-        parsed = protocol.parse_text(message)
-        if parsed["type"] != "start":
-            raise ProtocolError(
-                f"the first message must be start, got {protocol.excerpt(parsed['type'])}")
-        await self._start(protocol.parse_start(await self._registered_voiceprints(parsed)))
         while True:
             if not self._resume.is_set():
                 await self._resume.wait()
-            message = await self._receive()
-            if isinstance(message, bytes):
-                await self._accept_audio(message)
-                continue
-            parsed = protocol.parse_text(message)
-            if parsed["type"] == "stop":
-                raise _Ended()
-            if parsed["type"] == "snapshot":
+            action = self.inbound.receive(await self._receive(), time.monotonic())
+            if isinstance(action, Audio):
+                await self._queued(action)
+            elif isinstance(action, Start):
+                await self._start(protocol.parse_start(
+                    await self._registered_voiceprints(action.message)))
+            elif isinstance(action, Snapshot):
                 snapshot = self._state_message("snapshot")
                 await self._save(snapshot, wait=True)
                 await self.sender.send(snapshot)
-                continue
-            if parsed["type"] == "start":
-                raise ProtocolError("start was already received for this stream")
-            raise protocol.UnknownMessage(
-                f"unknown message type {protocol.excerpt(parsed['type'])}")
+            elif isinstance(action, Stop):
+                raise _Ended()
 
     async def _start(self, request: protocol.StartRequest) -> None:
-        self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
+        self.inbound.begin(request)
         engine = await self.context.run(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
         sealed, offset, context = request.resume, request.offset, None
@@ -281,24 +272,15 @@ class StreamSession:
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
 
-    async def _accept_audio(self, frame: bytes) -> None:
-        settings, decoder = self.settings, self.decoder
-        incoming = (decoder.samples_in + len(frame) // decoder.frame_bytes) / decoder.sample_rate
-        if settings.max_stream_seconds and incoming > settings.max_stream_seconds:
-            raise StreamTooLong(f"streams are limited to {settings.max_stream_seconds:g} s")
-        samples = decoder.decode(frame)
-        pressure = self.audio.add(samples, time.monotonic())
-        if len(samples):
-            self.context.metrics.received(self.id, len(samples) / SAMPLE_RATE,
-                                          self.audio.backlog)
+    async def _queued(self, audio: Audio) -> None:
+        """Audio was queued: count it, warn the client, pause reading, as told."""
+        if audio.seconds:
+            self.context.metrics.received(self.id, audio.seconds, self.audio.backlog)
             self._audio_ready.set()
-        if pressure.warn:
+        if audio.warning is not None:
             self.context.metrics.count("falling_behind")
-            await self.sender.send(protocol.warning_message(
-                "falling_behind", f"processing is {pressure.behind:.1f} s behind the audio "
-                "received; reading from this stream pauses until it catches up",
-                behind=round(pressure.behind, 3)))
-        if pressure.pause:
+            await self.sender.send(audio.warning)
+        if audio.pause:
             self.context.metrics.count("backpressure_pauses")
             self._resume.clear()
 
@@ -344,7 +326,7 @@ class StreamSession:
         self._audio_ready.set()
         if self._processor is not None:
             await self._processor
-        tail = self.decoder.flush()
+        tail = self.inbound.decoder.flush()
         engine = self.engine
 
         def finish() -> Steps[list]:

@@ -1,0 +1,72 @@
+"""The client's side of a stream without sockets: message order, limits, backpressure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamer.errors import ProtocolError
+from streamer.server import protocol
+from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
+
+
+def _started(max_pending: float = 5.0, max_stream_seconds: float = 0.0) -> Inbound:
+    inbound = Inbound(max_pending, max_stream_seconds)
+    action = inbound.receive(json.dumps({"type": "start", "sample_rate": 16000}), 0.0)
+    assert isinstance(action, Start) and action.message["sample_rate"] == 16000
+    assert not inbound.started
+    inbound.begin(protocol.parse_start(action.message))
+    assert inbound.started
+    return inbound
+
+
+def _pcm(seconds: float) -> bytes:
+    return np.zeros(int(seconds * 16000), np.int16).tobytes()
+
+
+@pytest.mark.parametrize("first, error", [
+    (b"\x00\x00", "audio before start"),
+    ('{"type": "stop"}', "the first message must be start"),
+    ("not json", "JSON"),
+])
+def test_a_stream_must_begin_with_start(first, error) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        Inbound(5.0).receive(first, 0.0)
+
+
+def test_messages_after_start_ask_for_audio_snapshot_and_stop() -> None:
+    inbound = _started()
+    audio = inbound.receive(_pcm(0.5), 1.0)
+    assert audio == Audio(0.5)
+    assert inbound.audio.received == 8000
+    assert isinstance(inbound.receive('{"type": "snapshot"}', 1.1), Snapshot)
+    assert isinstance(inbound.receive('{"type": "stop"}', 1.2), Stop)
+
+
+def test_a_second_start_and_unknown_types_are_refused() -> None:
+    inbound = _started()
+    with pytest.raises(ProtocolError, match="already received"):
+        inbound.receive('{"type": "start", "sample_rate": 16000}', 1.0)
+    with pytest.raises(protocol.UnknownMessage):
+        inbound.receive('{"type": "dance"}', 1.0)
+
+
+def test_audio_past_the_stream_limit_is_refused_before_it_is_queued() -> None:
+    inbound = _started(max_stream_seconds=1.0)
+    inbound.receive(_pcm(0.8), 0.0)
+    with pytest.raises(protocol.StreamTooLong, match="1 s"):
+        inbound.receive(_pcm(0.3), 0.1)
+    assert inbound.audio.received == int(0.8 * 16000)
+    assert protocol.close_code(protocol.StreamTooLong("x")) == 1008  # policy violation
+
+
+def test_falling_behind_pauses_reading_and_warns_once() -> None:
+    inbound = _started(max_pending=1.0)
+    assert inbound.receive(_pcm(1.0), 0.0) == Audio(1.0)
+    # 3 s of wall time later nothing was processed: 2 s of audio wait, 2 s behind
+    behind = inbound.receive(_pcm(1.0), 3.0)
+    assert behind.pause and behind.warning is not None
+    assert behind.warning["code"] == "falling_behind" and behind.warning["behind"] == 2.0
+    again = inbound.receive(_pcm(0.5), 3.5)
+    assert again.pause and again.warning is None  # one warning per episode
