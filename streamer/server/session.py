@@ -2,8 +2,9 @@
 
 :class:`StreamSession` runs one connection: what the client's messages mean (their
 order, the audio limits, the decoder, the unprocessed audio, when to pause reading) is
-decided by the sans-I/O :class:`~streamer.server.inbound.Inbound`, and the session acts
-on its answers. Three tasks cooperate on the event loop:
+decided by the sans-I/O :class:`~streamer.server.inbound.Inbound`, how the stream ends
+(the steps, their order, the close code) by :func:`~streamer.server.ending.ending`, and
+the session acts on their answers. Three tasks cooperate on the event loop:
 
 * the reader takes messages from the socket, decodes audio and queues it; when too much
   audio waits it stops reading, so websockets' flow control pushes back on the client;
@@ -30,6 +31,7 @@ from streamer.audio import SAMPLE_RATE
 from streamer.errors import ConfigError, StreamerError
 from streamer.models.calls import Steps
 from streamer.server import protocol
+from streamer.server.ending import ending
 from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
@@ -121,37 +123,47 @@ class StreamSession:
         if isinstance(error, StreamerError):
             return await self._finish(error)
         logger.error("session %s failed", self.id, exc_info=error)
-        await self._end_with_error(StreamerError(f"internal error: {type(error).__name__}"))
-        return "internal_error"
+        return await self._finish(StreamerError(f"internal error: {type(error).__name__}"),
+                                  drain=False)
 
-    async def _finish(self, error: StreamerError | None, going_away: bool = False) -> str:
-        """Process every accepted sample, send the last final turns, then ``end`` (or the
-        error), and close."""
+    async def _finish(self, cause: StreamerError | None, going_away: bool = False,
+                      drain: bool = True) -> str:
+        """End the stream as :func:`~streamer.server.ending.ending` says: process every
+        accepted sample (unless ``drain`` is false: the reader failed), send the last
+        final turns, then ``end`` or the error, and close."""
+        plan = ending(cause, started=drain and self.engine is not None,
+                      going_away=going_away)
         try:
-            if self.engine is not None and not isinstance(error, SlowClient):
+            if plan.drain:
                 await self._drain()
-                if error is None:
-                    # Drained (going away): the client reconnects (through the load
-                    # balancer, to another replica) and resumes from the state saved
-                    # here; with the audio context, it goes on as if it was not cut.
-                    end = self._end_message(reconnect=going_away)
-                    if going_away:
-                        await self._save_context(end["position"])
-                    await self._save(end, wait=True)
-                    await self.sender.send(end)
+            if plan.end:
+                # Drained (going away): the client reconnects (through the load
+                # balancer, to another replica) and resumes from the state saved
+                # here; with the audio context, it goes on as if it was not cut.
+                end = self._end_message(reconnect=plan.reconnect)
+                if plan.reconnect:
+                    await self._save_context(end["position"])
+                await self._save(end, wait=True)
+                await self.sender.send(end)
         except ConnectionClosed:
             return self._disconnected("client disconnected while finishing")
         except SlowClient as slow:
-            error = slow
+            plan = ending(slow, started=False)
         except Exception as failure:  # noqa: BLE001 - a bug must not take the process down
             logger.error("session %s failed while finishing", self.id, exc_info=failure)
-            error = StreamerError(f"internal error: {type(failure).__name__}")
-        if error is not None:
-            await self._end_with_error(error)
-            return error.code
-        await self._close(protocol.GOING_AWAY if going_away else protocol.NORMAL_CLOSURE,
-                          "server shutting down" if going_away else "")
-        return "shutdown" if going_away else "stop"
+            plan = ending(StreamerError(f"internal error: {type(failure).__name__}"),
+                          started=False)
+        if plan.error is not None:
+            self.connection.stop_input(plan.error)
+            self.context.metrics.error(plan.error.code)
+            if plan.send_error:
+                with contextlib.suppress(ConnectionClosed, SlowClient):
+                    await self.sender.send(protocol.error_message(plan.error))
+            else:  # the client stopped reading: what is queued for it is dropped
+                self.context.metrics.count("slow_clients")
+                await self.sender.abort()
+        await self._close(plan.code, plan.reason)
+        return plan.outcome
 
     def _disconnected(self, outcome: str) -> str:
         """The outcome of a closed connection: ``slow_client`` when the connection gave
@@ -162,18 +174,6 @@ class StreamSession:
         self.context.metrics.error(slow.code)
         self.context.metrics.count("slow_clients")
         return f"{slow.code} ({slow})"
-
-    async def _end_with_error(self, error: StreamerError) -> None:
-        self.connection.stop_input(error)
-        self.context.metrics.error(error.code)
-        if isinstance(error, SlowClient):
-            self.context.metrics.count("slow_clients")
-            await self.sender.abort()
-            await self._close(protocol.close_code(error), error.code)
-            return
-        with contextlib.suppress(ConnectionClosed, SlowClient):
-            await self.sender.send(protocol.error_message(error))
-        await self._close(protocol.close_code(error), error.code)
 
     async def _close(self, code: int, reason: str) -> None:
         """Close after the queued events are written; messages the client still sends are
