@@ -260,13 +260,12 @@ class StreamingDiarizer:
             yield from self._process(buffer, end)
         # The context's frames were decided by the stream it comes from.
         self._commit(self._buffer.received, final=True)
-        self._policy.turns.cut()
+        self._policy.cut()
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
         self._memory.load(sums)
         self._speech = speech
-        self._policy.cut_view()
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.
         self._restored = False

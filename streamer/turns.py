@@ -184,6 +184,13 @@ class TurnPolicy:
         self._hold = -1  # speaker of the last committed speech frame
         self.cut_view()
 
+    def cut(self) -> None:
+        """The frames so far were decided elsewhere (a resumed stream's context): close
+        the open turn without making it one, number turns from 0 again, and show
+        nothing as open."""
+        self.turns.cut()
+        self.cut_view()
+
     def cut_view(self) -> None:
         """Forget the interim view (nothing is shown as open)."""
         #: The interim view of the open turn, if shown.

@@ -10,7 +10,7 @@ import pytest
 
 from streamer.audio import load_audio
 from streamer.engine import StreamingDiarizer, diarize_array
-from streamer.models.calls import ModelCall, no_calls, run_direct, run_together
+from streamer.models.calls import ModelCall, run_direct, run_together
 from streamer.models.embedded import EmbeddedFrontend
 from streamer.scheduler import TickScheduler
 
@@ -37,6 +37,12 @@ def job(values: list[float], width: int = 1):
         row = yield ModelCall("double", (np.full((1, width), value, np.float32),))
         results.append(float(row[0, 0]))
     return results
+
+
+def no_calls(value):
+    """Steps that call no model and return ``value``."""
+    return value
+    yield  # makes this a generator
 
 
 def test_each_job_gets_its_own_rows_from_one_pass_per_round() -> None:

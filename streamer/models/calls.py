@@ -59,12 +59,6 @@ def run_direct(steps: Steps[T], models: Models) -> T:
         return stop.value
 
 
-def no_calls(value: T) -> Steps[T]:
-    """Steps that call no model and return ``value``."""
-    return value
-    yield  # noqa: unreachable - makes this a generator
-
-
 def batch_key(call: ModelCall) -> Hashable | None:
     """What calls of one model must share to be concatenated (trailing shapes and dtypes
     of every input); ``None`` when the call cannot be batched."""
@@ -130,17 +124,15 @@ def run_together(jobs: Sequence[Steps[Any]], models: Models, *, max_batch: int =
             groups[key if key is not None else ("alone", index)].append(index)
         calls, waiting = waiting, {}
         for members in groups.values():
-            for start in range(0, len(members), max_batch):
-                _run_group(members[start:start + max_batch], calls, models, max_batch,
-                           on_batch, advance)
+            _run_group(members, calls, models, max_batch, on_batch, advance)
     return outcomes
 
 
 def _run_group(members: list[int], calls: dict[int, ModelCall], models: Models,
                max_batch: int, on_batch: BatchObserver | None,
                advance: Callable[..., None]) -> None:
-    """One forward pass for ``members`` (calls of one model and key), rows capped at
-    ``max_batch`` (a call with more rows runs on its own); each member is advanced."""
+    """Forward passes for ``members`` (calls of one model and key), each of at most
+    ``max_batch`` rows (a call with more rows runs on its own); each member is advanced."""
     batch: list[int] = []
     rows = 0
     for index in members:
@@ -201,4 +193,4 @@ def _split(result: Any, bounds: np.ndarray, total: int, name: str) -> list[np.nd
 
 
 __all__ = ["BatchObserver", "ModelCall", "Models", "Outcome", "Steps", "batch_key",
-           "no_calls", "run_direct", "run_together"]
+           "run_direct", "run_together"]

@@ -35,7 +35,7 @@ from streamer.server.ending import ending
 from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
-from streamer.server.protocol import IdleTimeout, SlowClient, StreamTooLong
+from streamer.server.protocol import IdleTimeout, SlowClient
 from streamer.server.sender import EventSender
 from streamer.server.state import BadState, decode_context, encode_context
 from streamer.server.store import CONTEXT_TTL, StoreUnavailable
