@@ -288,3 +288,25 @@ def test_batched_server_gives_the_same_turns_as_file_mode() -> None:
 def test_bad_settings_raise_value_error(changes: dict) -> None:
     with pytest.raises(ValueError):
         ServerSettings(**changes)
+
+
+def test_a_stream_the_server_is_behind_on_outlives_keepalive_pings() -> None:
+    """While the server is behind a stream, it stops reading it (backpressure), so the
+    client's pongs wait unread: the keep-alive must not end the stream for that."""
+    audio = tone_conversation([(300.0, 2.0), (None, 0.5), (700.0, 2.0)])
+
+    async def body():
+        async with running_server(_slow_frontend(0.15), max_pending_seconds=0.3,
+                                  max_feed_seconds=0.25, max_window_ratio=100,
+                                  receive_queue=2, ping_interval=0.2,
+                                  ping_timeout=0.3) as server:
+            result = await stream(server, audio, chunk=0.05, config={"step": 0.1})
+            await wait_idle(server)
+            return result, server.metrics.render()
+
+    (_, events, code), metrics = run(body(), timeout=90)
+    assert code == 1000, f"closed with {code}: {events[-1:]}"
+    assert events[-1]["type"] == "end"
+    assert finals(events) == expected_finals(audio, {"step": 0.1})
+    # Reading was paused for longer than the ping timeout, more than once.
+    assert re.search(r"^streamer_backpressure_pauses_total [1-9]", metrics, re.M)

@@ -15,6 +15,13 @@ A peer that sends but does not read (a ping flood answered by pongs, events nobo
 reads) fills the socket's write buffer. Past its high-water mark (``write_limit``) the
 connection stops reading from that peer, so nothing more is queued for it; if the buffer
 does not drain within ``stall_timeout`` the connection is closed (1008) and aborted.
+
+While the server cannot keep a stream real time, it stops reading it (backpressure), and
+the peer's pong to a keep-alive ping waits unread with the rest. The keep-alive therefore
+does not count its timeout while reading is paused *and* the application says it is
+behind real time (:attr:`StreamConnection.busy`): a stream is never ended because the
+server is busy, and a peer that is gone is still found once reading resumes. A peer that
+sends faster than real time and never reads (so never answers pings) gets no such grace.
 """
 from __future__ import annotations
 
@@ -38,6 +45,8 @@ from streamer.server.protocol import BadJson, FrameTooLarge, SlowClient
 
 #: Most frames one message may be split into (websockets itself allows 4096).
 MAX_FRAGMENTS = 1024
+#: How often (seconds) the keep-alive looks whether reading is paused.
+KEEPALIVE_POLL = 0.1
 #: Payloads this small are always read: frame headers and control frames (RFC 6455 caps
 #: them at 125 bytes) go through the same reader.
 _ALWAYS_READ = 125
@@ -304,6 +313,9 @@ class StreamConnection(ServerConnection):
         self._refused_after = 0
         self._violation_after: int | None = None
         self._reading_paused_by: set[str] = set()
+        #: Whether the application is behind real time on this connection's input (set
+        #: by the application; see the module's docstring).
+        self.busy: Callable[[], bool] = lambda: False
         self._stall_timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -421,6 +433,49 @@ class StreamConnection(ServerConnection):
             self._stall_timer.cancel()
             self._stall_timer = None
         super().connection_lost(exc)
+
+    async def keepalive(self) -> None:
+        """websockets' keep-alive, with the pong's timeout counted only while this side
+        reads (see the module's docstring); a ping is not sent while reading is paused."""
+        assert self.ping_interval is not None
+        latency = 0.0
+        try:
+            while True:
+                await asyncio.sleep(self.ping_interval - latency)
+                while self._behind():
+                    await asyncio.sleep(KEEPALIVE_POLL)
+                pong = await self.ping()
+                if self.ping_timeout is None:
+                    continue
+                latency = await self._pong_within(pong, self.ping_timeout)
+                if latency is None:
+                    async with self.send_context():
+                        self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    return
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - as websockets' own keep-alive
+            self.logger.error("keepalive ping failed", exc_info=True)
+
+    async def _pong_within(self, pong: "asyncio.Future[float]", timeout: float
+                           ) -> float | None:
+        """The pong's latency, or None when ``timeout`` seconds of reading passed first."""
+        left = timeout
+        while True:
+            wait = min(left, KEEPALIVE_POLL)
+            try:
+                async with asyncio.timeout(wait):
+                    return await asyncio.shield(pong)
+            except TimeoutError:
+                if not self._behind():
+                    left -= wait
+                if left <= 0:
+                    return None
+
+    def _behind(self) -> bool:
+        """Reading is paused because the application, behind real time, has not taken
+        what it received."""
+        return "queue" in self._reading_paused_by and self.busy()
 
     def _pause_reading(self, reason: str) -> None:
         if not self._reading_paused_by:

@@ -63,6 +63,9 @@ class StreamSession:
                                self.settings.max_stream_seconds)
         #: The stream's received, unprocessed audio (the inbound side's queue).
         self.audio = self.inbound.audio
+        # While processing is behind real time, the keep-alive waits for pongs that sit
+        # unread behind the audio (see StreamConnection.busy).
+        connection.busy = lambda: self.audio.behind(time.monotonic()) > 0
         self._input_done = False
         self._audio_ready = asyncio.Event()
         self._resume = asyncio.Event()
