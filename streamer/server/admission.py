@@ -18,6 +18,12 @@ the process's CPU time is read at each report. Over a sliding window:
   estimate says, and newcomers are refused until it catches up. A stream sent faster
   than real time is never behind real time, so a client sending a file at full speed
   does not close the door.
+* busy: the share of wall time the process's scheduler spends in ticks (the one thread
+  that runs every stream's steps and waits for their model calls, whether on the CPU or
+  a GPU). A newcomer is refused when ``busy * (streams + 1) / streams`` exceeds
+  ``max_busy``. This is the rule that follows a GPU's capacity, which the CPU cost does
+  not see; batching makes a tick cost less than linearly more per stream, so the
+  projection errs on the side of refusing.
 
 The default ``max_load`` is half the CPUs: the engine's Python work holds the GIL, so
 one process keeps about one core busy before its streams fall behind; ``--processes N``
@@ -39,6 +45,8 @@ COLD_START_PER_CPU = 4
 MIN_CALLS = 20
 #: Seconds of audio a window needs before the cost rule applies.
 MIN_AUDIO = 2.0
+#: Seconds of scheduler activity a window needs before the busy rule applies.
+MIN_BUSY_SPAN = 2.0
 
 
 class Admission:
@@ -49,29 +57,34 @@ class Admission:
         max_load: Share of ``cpus`` the streams may keep busy; 0 turns the load rule off.
         max_lag: Seconds (95th percentile) streams may be behind real time; 0 turns the
             lag rule off.
+        max_busy: Share of wall time the scheduler may spend in ticks, the newcomer
+            counted; 0 turns the busy rule off.
         window: Seconds of calls the decision looks at.
         cold_start: Most open streams while the cost is unknown (default: 4 per CPU,
             at least 8).
     """
 
     def __init__(self, cpus: float, max_load: float = 0.5, max_lag: float = 1.0,
-                 window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_busy: float = 0.0, window: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic,
                  cpu_time: Callable[[], float] = time.process_time,
                  cold_start: int | None = None):
         self.cpus = cpus
         self.max_load = max_load
         self.max_lag = max_lag
+        self.max_busy = max_busy
         self.window = window
         self.cold_start = (cold_start if cold_start is not None
                            else max(8, math.ceil(COLD_START_PER_CPU * cpus)))
         self._clock = clock
         self._cpu_time = cpu_time
         self._calls: collections.deque[tuple[float, float, float, float]] = collections.deque()
+        self._ticks: collections.deque[tuple[float, float]] = collections.deque()  # (end, s)
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.max_load > 0 or self.max_lag > 0
+        return self.max_load > 0 or self.max_lag > 0 or self.max_busy > 0
 
     def record(self, audio: float, behind: float) -> None:
         """One engine call: ``audio`` seconds of audio processed; after it the stream is
@@ -80,6 +93,27 @@ class Admission:
         with self._lock:
             self._calls.append((now, cpu, audio, max(behind, 0.0)))
             self._prune(now)
+
+    def record_tick(self, seconds: float) -> None:
+        """One scheduler tick that just ended, after ``seconds``."""
+        now = self._clock()
+        with self._lock:
+            self._ticks.append((now, max(seconds, 0.0)))
+            self._prune(now)
+
+    def busy(self) -> float | None:
+        """Share of the window's wall time the scheduler spent in ticks (None: it has
+        been active for too short a time to tell)."""
+        with self._lock:
+            now = self._clock()
+            self._prune(now)
+            if len(self._ticks) < 2:
+                return None
+            # From the end of the first tick on: the ticks after it fill that span.
+            span = now - self._ticks[0][0]
+            if span < MIN_BUSY_SPAN:
+                return None
+            return min(1.0, sum(seconds for _, seconds in list(self._ticks)[1:]) / span)
 
     def cost(self) -> float | None:
         """CPU seconds of the process per second of audio over the window (None: too
@@ -120,11 +154,19 @@ class Admission:
             if cost is not None and (streams + 1) * cost > budget:
                 return (f"the server is at capacity: a real-time stream costs {cost:.3f} "
                         f"CPU and {streams} are open, of {budget:.2f} CPU")
+        if self.max_busy > 0 and streams > 0:
+            busy = self.busy()
+            if busy is not None and busy * (streams + 1) / streams > self.max_busy:
+                return (f"the server is at capacity: its scheduler is busy {busy:.0%} of "
+                        f"the time with {streams} streams open (limit {self.max_busy:.0%} "
+                        f"with the newcomer)")
         return None
 
     def _prune(self, now: float) -> None:
         while self._calls and self._calls[0][0] < now - self.window:
             self._calls.popleft()
+        while self._ticks and self._ticks[0][0] < now - self.window:
+            self._ticks.popleft()
 
 
-__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS"]
+__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_BUSY_SPAN", "MIN_CALLS"]

@@ -80,7 +80,7 @@ class DiarizationServer:
         self.scheduler = TickScheduler(
             self.frontend.models, max_batch=self.settings.batch_max_size,
             min_tick=self.settings.min_tick, on_batch=self.metrics.batch,
-            on_tick=self.metrics.tick, thread_init=self.settings.init_thread)
+            on_tick=self._ticked, thread_init=self.settings.init_thread)
         self._executor = ThreadPoolExecutor(self.settings.worker_count,
                                             thread_name_prefix="streamer-engine",
                                             initializer=self.settings.init_thread)
@@ -89,7 +89,7 @@ class DiarizationServer:
             engine_factory=_engine_factory(self.frontend), models=self._describe(),
             scheduler=self.scheduler,
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
-                                self.settings.max_lag),
+                                self.settings.max_lag, self.settings.max_busy),
             states=StateSealer(self.settings.state_secret, self.settings.token),
             store=open_store(self.settings.redis_url))
         self.voiceprints = VoiceprintRoutes(
@@ -100,6 +100,10 @@ class DiarizationServer:
         self.session_tokens = SessionTokens(self.settings.token, self.settings.session_ttl)
         self._server: Server | None = None
         self._stopping = False
+
+    def _ticked(self, jobs: int, seconds: float) -> None:
+        self.metrics.tick(jobs, seconds)
+        self.context.admission.record_tick(seconds)
 
     def _describe(self) -> dict[str, Any]:
         """``ready``'s ``models``; with the worker index under ``--processes N``."""

@@ -157,6 +157,11 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="admission: refuse new streams while the open ones are more "
                              "than this many seconds (95th percentile) behind real time; 0 "
                              "turns it off (default %(default)s)")
+    limits.add_argument("--max-busy", type=float, default=defaults.max_busy,
+                        help="admission: refuse new streams when the scheduler, which runs "
+                             "every stream's steps and waits for their model calls (on the "
+                             "CPU or a GPU), would spend more than this share of its time in "
+                             "ticks with the newcomer; 0 turns it off (default %(default)s)")
     limits.add_argument("--cpus", type=float, default=None,
                         help="CPU cores the server may use, for admission (default: those "
                              "it may run on, shared out between --processes)")
