@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from streamer.models.frontend import SegmentationEmbeddingFrontend
-from streamer.server.admission import MIN_BUSY_SPAN, MIN_CALLS, Admission
+from streamer.server.admission import MIN_CALLS, MIN_TICKS, Admission
 from tests.fakes import FakeEmbedding, FakeSegmentation, tone_conversation
 from tests.test_server_support import (open_stream, read_all, run, running_server, scaled,
                                        send_audio)
@@ -98,27 +98,32 @@ def test_rules_can_be_turned_off() -> None:
     assert not admission.enabled and admission.refusal(streams=100) is None
 
 
-def test_the_busy_rule_projects_the_schedulers_time_to_the_newcomer() -> None:
+def test_the_scheduler_rule_fits_what_one_more_step_costs() -> None:
     clock = Clock()
     admission = Admission(cpus=1, max_load=0, max_lag=0, max_busy=0.9, window=10.0,
                           clock=clock, cpu_time=clock.cpu_time)
     assert admission.enabled
-    for _ in range(3):  # 1 s from the first tick's end: too short to tell
-        clock.now += 0.5
-        admission.record_tick(0.25)
-    assert admission.busy() is None and admission.refusal(streams=5) is None
-    for _ in range(int(2 * MIN_BUSY_SPAN)):  # ticks of 0.25 s every 0.5 s: 50 % busy
-        clock.now += 0.5
-        admission.record_tick(0.25)
-    assert admission.busy() == pytest.approx(0.5)
-    assert admission.refusal(streams=2) is None  # 0.5 * 3 / 2 <= 0.9
-    reason = admission.refusal(streams=1)  # 0.5 * 2 / 1 > 0.9
-    assert reason is not None and "scheduler is busy 50%" in reason
+    calls(admission, clock, 5, audio=0.5)
+    for jobs in range(1, MIN_TICKS):  # a tick costs 0.05 s + 0.01 s per step
+        clock.now += 0.1
+        admission.record_tick(jobs, 0.05 + 0.01 * jobs)
+    assert admission.busy() is None and admission.refusal(streams=100) is None
+    clock.now += 0.1
+    admission.record_tick(3, 0.08)
+    assert admission.step_cost() == pytest.approx(0.01)
+    assert admission.busy() == pytest.approx(0.02)  # 0.01 s per 0.5 s of audio
+    assert admission.refusal(streams=43) is None  # 44 * 0.02 <= 0.9
+    reason = admission.refusal(streams=45)  # 46 * 0.02 > 0.9
+    assert reason is not None and "takes 2.0% of its scheduler" in reason
     assert admission.refusal(streams=0) is None
     clock.now += 11.0  # the window forgets; nothing is measured
-    assert admission.busy() is None and admission.refusal(streams=2) is None
+    assert admission.busy() is None and admission.refusal(streams=45) is None
+    for _ in range(MIN_TICKS):  # every tick the same size: the mean cost stands in
+        clock.now += 0.1
+        admission.record_tick(4, 0.08)
+    assert admission.step_cost() == pytest.approx(0.02)
     off = Admission(cpus=1, max_load=0, max_lag=0, max_busy=0, clock=clock)
-    off.record_tick(100.0)
+    off.record_tick(1, 100.0)
     assert not off.enabled and off.refusal(streams=50) is None
 
 
@@ -137,7 +142,7 @@ class WaitingSegmentation(FakeSegmentation):
 
 def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() -> None:
     # Each stream's step waits 0.2 s per 0.5 s of audio without CPU: the cost rule sees
-    # nothing, the scheduler is busy 40 % per stream; two fit under 90 %, three do not.
+    # little, a stream takes 40 % of the scheduler; two fit under 90 %, three do not.
     frontend = SegmentationEmbeddingFrontend(WaitingSegmentation(0.2), FakeEmbedding(),
                                              name="waiting", delta_new=0.5)
     audio = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
@@ -153,9 +158,9 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
     async def body():
         async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
                                   max_busy=0.9) as server:
-            server.context.admission.window = 3.0
+            server.context.admission.window = 4.0
             streams = [asyncio.create_task(admitted(server, delay)) for delay in (0, 0.5)]
-            await asyncio.sleep(scaled(4.0))
+            await asyncio.sleep(scaled(5.0))
             cost = server.context.admission.cost()
             with pytest.raises(InvalidStatus) as refused:
                 await open_stream(server)
@@ -165,7 +170,7 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
     response, cost, results = run(body(), timeout=60)
     assert cost is not None and 3 * cost < 0.85, "the CPU rule alone would admit"
     assert response.status_code == 503
-    assert "scheduler is busy" in json.loads(response.body)["message"]
+    assert "of its scheduler" in json.loads(response.body)["message"]
     for events in results:
         assert events[-1]["type"] == "end"
         assert not [e for e in events if e["type"] == "warning"]

@@ -18,12 +18,16 @@ the process's CPU time is read at each report. Over a sliding window:
   estimate says, and newcomers are refused until it catches up. A stream sent faster
   than real time is never behind real time, so a client sending a file at full speed
   does not close the door.
-* busy: the share of wall time the process's scheduler spends in ticks (the one thread
-  that runs every stream's steps and waits for their model calls, whether on the CPU or
-  a GPU). A newcomer is refused when ``busy * (streams + 1) / streams`` exceeds
-  ``max_busy``. This is the rule that follows a GPU's capacity, which the CPU cost does
-  not see; batching makes a tick cost less than linearly more per stream, so the
-  projection errs on the side of refusing.
+* scheduler: what one more stream would take of the process's scheduler, the one thread
+  that runs every stream's steps and waits for their model calls (on the CPU or a GPU).
+  A tick serves all the steps that wait, so its cost is a fixed part plus a part per
+  step; the per-step part is fitted over the window's ticks (least squares of seconds on
+  steps served), and divided by the audio a step carries it gives the scheduler seconds
+  one real-time stream takes per second. A newcomer is refused when the open streams
+  plus the newcomer would take more than ``max_busy`` of the scheduler's time. The
+  fixed part is left out on purpose: under load ticks grow and serve more steps each,
+  so it is shared ever more thinly. This is the rule that follows a GPU's capacity,
+  which the CPU cost does not see.
 
 The default ``max_load`` is half the CPUs: the engine's Python work holds the GIL, so
 one process keeps about one core busy before its streams fall behind; ``--processes N``
@@ -45,8 +49,8 @@ COLD_START_PER_CPU = 4
 MIN_CALLS = 20
 #: Seconds of audio a window needs before the cost rule applies.
 MIN_AUDIO = 2.0
-#: Seconds of scheduler activity a window needs before the busy rule applies.
-MIN_BUSY_SPAN = 2.0
+#: Ticks a window needs before the scheduler rule applies.
+MIN_TICKS = 10
 
 
 class Admission:
@@ -57,8 +61,8 @@ class Admission:
         max_load: Share of ``cpus`` the streams may keep busy; 0 turns the load rule off.
         max_lag: Seconds (95th percentile) streams may be behind real time; 0 turns the
             lag rule off.
-        max_busy: Share of wall time the scheduler may spend in ticks, the newcomer
-            counted; 0 turns the busy rule off.
+        max_busy: Share of the scheduler's time the streams may take, the newcomer
+            counted, at the measured cost of a step; 0 turns the scheduler rule off.
         window: Seconds of calls the decision looks at.
         cold_start: Most open streams while the cost is unknown (default: 4 per CPU,
             at least 8).
@@ -79,7 +83,8 @@ class Admission:
         self._clock = clock
         self._cpu_time = cpu_time
         self._calls: collections.deque[tuple[float, float, float, float]] = collections.deque()
-        self._ticks: collections.deque[tuple[float, float]] = collections.deque()  # (end, s)
+        # (end time, steps served, seconds)
+        self._ticks: collections.deque[tuple[float, int, float]] = collections.deque()
         self._lock = threading.Lock()
 
     @property
@@ -94,26 +99,43 @@ class Admission:
             self._calls.append((now, cpu, audio, max(behind, 0.0)))
             self._prune(now)
 
-    def record_tick(self, seconds: float) -> None:
-        """One scheduler tick that just ended, after ``seconds``."""
+    def record_tick(self, steps: int, seconds: float) -> None:
+        """One scheduler tick that just ended: ``steps`` stream steps in ``seconds``."""
         now = self._clock()
         with self._lock:
-            self._ticks.append((now, max(seconds, 0.0)))
+            self._ticks.append((now, steps, max(seconds, 0.0)))
             self._prune(now)
 
-    def busy(self) -> float | None:
-        """Share of the window's wall time the scheduler spent in ticks (None: it has
-        been active for too short a time to tell)."""
+    def step_cost(self) -> float | None:
+        """Scheduler seconds one more stream step adds to a tick, fitted over the window
+        (None: too few ticks to tell). When every tick served as many steps, the mean
+        cost per step stands in (it includes the fixed part: an overestimate)."""
         with self._lock:
-            now = self._clock()
-            self._prune(now)
-            if len(self._ticks) < 2:
+            self._prune(self._clock())
+            if len(self._ticks) < MIN_TICKS:
                 return None
-            # From the end of the first tick on: the ticks after it fill that span.
-            span = now - self._ticks[0][0]
-            if span < MIN_BUSY_SPAN:
-                return None
-            return min(1.0, sum(seconds for _, seconds in list(self._ticks)[1:]) / span)
+            steps = [float(tick[1]) for tick in self._ticks]
+            seconds = [tick[2] for tick in self._ticks]
+        mean_steps = sum(steps) / len(steps)
+        mean_seconds = sum(seconds) / len(seconds)
+        spread = sum((x - mean_steps) ** 2 for x in steps)
+        average = mean_seconds / mean_steps if mean_steps > 0 else 0.0
+        if spread <= 0:
+            return average
+        slope = sum((x - mean_steps) * (y - mean_seconds)
+                    for x, y in zip(steps, seconds)) / spread
+        return max(slope, 0.0)
+
+    def busy(self) -> float | None:
+        """Share of the scheduler's time one real-time stream takes: the cost of a step
+        over the audio a step carries (None: not measured yet)."""
+        step = self.step_cost()
+        with self._lock:
+            calls = list(self._calls)
+        if step is None or not calls:
+            return None
+        audio = sum(call[2] for call in calls) / len(calls)
+        return step / audio if audio > 0 else None
 
     def cost(self) -> float | None:
         """CPU seconds of the process per second of audio over the window (None: too
@@ -156,10 +178,10 @@ class Admission:
                         f"CPU and {streams} are open, of {budget:.2f} CPU")
         if self.max_busy > 0 and streams > 0:
             busy = self.busy()
-            if busy is not None and busy * (streams + 1) / streams > self.max_busy:
-                return (f"the server is at capacity: its scheduler is busy {busy:.0%} of "
-                        f"the time with {streams} streams open (limit {self.max_busy:.0%} "
-                        f"with the newcomer)")
+            if busy is not None and (streams + 1) * busy > self.max_busy:
+                return (f"the server is at capacity: a real-time stream takes {busy:.1%} "
+                        f"of its scheduler and {streams} are open (limit "
+                        f"{self.max_busy:.0%})")
         return None
 
     def _prune(self, now: float) -> None:
@@ -169,4 +191,4 @@ class Admission:
             self._ticks.popleft()
 
 
-__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_BUSY_SPAN", "MIN_CALLS"]
+__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS", "MIN_TICKS"]

@@ -103,7 +103,7 @@ class DiarizationServer:
 
     def _ticked(self, jobs: int, seconds: float) -> None:
         self.metrics.tick(jobs, seconds)
-        self.context.admission.record_tick(seconds)
+        self.context.admission.record_tick(jobs, seconds)
 
     def _describe(self) -> dict[str, Any]:
         """``ready``'s ``models``; with the worker index under ``--processes N``."""
