@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.linalg import min_cost_assignment
+from streamer.pitch import pitch_penalty
 
 _FORBIDDEN = 1e6
 #: Below ``min_speakers``, a new speaker costs this fraction of ``delta_new``.
@@ -22,16 +23,26 @@ class CentroidMemory:
     constrained (one-to-one) assignment that minimises the total cosine distance, where
     opening a new speaker costs ``delta_new``. Only local speakers marked ``can_update``
     (clearly active) may create or update a centroid.
+
+    Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the voiced-frame
+    weighted mean of its local speakers' median pitch and of their squared spreads. A
+    local speaker whose pitch is far from a speaker's, in units of both spreads, is that
+    much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``).
     """
 
-    def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1):
+    def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1,
+                 pitch_weight: float = 0.0, pitch_margin: float = 1.0):
         self.delta_new = delta_new
         self.max_speakers = max_speakers
         self.min_speakers = min_speakers
+        self.pitch_weight = pitch_weight
+        self.pitch_margin = pitch_margin
         self.reset()
 
     def reset(self) -> None:
         self._sums: list[np.ndarray] = []
+        # Per speaker: voiced frames, and their weighted sums of median and spread².
+        self._pitch: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -41,11 +52,30 @@ class CentroidMemory:
         """The centroids' unnormalised sums (a speaker's weight is its sum's length)."""
         return [row.copy() for row in self._sums]
 
-    def load(self, sums: list[np.ndarray]) -> None:
-        """Start from the speakers of another stream (see :meth:`sums`)."""
+    @property
+    def pitch_sums(self) -> list[np.ndarray]:
+        """Per speaker ``[voiced frames, sum of median × frames, sum of spread² ×
+        frames]`` of the pitch it was given."""
+        return [row.copy() for row in self._pitch]
+
+    def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None) -> None:
+        """Start from the speakers of another stream (see :meth:`sums` and
+        :meth:`pitch_sums`; without ``pitch``, the speakers' pitch is unknown)."""
         if len(sums) > self.max_speakers:
             raise ValueError(f"{len(sums)} speakers exceed max_speakers {self.max_speakers}")
+        if pitch is not None and len(pitch) != len(sums):
+            raise ValueError(f"{len(pitch)} pitch rows for {len(sums)} speakers")
         self._sums = [np.asarray(row, np.float64).copy() for row in sums]
+        self._pitch = ([np.asarray(row, np.float64).copy() for row in pitch]
+                       if pitch is not None else [np.zeros(3) for _ in sums])
+
+    def pitches(self) -> np.ndarray:
+        """``(speakers, 2)``: each speaker's pitch median and spread (NaN: unknown)."""
+        result = np.full((len(self._pitch), 2), np.nan)
+        for row, (frames, medians, spreads) in enumerate(self._pitch):
+            if frames > 0:
+                result[row] = medians / frames, np.sqrt(spreads / frames)
+        return result
 
     @property
     def centroids(self) -> np.ndarray:
@@ -54,9 +84,11 @@ class CentroidMemory:
         return normalize(np.stack(self._sums))
 
     def assign(self, embeddings: np.ndarray, can_update: np.ndarray,
-               reluctance: float = 1.0) -> np.ndarray:
+               reluctance: float = 1.0, pitch: np.ndarray | None = None) -> np.ndarray:
         """Global index for each row of ``embeddings`` (-1 when none can be given);
-        ``reluctance`` scales the cost of a new speaker."""
+        ``reluctance`` scales the cost of a new speaker. ``pitch`` ``(rows, 3)``: each
+        local speaker's pitch median, spread and voiced frames
+        (:func:`streamer.pitch.pitch_of`; NaN median: unknown)."""
         count = len(embeddings)
         result = np.full(count, -1, dtype=int)
         if count == 0:
@@ -64,6 +96,11 @@ class CentroidMemory:
         embeddings = normalize(np.asarray(embeddings, np.float64))
         known = len(self._sums)
         distances = (1.0 - embeddings @ self.centroids.T) if known else np.zeros((count, 0))
+        if pitch is None:
+            pitch = np.full((count, 3), np.nan)
+        pitch = np.asarray(pitch, np.float64)
+        distances = distances + pitch_penalty(pitch[:, :2], self.pitches(), self.pitch_weight,
+                                              self.pitch_margin)
         room = self.max_speakers - known
         cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
         cost_new *= reluctance
@@ -85,7 +122,16 @@ class CentroidMemory:
                 result[row] = column
                 if can_update[row]:
                     self._sums[column] = self._sums[column] + embeddings[row]
+                    self._add_pitch(column, pitch[row])
             elif creates[row] and len(self._sums) < self.max_speakers:
                 self._sums.append(embeddings[row].copy())
+                self._pitch.append(np.zeros(3))
+                self._add_pitch(len(self._sums) - 1, pitch[row])
                 result[row] = len(self._sums) - 1
         return result
+
+    def _add_pitch(self, speaker: int, pitch: np.ndarray) -> None:
+        median, spread, frames = pitch
+        if np.isfinite(median) and frames > 0:
+            self._pitch[speaker] = self._pitch[speaker] + frames * np.array(
+                [1.0, median, spread ** 2])

@@ -81,6 +81,10 @@ class StreamConfig:
             becomes a new global speaker. ``None`` takes the model's tuned value.
         max_speakers: Upper bound on the number of global speakers of the stream.
         min_speakers: Lower bound: below it, new speakers are created more readily.
+        pitch_weight, pitch_margin: How far apart voices' pitch sets them, on top of the
+            embeddings' cosine distance (see :mod:`streamer.pitch`): ``pitch_weight``
+            per unit of pitch difference (in units of the two voices' own spreads)
+            beyond ``pitch_margin`` units. ``pitch_weight=0`` leaves pitch out.
         num_speakers: Known number of speakers; sets both bounds.
         min_duration_on: Turns shorter than this are dropped (blips), in seconds.
         min_duration_off: Gaps shorter than this between two stretches of the same speaker
@@ -111,6 +115,8 @@ class StreamConfig:
     max_speakers: int = 20
     min_speakers: int = 1
     num_speakers: int | None = None
+    pitch_weight: float = 1.0
+    pitch_margin: float = 1.0
     min_duration_on: float = 0.0
     min_duration_off: float = 0.3
     speech_threshold: float | None = None
@@ -144,6 +150,8 @@ class StreamConfig:
                 f"min_speakers ({self.min_speakers}) must not exceed "
                 f"max_speakers ({self.max_speakers})"
             )
+        self.pitch_weight = _number("pitch_weight", self.pitch_weight, 0.0, 10.0)
+        self.pitch_margin = _number("pitch_margin", self.pitch_margin, 0.0, 10.0)
         self.min_duration_on = _number("min_duration_on", self.min_duration_on, 0.0, 10.0)
         self.min_duration_off = _number("min_duration_off", self.min_duration_off, 0.0, 10.0)
         if self.speech_threshold is not None:

@@ -26,6 +26,8 @@ from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSumm
                              speaker_label)
 from streamer.models.base import BufferAnalysis, Frontend, embedding_identity
 from streamer.models.calls import Steps, run_direct
+from streamer.pitch import HOP as PITCH_HOP
+from streamer.pitch import PitchTrack, pitch_of
 from streamer.regions import RegionTracker
 from streamer.turns import TurnPolicy
 from streamer.voiceprints import Identifier, check_models
@@ -73,7 +75,9 @@ class StreamingDiarizer:
         self._alignment = math.lcm(step, int(frontend.sample_alignment))
         self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)), step,
                                      history=self._alignment)
-        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers)
+        self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
+                                      c.pitch_weight, c.pitch_margin)
+        self._pitch = PitchTrack()
         # One more column than speakers: the number of active local speakers per frame,
         # averaged like the activations, gives the overlap-aware outputs their counts.
         self._aggregator = Aggregator(self.resolution, c.max_speakers + 1,
@@ -91,6 +95,7 @@ class StreamingDiarizer:
         """Forget everything: the next sample is t=0 of a new stream."""
         self._buffer.reset()
         self._memory.reset()
+        self._pitch.reset()
         self._aggregator.reset()
         self._policy.reset()
         self._regions.reset()
@@ -182,11 +187,13 @@ class StreamingDiarizer:
     def state(self) -> dict:
         """The stream's speaker memory, to continue it in another engine on the same
         models (:meth:`restore`): the model identity, and per global speaker its label,
-        centroid sum and seconds of speech. JSON-ready."""
+        centroid sum, seconds of speech and pitch sums. JSON-ready."""
         return {"version": STATE_VERSION, "model": state_identity(self.frontend),
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
-                              "speech": round(self._speech.get(speaker_label(i), 0.0), 3)}
-                             for i, row in enumerate(self._memory.sums)]}
+                              "speech": round(self._speech.get(speaker_label(i), 0.0), 3),
+                              "pitch": [round(float(x), 3) for x in pitch]}
+                             for i, (row, pitch) in enumerate(zip(self._memory.sums,
+                                                                  self._memory.pitch_sums))]}
 
     def restore(self, state: dict) -> None:
         """Continue the speakers of ``state`` (from :meth:`state`): known voices keep
@@ -207,14 +214,20 @@ class StreamingDiarizer:
             sums = [np.asarray(s["sum"], np.float64) for s in speakers]
             speech = {speaker_label(i): float(s["speech"]) for i, s in enumerate(speakers)}
             labels = [s["label"] for s in speakers]
-        except (KeyError, TypeError, ValueError) as error:
+            # States saved before pitch was kept have none: those voices' pitch is unknown.
+            pitch = [np.asarray(s.get("pitch", [0.0, 0.0, 0.0]), np.float64)
+                     for s in speakers]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
         dimension = identity["dimension"]
         if labels != [speaker_label(i) for i in range(len(labels))] or any(
                 row.shape != (dimension,) or not np.isfinite(row).all() for row in sums):
             raise ConfigError("malformed speaker state: labels or centroids do not fit")
+        if any(row.shape != (3,) or not np.isfinite(row).all() or row[0] < 0
+               for row in pitch):
+            raise ConfigError("malformed speaker state: pitch sums do not fit")
         try:
-            self._memory.load(sums)
+            self._memory.load(sums, pitch)
         except ValueError as error:
             raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
         self._speech = speech
@@ -255,7 +268,7 @@ class StreamingDiarizer:
         return self._prime(context)
 
     def _prime(self, context: np.ndarray) -> Steps[None]:
-        sums, speech = self._memory.sums, dict(self._speech)
+        sums, pitch, speech = self._memory.sums, self._memory.pitch_sums, dict(self._speech)
         for buffer, end in self._buffer.push(context):
             yield from self._process(buffer, end)
         # The context's frames were decided by the stream it comes from.
@@ -264,7 +277,7 @@ class StreamingDiarizer:
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
-        self._memory.load(sums)
+        self._memory.load(sums, pitch)
         self._speech = speech
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.
@@ -321,10 +334,15 @@ class StreamingDiarizer:
     def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:
         start = (end - len(buffer)) / self.sample_rate
         analysis = yield from self._stream.analyze(buffer, start)
-        activations, speech = self._to_global(analysis)
+        new = end - self._pitch.received
+        if new > 0:
+            self._pitch.push(buffer[len(buffer) - min(new, len(buffer)):])
+        self._pitch.forget((end - len(buffer)) // PITCH_HOP)
+        activations, speech = self._to_global(analysis, end - len(buffer))
         self._aggregator.add(activations, speech, analysis.frames, start, analysis.confidence)
 
-    def _to_global(self, analysis: BufferAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    def _to_global(self, analysis: BufferAnalysis, first_sample: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
         c = self.config
         local = np.asarray(analysis.activations, np.float64)
         frames, count = local.shape
@@ -348,11 +366,25 @@ class StreamingDiarizer:
         # are noisy: a known voice must not become a new speaker on their account.
         resuming = self._restored and self._buffer.received < self._buffer.size
         globals_ = self._memory.assign(embeddings[chosen], can_update[chosen],
-                                       RESUME_RELUCTANCE if resuming else 1.0)
+                                       RESUME_RELUCTANCE if resuming else 1.0,
+                                       self._local_pitch(local[:, chosen], active[:, chosen],
+                                                         analysis, first_sample))
         for index, target in zip(chosen, globals_):
             if target >= 0:
                 result[:, target] = np.maximum(result[:, target], local[:, index])
         return result, speech
+
+    def _local_pitch(self, local: np.ndarray, active: np.ndarray, analysis: BufferAnalysis,
+                     first_sample: int) -> np.ndarray:
+        """Pitch (median, spread, voiced frames) of each local speaker over the frames
+        where it speaks, and louder than any other local speaker."""
+        if self.config.pitch_weight <= 0:
+            return np.full((local.shape[1], 3), np.nan)
+        centres = first_sample + analysis.frames.center(np.arange(len(local))) * self.sample_rate
+        semitones = self._pitch.at(np.round(centres / PITCH_HOP))
+        dominant = np.argmax(local, axis=1)
+        return np.array([pitch_of(semitones[active[:, k] & (dominant == k)])
+                         for k in range(local.shape[1])]).reshape(-1, 3)
 
     def _commit(self, end_sample: int, final: bool = False) -> list[Event]:
         """Decide the frames that the step ending at ``end_sample`` makes final (all

@@ -1,0 +1,171 @@
+"""Voice pitch as a tracking cue: the F0 tracker, the pitch statistics and penalty, and
+an engine that tells apart two voices its embeddings cannot."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.clustering import CentroidMemory
+from streamer.config import StreamConfig
+from streamer.engine import StreamingDiarizer, diarize_array
+from streamer.models.base import FrameTiming
+from streamer.models.frontend import SegmentationEmbeddingFrontend
+from streamer.pitch import (HOP, MIN_SPREAD, MIN_VOICED, PitchTrack, pitch_of, pitch_penalty,
+                            yin)
+
+RATE = 16000
+
+
+def voice(f0: float, seconds: float, vibrato: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A harmonic voice at ``f0`` Hz (five harmonics), its pitch moving by ``vibrato``
+    semitones at 5 Hz."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    semitones = vibrato * np.sin(2 * np.pi * 5 * t)
+    phase = 2 * np.pi * np.cumsum(f0 * 2 ** (semitones / 12)) / RATE
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6))
+    noise = np.random.default_rng(seed).normal(0, 0.01, len(t))
+    return (0.3 * wave / 2 + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [80.0, 120.0, 210.0, 350.0])
+def test_yin_finds_the_pitch_of_a_harmonic_voice(f0: float) -> None:
+    estimates = yin(voice(f0, 1.0))
+    voiced = estimates[np.isfinite(estimates)]
+    assert len(voiced) > 0.9 * len(estimates)
+    assert np.median(voiced) == pytest.approx(f0, rel=0.01)
+
+
+def test_yin_finds_no_pitch_in_noise_or_silence() -> None:
+    noise = np.random.default_rng(1).normal(0, 0.3, RATE).astype(np.float32)
+    assert np.isfinite(yin(noise)).mean() < 0.1
+    assert not np.isfinite(yin(np.zeros(RATE, np.float32))).any()
+    assert len(yin(np.zeros(100, np.float32))) == 0
+
+
+def test_the_pitch_track_is_the_same_in_any_pieces() -> None:
+    audio = np.concatenate([voice(110, 1.0), np.zeros(RATE // 2, np.float32),
+                            voice(220, 1.0)])
+    whole = PitchTrack()
+    whole.push(audio)
+    pieces = PitchTrack()
+    for part in np.array_split(audio, [1, 700, 5000, 5001, 20000]):
+        pieces.push(part)
+    assert pieces.received == whole.received == len(audio)
+    assert pieces.end == whole.end == (len(audio) - 400) // HOP + 1
+    np.testing.assert_allclose(pieces.semitones, whole.semitones, equal_nan=True)
+    # Estimate i is centred on sample i * HOP: 0.5 s in, the 110 Hz voice; 2.0 s in, 220.
+    first, second = whole.at(np.array([50, 200]))
+    assert second - first == pytest.approx(12.0, abs=0.1)
+    whole.forget(100)
+    assert whole.first == 100 and np.isnan(whole.at(np.array([50]))[0])
+    assert whole.at(np.array([200]))[0] == pytest.approx(second)
+
+
+def test_pitch_of_needs_enough_voiced_frames() -> None:
+    assert np.isnan(pitch_of(np.full(MIN_VOICED - 1, 3.0))[0])
+    flat = np.concatenate([np.full(MIN_VOICED, 3.0), np.full(50, np.nan)])
+    assert pitch_of(flat) == (3.0, MIN_SPREAD, float(MIN_VOICED))
+    spread = pitch_of(np.random.default_rng(0).normal(0.0, 2.0, 4000))[1]
+    assert spread == pytest.approx(2.0, rel=0.1)
+
+
+def test_the_pitch_penalty_counts_only_beyond_the_margin() -> None:
+    local = np.array([[0.0, 1.0], [2.0, 1.0], [10.0, 1.0], [np.nan, np.nan]])
+    centroids = np.array([[0.0, 1.0], [np.nan, np.nan]])
+    penalty = pitch_penalty(local, centroids, weight=0.5, margin=1.0)
+    assert penalty.shape == (4, 2)
+    assert penalty[0, 0] == 0.0  # the same pitch
+    assert penalty[1, 0] == pytest.approx(0.5 * (2 / np.sqrt(2) - 1.0))
+    assert penalty[2, 0] == pytest.approx(0.5 * (10 / np.sqrt(2) - 1.0))
+    assert not penalty[3].any() and not penalty[:, 1].any()  # unknown pitch costs nothing
+    assert not pitch_penalty(local, centroids, weight=0.0, margin=1.0).any()
+
+
+def test_the_memory_opens_a_speaker_for_a_voice_of_another_pitch() -> None:
+    same = np.eye(4)[:1]
+    low, high = np.array([[0.0, 0.5, 200.0]]), np.array([[7.0, 0.5, 200.0]])
+    with_pitch = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=0.2)
+    assert with_pitch.assign(same, [True], pitch=low).tolist() == [0]
+    assert with_pitch.assign(same, [True], pitch=high).tolist() == [1]
+    assert with_pitch.assign(same, [True], pitch=low).tolist() == [0]
+    assert with_pitch.pitches()[:, 0].tolist() == [0.0, 7.0]
+    without = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=0.0)
+    for pitch in (low, high, low):
+        assert without.assign(same, [True], pitch=pitch).tolist() == [0]
+
+
+class _TurnSegmentation:
+    """Speech where the signal is loud; each stretch between pauses of a chunk is a
+    local speaker of its own (it finds turns, not voices)."""
+
+    sample_rate = RATE
+    num_speakers = 4
+    frames = FrameTiming(0.0, 0.02, 0.02)
+    chunk_duration = 10.0
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        outputs = []
+        for waveform in waveforms:
+            blocks = waveform[: len(waveform) // 320 * 320].reshape(-1, 320)
+            active = np.sqrt((blocks ** 2).mean(axis=1)) > 0.05
+            starts = np.flatnonzero(active & ~np.concatenate([[False], active[:-1]]))
+            out = np.zeros((len(active), self.num_speakers), np.float32)
+            turn = np.cumsum(np.isin(np.arange(len(active)), starts)) - 1
+            for slot in range(self.num_speakers):
+                out[:, slot] = active & (turn % self.num_speakers == slot)
+            outputs.append(out)
+        return np.stack(outputs)
+
+
+class _SameEmbedding:
+    """One embedding for every voice: only pitch can tell them apart."""
+
+    sample_rate = RATE
+    dimension = 4
+
+    def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (len(waveforms), 1))
+
+
+def test_the_engine_tells_apart_voices_of_different_pitch_that_embed_alike() -> None:
+    frontend = SegmentationEmbeddingFrontend(_TurnSegmentation(), _SameEmbedding(),
+                                             name="same", delta_new=0.3,
+                                             speech_threshold=0.5)
+    pause = np.zeros(RATE // 2, np.float32)
+    turns = [voice(f0, 3.0, vibrato=0.5, seed=i) for i, f0 in enumerate([110, 165] * 3)]
+    audio = np.concatenate([part for turn in turns for part in (turn, pause)])
+
+    found, engine = diarize_array(frontend, audio)
+    by_turn = [{t.speaker for t in found if t.start < 3.5 * i + 2.5 and t.end > 3.5 * i + 0.5}
+               for i in range(6)]
+    assert all(len(labels) == 1 for labels in by_turn), by_turn
+    labels = [labels.pop() for labels in by_turn]
+    assert labels[0::2] == [labels[0]] * 3 and labels[1::2] == [labels[1]] * 3
+    assert labels[0] != labels[1]
+    assert len(engine.speakers()) == 2
+
+    alike, engine = diarize_array(frontend, audio, StreamConfig(pitch_weight=0.0))
+    assert {t.speaker for t in alike} == {"SPEAKER_00"} and len(engine.speakers()) == 1
+
+
+def test_a_resumed_stream_keeps_its_speakers_pitch() -> None:
+    frontend = SegmentationEmbeddingFrontend(_TurnSegmentation(), _SameEmbedding(),
+                                             name="same", delta_new=0.3,
+                                             speech_threshold=0.5)
+    pause = np.zeros(RATE // 2, np.float32)
+    audio = np.concatenate([voice(110, 3.0), pause, voice(165, 3.0, seed=1), pause])
+    _, first = diarize_array(frontend, audio)
+    state = first.state()
+    assert [len(s["pitch"]) for s in state["speakers"]] == [3, 3]
+    resumed = StreamingDiarizer(frontend)
+    resumed.restore(state)
+    turns = resumed.feed(np.concatenate([voice(165, 3.0, seed=2), pause])) + resumed.flush()
+    finals = {t.speaker for t in turns if t.final}
+    assert finals == {"SPEAKER_01"}
+    # A state saved before pitch was kept still resumes, with the voices' pitch unknown.
+    for speaker in state["speakers"]:
+        del speaker["pitch"]
+    StreamingDiarizer(frontend).restore(state)
+    state["speakers"][0]["pitch"] = [1.0, float("nan"), 0.0]
+    with pytest.raises(ValueError, match="pitch"):
+        StreamingDiarizer(frontend).restore(state)
