@@ -127,6 +127,20 @@ def test_the_scheduler_rule_fits_what_one_more_step_costs() -> None:
     assert not off.enabled and off.refusal(streams=50) is None
 
 
+_AUDIO = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
+
+
+async def _real_time_stream(server, delay: float) -> list[dict]:
+    """A client that connects after ``delay`` seconds and streams 13 s of two tones at
+    real time; its events."""
+    await asyncio.sleep(delay)
+    ws, _ = await open_stream(server)
+    sender = asyncio.create_task(send_audio(ws, _AUDIO, chunk=0.1, speed=1.0))
+    events = await read_all(ws)
+    await sender
+    return events
+
+
 class WaitingSegmentation(FakeSegmentation):
     """The fake model, waiting ``wait`` seconds per chunk without using the CPU, as a
     process waits for a GPU."""
@@ -145,21 +159,13 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
     # little, a stream takes 40 % of the scheduler; two fit under 90 %, three do not.
     frontend = SegmentationEmbeddingFrontend(WaitingSegmentation(0.2), FakeEmbedding(),
                                              name="waiting", delta_new=0.5)
-    audio = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
-
-    async def admitted(server, delay: float):
-        await asyncio.sleep(delay)
-        ws, _ = await open_stream(server)
-        sender = asyncio.create_task(send_audio(ws, audio, chunk=0.1, speed=1.0))
-        events = await read_all(ws)
-        await sender
-        return events
 
     async def body():
         async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
                                   max_busy=0.9) as server:
             server.context.admission.window = 4.0
-            streams = [asyncio.create_task(admitted(server, delay)) for delay in (0, 0.5)]
+            streams = [asyncio.create_task(_real_time_stream(server, delay))
+                       for delay in (0, 0.5)]
             await asyncio.sleep(scaled(5.0))
             cost = server.context.admission.cost()
             with pytest.raises(InvalidStatus) as refused:
@@ -205,21 +211,13 @@ def test_a_busy_server_refuses_newcomers_and_keeps_its_streams_real_time() -> No
     # two such streams, not three.
     frontend = SegmentationEmbeddingFrontend(SlowSegmentation(0.2), FakeEmbedding(),
                                              name="slow", delta_new=0.5)
-    audio = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
-
-    async def admitted(server, delay: float):
-        await asyncio.sleep(delay)
-        ws, _ = await open_stream(server)
-        sender = asyncio.create_task(send_audio(ws, audio, chunk=0.1, speed=1.0))
-        events = await read_all(ws)
-        await sender
-        return events
 
     async def body():
         async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
                                   workers=4) as server:
             server.context.admission.window = 3.0
-            streams = [asyncio.create_task(admitted(server, delay)) for delay in (0, 0.5)]
+            streams = [asyncio.create_task(_real_time_stream(server, delay))
+                       for delay in (0, 0.5)]
             await asyncio.sleep(scaled(4.0))  # both streams measured for a few seconds
             with pytest.raises(InvalidStatus) as refused:
                 await open_stream(server)
