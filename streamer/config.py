@@ -84,7 +84,8 @@ class StreamConfig:
         pitch_weight, pitch_margin: How far apart voices' pitch sets them, on top of the
             embeddings' cosine distance (see :mod:`streamer.pitch`): ``pitch_weight``
             per unit of pitch difference (in units of the two voices' own spreads)
-            beyond ``pitch_margin`` units. ``pitch_weight=0`` leaves pitch out.
+            beyond ``pitch_margin`` units. ``pitch_weight=0`` leaves pitch out; ``None``
+            takes the model's value (1 for the embedded preset, 0 for the others).
         num_speakers: Known number of speakers; sets both bounds.
         min_duration_on: Turns shorter than this are dropped (blips), in seconds.
         min_duration_off: Gaps shorter than this between two stretches of the same speaker
@@ -115,7 +116,7 @@ class StreamConfig:
     max_speakers: int = 20
     min_speakers: int = 1
     num_speakers: int | None = None
-    pitch_weight: float = 1.0
+    pitch_weight: float | None = None
     pitch_margin: float = 1.0
     min_duration_on: float = 0.0
     min_duration_off: float = 0.3
@@ -150,7 +151,8 @@ class StreamConfig:
                 f"min_speakers ({self.min_speakers}) must not exceed "
                 f"max_speakers ({self.max_speakers})"
             )
-        self.pitch_weight = _number("pitch_weight", self.pitch_weight, 0.0, 10.0)
+        if self.pitch_weight is not None:
+            self.pitch_weight = _number("pitch_weight", self.pitch_weight, 0.0, 10.0)
         self.pitch_margin = _number("pitch_margin", self.pitch_margin, 0.0, 10.0)
         self.min_duration_on = _number("min_duration_on", self.min_duration_on, 0.0, 10.0)
         self.min_duration_off = _number("min_duration_off", self.min_duration_off, 0.0, 10.0)
@@ -193,7 +195,8 @@ class StreamConfig:
         return values
 
     def resolve(self, chunk_duration: float, delta_new: float, speech_threshold: float,
-                identity_threshold: float = 0.0) -> "StreamConfig":
+                identity_threshold: float = 0.0, pitch_weight: float = 0.0
+                ) -> "StreamConfig":
         """Fill the model-dependent defaults and check the fields against each other."""
         duration = self.duration if self.duration is not None else chunk_duration
         latency = self.latency if self.latency is not None else min(DEFAULT_LATENCY, duration)
@@ -207,6 +210,7 @@ class StreamConfig:
                               else speech_threshold),
             identity_threshold=(self.identity_threshold if self.identity_threshold is not None
                                 else identity_threshold),
+            pitch_weight=self.pitch_weight if self.pitch_weight is not None else pitch_weight,
         )
         return StreamConfig(**values)
 

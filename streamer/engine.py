@@ -59,7 +59,7 @@ class StreamingDiarizer:
         self.config = (config or StreamConfig()).resolve(
             frontend.chunk_duration, frontend.default_delta_new,
             frontend.default_speech_threshold,
-            frontend.default_identity_threshold)
+            frontend.default_identity_threshold, frontend.default_pitch_weight)
         c = self.config
         if c.known_speakers:
             check_models(c.known_speakers, embedding_identity(frontend))
@@ -335,9 +335,9 @@ class StreamingDiarizer:
         start = (end - len(buffer)) / self.sample_rate
         analysis = yield from self._stream.analyze(buffer, start)
         new = end - self._pitch.received
-        if new > 0:
+        if new > 0 and self.config.pitch_weight > 0:
             self._pitch.push(buffer[len(buffer) - min(new, len(buffer)):])
-        self._pitch.forget((end - len(buffer)) // PITCH_HOP)
+            self._pitch.forget((end - len(buffer)) // PITCH_HOP)
         activations, speech = self._to_global(analysis, end - len(buffer))
         self._aggregator.add(activations, speech, analysis.frames, start, analysis.confidence)
 

@@ -135,7 +135,9 @@ def test_the_engine_tells_apart_voices_of_different_pitch_that_embed_alike() -> 
     turns = [voice(f0, 3.0, vibrato=0.5, seed=i) for i, f0 in enumerate([110, 165] * 3)]
     audio = np.concatenate([part for turn in turns for part in (turn, pause)])
 
-    found, engine = diarize_array(frontend, audio)
+    # Pitch is off by default with such a front end: the test turns it on.
+    assert frontend.default_pitch_weight == 0.0
+    found, engine = diarize_array(frontend, audio, StreamConfig(pitch_weight=1.0))
     by_turn = [{t.speaker for t in found if t.start < 3.5 * i + 2.5 and t.end > 3.5 * i + 0.5}
                for i in range(6)]
     assert all(len(labels) == 1 for labels in by_turn), by_turn
@@ -154,10 +156,11 @@ def test_a_resumed_stream_keeps_its_speakers_pitch() -> None:
                                              speech_threshold=0.5)
     pause = np.zeros(RATE // 2, np.float32)
     audio = np.concatenate([voice(110, 3.0), pause, voice(165, 3.0, seed=1), pause])
-    _, first = diarize_array(frontend, audio)
+    config = StreamConfig(pitch_weight=1.0)
+    _, first = diarize_array(frontend, audio, config)
     state = first.state()
     assert [len(s["pitch"]) for s in state["speakers"]] == [3, 3]
-    resumed = StreamingDiarizer(frontend)
+    resumed = StreamingDiarizer(frontend, config)
     resumed.restore(state)
     turns = resumed.feed(np.concatenate([voice(165, 3.0, seed=2), pause])) + resumed.flush()
     finals = {t.speaker for t in turns if t.final}

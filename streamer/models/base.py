@@ -108,6 +108,8 @@ class Frontend(Protocol):
     default_speech_threshold: float
     #: Similarity from which a speaker matches a voiceprint, for this embedding model.
     default_identity_threshold: float
+    #: How much pitch sets voices apart next to these embeddings (``pitch_weight``).
+    default_pitch_weight: float
     #: How the engine weighs the frames of overlapping buffers: "hamming" or "uniform".
     aggregation_window: str
     #: Whether the front end sees overlapped speech (the overlap-aware outputs need it).

@@ -87,6 +87,9 @@ class EmbeddedFrontend:
     #: GE2E similarities run high between any two voices: a speaker is named only when
     #: its centroid is this close to a voiceprint (see scripts/identification.py).
     default_identity_threshold = 0.92
+    #: GE2E holds some distinct voices closer than one voice's turns; pitch sets them
+    #: apart (see streamer.pitch).
+    default_pitch_weight = 1.0
     #: Every buffer counts alike when averaged: its older frames have full context here.
     aggregation_window = "uniform"
     #: A voice activity model and one voice per window: no overlapped speech.
