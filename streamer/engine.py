@@ -335,7 +335,7 @@ class StreamingDiarizer:
         start = (end - len(buffer)) / self.sample_rate
         analysis = yield from self._stream.analyze(buffer, start)
         new = end - self._pitch.received
-        if new > 0 and self.config.pitch_weight > 0:
+        if new > 0 and self.config.pitch_weight > 0 and analysis.pitch is None:
             self._pitch.push(buffer[len(buffer) - min(new, len(buffer)):])
             self._pitch.forget((end - len(buffer)) // PITCH_HOP)
         activations, speech = self._to_global(analysis, end - len(buffer))
@@ -380,8 +380,12 @@ class StreamingDiarizer:
         where it speaks, and louder than any other local speaker."""
         if self.config.pitch_weight <= 0:
             return np.full((local.shape[1], 3), np.nan)
-        centres = first_sample + analysis.frames.center(np.arange(len(local))) * self.sample_rate
-        semitones = self._pitch.at(np.round(centres / PITCH_HOP))
+        if analysis.pitch is not None:
+            semitones = np.asarray(analysis.pitch, np.float64)
+        else:
+            centres = (first_sample
+                       + analysis.frames.center(np.arange(len(local))) * self.sample_rate)
+            semitones = self._pitch.at(np.round(centres / PITCH_HOP))
         dominant = np.argmax(local, axis=1)
         return np.array([pitch_of(semitones[active[:, k] & (dominant == k)])
                          for k in range(local.shape[1])]).reshape(-1, 3)

@@ -137,15 +137,42 @@ class PitchTrack:
         return values
 
 
-def pitch_of(semitones: np.ndarray) -> tuple[float, float, float]:
+def pitch_of(semitones: np.ndarray, min_voiced: int = MIN_VOICED
+             ) -> tuple[float, float, float]:
     """``(median, spread, voiced frames)`` of a speaker's pitch over ``semitones``
-    (NaN: unvoiced); the median is NaN with fewer than MIN_VOICED voiced frames. The
+    (NaN: unvoiced); the median is NaN with fewer than ``min_voiced`` voiced frames. The
     spread is the interquartile range scaled to a standard deviation."""
     voiced = semitones[np.isfinite(semitones)]
-    if len(voiced) < MIN_VOICED:
+    if len(voiced) < min_voiced:
         return math.nan, math.nan, 0.0
     low, median, high = np.percentile(voiced, [25, 50, 75])
     return float(median), max(float(high - low) / 1.349, MIN_SPREAD), float(len(voiced))
+
+
+def two_voices(medians: np.ndarray, gap: float, spread: float, least: int
+               ) -> np.ndarray | None:
+    """Whether pitch medians (of windows that one clustering put together) are two
+    voices: sorted, they cut into two groups of at least ``least`` each, whose means are
+    ``gap`` semitones apart or more while each keeps within ``spread`` (standard
+    deviation), as a real voice moving with intonation does not. Returns the mask of the
+    higher group (of the cut at the widest jump), or None. NaN medians are in neither."""
+    known = np.flatnonzero(np.isfinite(medians))
+    if len(known) < 2 * least:
+        return None
+    order = known[np.argsort(medians[known], kind="stable")]
+    values = medians[order]
+    best: tuple[float, int] | None = None
+    for cut in range(least, len(values) - least + 1):
+        low, high = values[:cut], values[cut:]
+        if high.mean() - low.mean() >= gap and low.std() <= spread and high.std() <= spread:
+            jump = values[cut] - values[cut - 1]
+            if best is None or jump > best[0]:
+                best = (jump, cut)
+    if best is None:
+        return None
+    mask = np.zeros(len(medians), bool)
+    mask[order[best[1]:]] = True
+    return mask
 
 
 def pitch_penalty(local: np.ndarray, centroids: np.ndarray, weight: float,
@@ -164,4 +191,4 @@ def pitch_penalty(local: np.ndarray, centroids: np.ndarray, weight: float,
 
 
 __all__ = ["HOP", "FRAME", "MIN_SPREAD", "MIN_VOICED", "PitchTrack", "pitch_of",
-           "pitch_penalty", "yin"]
+           "pitch_penalty", "two_voices", "yin"]

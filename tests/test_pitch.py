@@ -11,7 +11,7 @@ from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
 from streamer.models.frontend import SegmentationEmbeddingFrontend
 from streamer.pitch import (HOP, MIN_SPREAD, MIN_VOICED, PitchTrack, pitch_of, pitch_penalty,
-                            yin)
+                            two_voices, yin)
 
 RATE = 16000
 
@@ -172,3 +172,39 @@ def test_a_resumed_stream_keeps_its_speakers_pitch() -> None:
     state["speakers"][0]["pitch"] = [1.0, float("nan"), 0.0]
     with pytest.raises(ValueError, match="pitch"):
         StreamingDiarizer(frontend).restore(state)
+
+
+def test_two_voices_needs_two_tight_groups_far_apart() -> None:
+    rng = np.random.default_rng(0)
+    low, high = 50 + rng.normal(0, 0.4, 5), 56 + rng.normal(0, 0.4, 4)
+    medians = np.concatenate([high[:2], low, high[2:], [np.nan]])
+    higher = two_voices(medians, gap=4.0, spread=1.0, least=2)
+    assert higher is not None
+    assert higher.tolist() == [True, True] + [False] * 5 + [True, True, False]
+    # One voice whose pitch moves with intonation: no split, whatever the gap.
+    moving = 50 + rng.normal(0, 2.5, 12)
+    assert two_voices(moving, gap=4.0, spread=1.0, least=2) is None
+    # Too close, too few, or too loose.
+    assert two_voices(np.array([50, 50.2, 52, 52.3]), 4.0, 1.0, 2) is None
+    assert two_voices(np.array([50, 50.2, 56]), 4.0, 1.0, 2) is None
+    assert two_voices(np.array([47, 50, 53, 60, 60.1]), 4.0, 1.0, 2) is None
+
+
+@pytest.fixture(scope="module")
+def embedded_stream():
+    from streamer.models.embedded import EmbeddedFrontend
+
+    frontend = EmbeddedFrontend()
+    return frontend.stream(StreamConfig().resolve(10.0, 0.22, 0.15))
+
+
+def test_the_embedded_preset_splits_a_window_cluster_of_two_pitches(embedded_stream) -> None:
+    # Eight windows GE2E cannot tell apart: one cluster, until pitch shows two voices.
+    embeddings = np.tile(np.eye(256, dtype=np.float32)[:1], (8, 1))
+    embeddings[:, 1] = np.linspace(0, 0.01, 8)
+    two = np.array([48.0, 48.3, 47.8, 54.9, 55.2, 48.1, 55.0, np.nan])
+    labels = embedded_stream._cluster(embeddings, two)
+    assert len(set(labels[[0, 1, 2, 5]])) == 1 and len(set(labels[[3, 4, 6]])) == 1
+    assert labels[0] != labels[3] and labels[7] == labels[0]
+    one = np.array([48.0, 50.3, 46.8, 51.9, 53.2, 47.1, 49.0, np.nan])  # intonation
+    assert set(embedded_stream._cluster(embeddings, one)) == {0}

@@ -73,6 +73,9 @@ class BufferAnalysis:
             gate exclusive turns); ``None`` means the maximum over local speakers.
         confidence: ``(frames,)`` weight of each frame when buffers are averaged (e.g.
             low where the buffer's end cuts the context short); ``None`` means uniform.
+        pitch: ``(frames,)`` voice pitch in semitones (NaN: unvoiced), from a front end
+            that tracks it anyway (:class:`streamer.pitch.PitchTrack`); ``None``: the
+            engine tracks it itself when it needs it.
     """
 
     activations: np.ndarray
@@ -80,6 +83,7 @@ class BufferAnalysis:
     frames: FrameTiming
     speech: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    pitch: np.ndarray | None = None
 
 
 class FrontendStream(Protocol):

@@ -4,8 +4,12 @@ Per stream, audio is processed once: VAD probabilities every 32 ms, a mel spectr
 every 10 ms, and one GE2E embedding per sliding window (``window`` seconds, a new one
 every ``hop`` seconds) over the speech frames of that window. For each rolling buffer, the
 windows inside it are clustered into local speakers (agglomerative, average linkage); a
-frame belongs to the local speakers of the windows that cover it, and a local speaker's
-embedding is the mean of its windows' embeddings.
+cluster whose windows fall into two tight pitch groups far apart is two voices and is
+split (GE2E holds some distinct voices closer than one voice's windows, while one real
+voice's pitch moves more than such groups allow; see :func:`streamer.pitch.two_voices`).
+A frame belongs to the local speakers of the windows that cover it, and a local
+speaker's embedding is the mean of its windows' embeddings. The pitch track (every
+10 ms) also goes to the engine with each buffer.
 
 GE2E embeddings are compared as they are (cosine). They are non-negative, so distances
 between any two voices are small (same speaker ~0.2, different ~0.35 on 1.5 s windows):
@@ -29,6 +33,8 @@ from streamer.models.ge2e import N_FFT, N_MELS, MelSpectrogram, VoiceEncoder, vo
 from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
 from streamer.audio import SAMPLE_RATE
+from streamer.pitch import HOP as PITCH_HOP
+from streamer.pitch import PitchTrack, pitch_of, two_voices
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class EmbeddedSettings:
         min_windows: Fewest windows a cluster needs to be a local speaker.
         vad_threshold: Silero probability from which a frame is speech.
         linkage: Agglomerative linkage of the window clustering (scipy method name).
+        split_gap, split_spread: A window cluster is split in two when its windows' pitch
+            medians form two groups whose means are ``split_gap`` semitones apart or
+            more, each within ``split_spread`` semitones (standard deviation); 0
+            ``split_gap`` never splits.
+        split_voiced: Seconds of voiced frames a window needs for its pitch to count.
     """
 
     window: float = 1.5
@@ -56,6 +67,9 @@ class EmbeddedSettings:
     min_windows: int = 3
     vad_threshold: float = 0.15
     linkage: str = "average"
+    split_gap: float = 4.0
+    split_spread: float = 1.0
+    split_voiced: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window <= 6.0:
@@ -70,9 +84,18 @@ class EmbeddedSettings:
             raise ValueError(f"max_local must be between 1 and 10, got {self.max_local}")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if not (0.0 <= self.split_gap and 0.0 < self.split_spread
+                and 0.0 < self.split_voiced <= self.window):
+            raise ValueError("split_gap must be >= 0, split_spread > 0 and split_voiced in "
+                             f"(0, window], got {self.split_gap}, {self.split_spread}, "
+                             f"{self.split_voiced}")
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be average, complete, single or weighted, "
                              f"got {self.linkage!r}")
+
+
+#: Fewest windows in each of the two pitch groups of a split.
+SPLIT_LEAST = 2
 
 
 class EmbeddedFrontend:
@@ -173,6 +196,8 @@ class EmbeddedStream:
         self.window_samples = int(round(self.settings.window * SAMPLE_RATE))
         self.next_window = 1  # window k ends at sample k * hop_samples
         self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
+        self.window_pitch: dict[int, float] = {}  # end sample -> median pitch (NaN: none)
+        self.pitch = PitchTrack()
 
     # -------------------------------------------------------------- incremental state
     def _take_new(self, buffer: np.ndarray, start: float) -> Steps[int]:
@@ -182,6 +207,7 @@ class EmbeddedStream:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
             probs = yield from self.frontend.vad.process_steps(self.vad_state, samples)
             self.probs = np.concatenate([self.probs, probs])
+            self.pitch.push(samples)
             self.audio = np.concatenate([self.audio, samples])
             self.received = end
         self._update_mels()
@@ -219,6 +245,9 @@ class EmbeddedStream:
             if len(frames) == 0:
                 continue
             audio = self.audio[start - self.audio_start: stop - self.audio_start]
+            voiced = int(self.settings.split_voiced * SAMPLE_RATE / PITCH_HOP)
+            self.window_pitch[stop] = pitch_of(
+                self.pitch.at(np.arange(start // PITCH_HOP, stop // PITCH_HOP)), voiced)[0]
             stops.append(stop)
             mels.append(frames)
             gains.append(volume_gain(audio))
@@ -240,8 +269,11 @@ class EmbeddedStream:
             if drop > 0:
                 self.probs = self.probs[drop:]
                 self.probs_start += drop
+            self.pitch.forget(keep_from // PITCH_HOP)
         for stop in [s for s in self.windows if s < buffer_start]:
             del self.windows[stop]
+        for stop in [s for s in self.window_pitch if s < buffer_start]:
+            del self.window_pitch[stop]
 
     # -------------------------------------------------------------- per buffer
     def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
@@ -258,7 +290,7 @@ class EmbeddedStream:
             return BufferAnalysis(np.zeros((len(probs), 0), np.float32),
                                   np.zeros((0, 256), np.float32), timing, probs)
         embeddings = np.stack([self.windows[s] for s in stops])
-        labels = self._cluster(embeddings)
+        labels = self._cluster(embeddings, np.array([self.window_pitch[s] for s in stops]))
         count = labels.max() + 1
         centers = (np.arange(first, first + len(probs)) + 0.5) * 512
         membership = self._membership(centers, stops, labels, count)
@@ -269,12 +301,18 @@ class EmbeddedStream:
         # Frames near the buffer's end are seen only by windows that end early (they
         # look into the past only): trust them in proportion to their window coverage.
         confidence = np.clip((end - centers) / self.window_samples, 0.05, 1.0)
-        return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence)
+        pitch = self.pitch.at(np.round(centers / PITCH_HOP))
+        return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence,
+                              pitch)
 
-    def _cluster(self, embeddings: np.ndarray) -> np.ndarray:
-        """Local speaker index of each window: agglomerative clustering, then windows of
+    def _cluster(self, embeddings: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+        """Local speaker index of each window: agglomerative clustering; windows of
         clusters too small to be a speaker (often windows that straddle a turn change)
-        are folded into the nearest large cluster."""
+        are folded into the nearest large cluster; then clusters are split where their
+        windows' ``pitch`` medians are two voices."""
+        return self._split_voices(self._fold(embeddings), pitch)
+
+    def _fold(self, embeddings: np.ndarray) -> np.ndarray:
         if len(embeddings) == 1:
             return np.zeros(1, int)
         labels = linkage_clusters(embeddings, self.settings.local_threshold, self.settings.linkage)
@@ -290,6 +328,22 @@ class EmbeddedStream:
         remap = np.empty(len(sizes), int)
         remap[kept] = np.arange(len(kept))
         return remap[labels]
+
+    def _split_voices(self, labels: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+        """Each cluster whose windows' pitch shows two voices becomes two, up to
+        ``max_local`` clusters (the windows without a pitch stay with the first)."""
+        s = self.settings
+        if s.split_gap <= 0:
+            return labels
+        labels = labels.copy()
+        for cluster in range(labels.max() + 1):
+            if labels.max() + 1 >= s.max_local:
+                break
+            members = np.flatnonzero(labels == cluster)
+            higher = two_voices(pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST)
+            if higher is not None:
+                labels[members[higher]] = labels.max() + 1
+        return labels
 
     def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,
                     count: int) -> np.ndarray:
