@@ -55,7 +55,7 @@ class SegmentationEmbeddingFrontend:
         self.default_identity_threshold = float(getattr(embedding, "identity_threshold", 0.5))
         # Pitch is left out unless the embedding model says otherwise: with a trained
         # segmentation model's local speakers (overlap included) it split real speakers
-        # that CAM++ keeps together (see README, "Pitch").
+        # that CAM++ keeps together (see the README).
         self.default_pitch_weight = float(getattr(embedding, "pitch_weight", 0.0))
         self.default_speech_threshold = speech_threshold
         self.sources = dict(sources or {})
