@@ -252,7 +252,8 @@ def test_server_falling_behind_warns_pauses_and_loses_nothing() -> None:
     (_, events, code), metrics = run(body(), timeout=60)
     warnings = [e for e in events if e["type"] == "warning"]
     assert warnings and warnings[0]["code"] == "falling_behind"
-    assert warnings[0]["behind"] > 0.5
+    # More than max_pending_seconds behind, as sent: rounded to the millisecond.
+    assert warnings[0]["behind"] >= 0.5
     assert code == 1000
     assert events[-1]["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
     assert finals(events) == expected_finals(audio, {"step": 0.1})
