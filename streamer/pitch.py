@@ -79,8 +79,8 @@ def yin(audio: np.ndarray) -> np.ndarray:
     left, centre, right = (search[rows, middle - 1], search[rows, middle],
                            search[rows, middle + 1])
     curvature = left - 2 * centre + right
-    shift = np.where(np.abs(curvature) > 1e-12,
-                     0.5 * (left - right) / np.where(curvature == 0, 1, curvature), 0.0)
+    shift = np.divide(0.5 * (left - right), curvature, out=np.zeros(count),
+                      where=np.abs(curvature) > 1e-12)
     period = _MIN_LAG + middle + np.clip(shift, -1.0, 1.0)
     f0 = SAMPLE_RATE / period
     quiet = energy[:, width] < width * MIN_RMS ** 2

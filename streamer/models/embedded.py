@@ -194,6 +194,8 @@ class EmbeddedStream:
         self.mel_start = 0  # sample (mel_start + i) * 160
         self.hop_samples = int(round(self.settings.hop * SAMPLE_RATE))
         self.window_samples = int(round(self.settings.window * SAMPLE_RATE))
+        # Pitch estimates a window needs for its pitch to count.
+        self.window_voiced = int(self.settings.split_voiced * SAMPLE_RATE / PITCH_HOP)
         self.next_window = 1  # window k ends at sample k * hop_samples
         self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
         self.window_pitch: dict[int, float] = {}  # end sample -> median pitch (NaN: none)
@@ -245,9 +247,9 @@ class EmbeddedStream:
             if len(frames) == 0:
                 continue
             audio = self.audio[start - self.audio_start: stop - self.audio_start]
-            voiced = int(self.settings.split_voiced * SAMPLE_RATE / PITCH_HOP)
             self.window_pitch[stop] = pitch_of(
-                self.pitch.at(np.arange(start // PITCH_HOP, stop // PITCH_HOP)), voiced)[0]
+                self.pitch.at(np.arange(start // PITCH_HOP, stop // PITCH_HOP)),
+                self.window_voiced)[0]
             stops.append(stop)
             mels.append(frames)
             gains.append(volume_gain(audio))
