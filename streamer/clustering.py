@@ -7,8 +7,14 @@ from streamer.linalg import min_cost_assignment
 from streamer.pitch import pitch_penalty
 
 _FORBIDDEN = 1e6
-#: Below ``min_speakers``, a new speaker costs this fraction of ``delta_new``.
-LENIENT_FACTOR = 0.6
+#: Below ``min_speakers``, a local speaker is another voice when it lies farther from its
+#: nearest speaker than that speaker's own local speakers usually do: their mean distance
+#: plus this many standard deviations.
+RADIUS_SIGMAS = 2.0
+#: Matches a speaker needs before its own spread is trusted; until then its radius is
+#: ``YOUNG_RADIUS`` × ``delta_new``.
+RADIUS_LEAST = 3
+YOUNG_RADIUS = 0.5
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -23,6 +29,14 @@ class CentroidMemory:
     constrained (one-to-one) assignment that minimises the total cosine distance, where
     opening a new speaker costs ``delta_new``. Only local speakers marked ``can_update``
     (clearly active) may create or update a centroid.
+
+    ``min_speakers`` is a hard lower bound in the streaming sense: while there are fewer
+    speakers, a clearly active local speaker becomes a new one as soon as it is farther
+    from its nearest speaker than that speaker's own matches usually are (the stream's
+    own statistics, :meth:`radius`), not only beyond ``delta_new``. So ``num_speakers=N``
+    gives N speakers once N voices have spoken; a voice that has not spoken cannot have a
+    label yet. ``max_speakers`` is a hard upper bound: at capacity, a local speaker goes to
+    the nearest speaker it may take.
 
     Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the voiced-frame
     weighted mean of its local speakers' median pitch and of their squared spreads. A
@@ -43,6 +57,8 @@ class CentroidMemory:
         self._sums: list[np.ndarray] = []
         # Per speaker: voiced frames, and their weighted sums of median and spread².
         self._pitch: list[np.ndarray] = []
+        # Per speaker: matches, and the sums of their distances and squared distances.
+        self._spread: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -58,16 +74,39 @@ class CentroidMemory:
         frames]`` of the pitch it was given."""
         return [row.copy() for row in self._pitch]
 
-    def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None) -> None:
-        """Start from the speakers of another stream (see :meth:`sums` and
-        :meth:`pitch_sums`; without ``pitch``, the speakers' pitch is unknown)."""
+    @property
+    def spread_sums(self) -> list[np.ndarray]:
+        """Per speaker ``[matches, sum of distances, sum of squared distances]`` of the
+        local speakers that updated it (see :meth:`radius`)."""
+        return [row.copy() for row in self._spread]
+
+    def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None,
+             spread: list[np.ndarray] | None = None) -> None:
+        """Start from the speakers of another stream (see :meth:`sums`,
+        :meth:`pitch_sums` and :meth:`spread_sums`; without ``pitch``, the speakers'
+        pitch is unknown, without ``spread`` they count as young)."""
         if len(sums) > self.max_speakers:
             raise ValueError(f"{len(sums)} speakers exceed max_speakers {self.max_speakers}")
-        if pitch is not None and len(pitch) != len(sums):
-            raise ValueError(f"{len(pitch)} pitch rows for {len(sums)} speakers")
+        for name, rows in (("pitch", pitch), ("spread", spread)):
+            if rows is not None and len(rows) != len(sums):
+                raise ValueError(f"{len(rows)} {name} rows for {len(sums)} speakers")
         self._sums = [np.asarray(row, np.float64).copy() for row in sums]
         self._pitch = ([np.asarray(row, np.float64).copy() for row in pitch]
                        if pitch is not None else [np.zeros(3) for _ in sums])
+        self._spread = ([np.asarray(row, np.float64).copy() for row in spread]
+                        if spread is not None else [np.zeros(3) for _ in sums])
+
+    def radius(self, speaker: int) -> float:
+        """How far from ``speaker``'s centroid its own local speakers lie: the mean
+        distance of its matches plus ``RADIUS_SIGMAS`` standard deviations, at most
+        ``delta_new`` (``YOUNG_RADIUS`` × ``delta_new`` before ``RADIUS_LEAST``
+        matches)."""
+        matches, total, squares = self._spread[speaker]
+        if matches < RADIUS_LEAST:
+            return YOUNG_RADIUS * self.delta_new
+        mean = total / matches
+        deviation = np.sqrt(max(squares / matches - mean ** 2, 0.0))
+        return float(min(mean + RADIUS_SIGMAS * deviation, self.delta_new))
 
     def pitches(self) -> np.ndarray:
         """``(speakers, 2)``: each speaker's pitch median and spread (NaN: unknown)."""
@@ -102,16 +141,19 @@ class CentroidMemory:
         distances = distances + pitch_penalty(pitch[:, :2], self.pitches(), self.pitch_weight,
                                               self.pitch_margin)
         room = self.max_speakers - known
-        cost_new = self.delta_new * (LENIENT_FACTOR if known < self.min_speakers else 1.0)
-        cost_new *= reluctance
         can_update = np.asarray(can_update, bool)
-        # One private extra column per local speaker, costing cost_new: "new speaker" for
-        # a clearly active one that is far from every centroid (while there is room),
+        nearest = distances.min(axis=1) if known else np.full(count, np.inf)
+        if 0 < known < self.min_speakers:
+            radii = np.array([self.radius(k) for k in range(known)])
+            cost_new = radii[distances.argmin(axis=1)] * reluctance
+        else:
+            cost_new = np.full(count, self.delta_new * reluctance)
+        # One private extra column per local speaker, costing its cost_new: "new speaker"
+        # for a clearly active one that is far from every centroid (while there is room),
         # "leave unassigned" for the others. So a local speaker is never forced onto a
         # centroid farther than cost_new, and a local speaker close to a centroid that
         # another local speaker of the buffer took does not become a new speaker.
         # At capacity, unassigned is the last resort.
-        nearest = distances.min(axis=1) if known else np.full(count, np.inf)
         creates = can_update & (nearest > cost_new)
         extra = np.full((count, count), _FORBIDDEN)
         np.fill_diagonal(extra, np.where(creates & (room <= 0), _FORBIDDEN / 2, cost_new))
@@ -123,9 +165,13 @@ class CentroidMemory:
                 if can_update[row]:
                     self._sums[column] = self._sums[column] + embeddings[row]
                     self._add_pitch(column, pitch[row])
+                    distance = distances[row, column]
+                    self._spread[column] = self._spread[column] + [1.0, distance,
+                                                                   distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
                 self._sums.append(embeddings[row].copy())
                 self._pitch.append(np.zeros(3))
+                self._spread.append(np.zeros(3))
                 self._add_pitch(len(self._sums) - 1, pitch[row])
                 result[row] = len(self._sums) - 1
         return result

@@ -80,7 +80,9 @@ class StreamConfig:
         delta_new: Cosine distance to the nearest centroid above which a local speaker
             becomes a new global speaker. ``None`` takes the model's tuned value.
         max_speakers: Upper bound on the number of global speakers of the stream.
-        min_speakers: Lower bound: below it, new speakers are created more readily.
+        min_speakers: Lower bound: below it, a clearly active local speaker that lies
+            farther from its nearest speaker than that speaker's own matches usually do
+            becomes a new speaker (see :class:`streamer.clustering.CentroidMemory`).
         pitch_weight, pitch_margin: How far apart voices' pitch sets them, on top of the
             embeddings' cosine distance (see :mod:`streamer.pitch`): ``pitch_weight``
             per unit of pitch difference (in units of the two voices' own spreads)

@@ -187,13 +187,16 @@ class StreamingDiarizer:
     def state(self) -> dict:
         """The stream's speaker memory, to continue it in another engine on the same
         models (:meth:`restore`): the model identity, and per global speaker its label,
-        centroid sum, seconds of speech and pitch sums. JSON-ready."""
+        centroid sum, seconds of speech, pitch sums and the sums of its matches'
+        distances. JSON-ready."""
+        memory = self._memory
         return {"version": STATE_VERSION, "model": state_identity(self.frontend),
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
                               "speech": round(self._speech.get(speaker_label(i), 0.0), 3),
-                              "pitch": [round(float(x), 3) for x in pitch]}
-                             for i, (row, pitch) in enumerate(zip(self._memory.sums,
-                                                                  self._memory.pitch_sums))]}
+                              "pitch": [round(float(x), 3) for x in pitch],
+                              "spread": [float(x) for x in spread]}
+                             for i, (row, pitch, spread) in enumerate(zip(
+                                 memory.sums, memory.pitch_sums, memory.spread_sums))]}
 
     def restore(self, state: dict) -> None:
         """Continue the speakers of ``state`` (from :meth:`state`): known voices keep
@@ -217,6 +220,9 @@ class StreamingDiarizer:
             # States saved before pitch was kept have none: those voices' pitch is unknown.
             pitch = [np.asarray(s.get("pitch", [0.0, 0.0, 0.0]), np.float64)
                      for s in speakers]
+            # Nor the spread of their matches: those speakers count as young.
+            spread = [np.asarray(s.get("spread", [0.0, 0.0, 0.0]), np.float64)
+                      for s in speakers]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
         dimension = identity["dimension"]
@@ -226,8 +232,11 @@ class StreamingDiarizer:
         if any(row.shape != (3,) or not np.isfinite(row).all() or row[0] < 0
                for row in pitch):
             raise ConfigError("malformed speaker state: pitch sums do not fit")
+        if any(row.shape != (3,) or not np.isfinite(row).all() or (row < 0).any()
+               for row in spread):
+            raise ConfigError("malformed speaker state: spread sums do not fit")
         try:
-            self._memory.load(sums, pitch)
+            self._memory.load(sums, pitch, spread)
         except ValueError as error:
             raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
         self._speech = speech
@@ -268,7 +277,9 @@ class StreamingDiarizer:
         return self._prime(context)
 
     def _prime(self, context: np.ndarray) -> Steps[None]:
-        sums, pitch, speech = self._memory.sums, self._memory.pitch_sums, dict(self._speech)
+        memory = self._memory
+        sums, pitch, spread = memory.sums, memory.pitch_sums, memory.spread_sums
+        speech = dict(self._speech)
         for buffer, end in self._buffer.push(context):
             yield from self._process(buffer, end)
         # The context's frames were decided by the stream it comes from.
@@ -277,7 +288,7 @@ class StreamingDiarizer:
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
-        self._memory.load(sums, pitch)
+        self._memory.load(sums, pitch, spread)
         self._speech = speech
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.

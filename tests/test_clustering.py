@@ -48,6 +48,11 @@ def test_max_speakers_cap_maps_to_the_nearest_free_centroid():
     assert len(memory) == 2
 
 
+def _turned(degrees: float) -> np.ndarray:
+    angle = np.radians(degrees)
+    return np.array([[np.cos(angle), np.sin(angle), 0, 0]])
+
+
 def test_min_speakers_makes_new_speakers_easier_to_create():
     distinct = np.array([[1.0, 0.6, 0, 0]])  # cosine distance ~0.14 from speaker 0
     strict = CentroidMemory(delta_new=0.2, max_speakers=5)
@@ -56,6 +61,35 @@ def test_min_speakers_makes_new_speakers_easier_to_create():
     lenient = CentroidMemory(delta_new=0.2, max_speakers=5, min_speakers=2)
     lenient.assign(E[:1], np.array([True]))
     assert lenient.assign(distinct, np.array([True])).tolist() == [1]
+
+
+def test_below_min_speakers_a_voice_beyond_the_speakers_own_spread_is_new():
+    # Speaker 0's local speakers lie within a few degrees of its centroid; a voice at
+    # 15 degrees (cosine distance 0.034, far below delta_new) is beyond that spread.
+    memory = CentroidMemory(delta_new=0.3, max_speakers=5, min_speakers=2)
+    for degrees in (0, 2, -2, 1, -1, 2, -2):
+        assert memory.assign(_turned(degrees), np.array([True])).tolist() == [0]
+    assert 0.0 < memory.radius(0) < 0.01
+    assert memory.assign(_turned(15), np.array([True])).tolist() == [1]
+    # At min_speakers the usual rule applies again: a third such voice joins the nearest.
+    assert memory.assign(_turned(-15), np.array([True])).tolist() == [0]
+    assert len(memory) == 2
+    # Without the bound, the same voice is speaker 0.
+    free = CentroidMemory(delta_new=0.3, max_speakers=5)
+    for degrees in (0, 2, -2, 1, -1, 2, -2, 15):
+        assert free.assign(_turned(degrees), np.array([True])).tolist() == [0]
+
+
+def test_radius_travels_with_the_speakers():
+    memory = CentroidMemory(delta_new=0.3, max_speakers=5, min_speakers=2)
+    for degrees in (0, 3, -3, 1):
+        memory.assign(_turned(degrees), np.array([True]))
+    again = CentroidMemory(delta_new=0.3, max_speakers=5, min_speakers=2)
+    again.load(memory.sums, memory.pitch_sums, memory.spread_sums)
+    assert again.radius(0) == memory.radius(0) < 0.3 * 0.5
+    young = CentroidMemory(delta_new=0.3, max_speakers=5, min_speakers=2)
+    young.load(memory.sums)
+    assert young.radius(0) == 0.15
 
 
 def test_reluctance_keeps_a_noisy_known_voice_from_becoming_a_new_speaker():

@@ -1,7 +1,6 @@
 """The embedded preset: Silero VAD and GE2E from their packaged weights, on real speech."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from streamer.models.ge2e import MelSpectrogram, volume_gain
 from streamer.models.silero import SileroVad, packaged_weights
 from streamer.rttm import read_rttm
 
-DATA = Path(__file__).parent / "data"
+from tests.paths import DATA, EVAL
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +90,20 @@ def test_known_number_of_speakers_is_respected(frontend, two_voices):
     assert len([s for s in engine.speakers() if s.speech > 0]) == 2
     result = der_components(reference, [(t.start, t.end, t.speaker) for t in turns])
     assert result.der < 0.15, f"DER {result.der:.3f}"
+
+
+def test_num_speakers_is_a_floor_once_the_voices_have_spoken(frontend):
+    # trn00 holds three AMI speakers, two of them close enough that the default tracking
+    # keeps them together; with num_speakers=3 the third voice gets its own label.
+    path = EVAL / "trn00.wav"
+    if not path.exists():
+        pytest.skip("needs ../shared/eval")
+    samples = load_audio(path)
+    _, free = diarize_array(frontend, samples)
+    _, counted = diarize_array(frontend, samples, StreamConfig(num_speakers=3))
+    assert len(free.speakers()) == 2
+    spoken = [s for s in counted.speakers() if s.speech > 0]
+    assert len(counted.speakers()) == len(spoken) == 3
 
 
 def test_silence_and_noise_give_no_turns(frontend):

@@ -132,8 +132,16 @@ def test_engine_state_round_trip_and_checks() -> None:
     assert [s.label for s in again.speakers()] == ["SPEAKER_00", "SPEAKER_01"]
     assert np.allclose([s.embedding for s in again.speakers()],
                        [s.embedding for s in engine.speakers()])
+    # Each speaker's match spread (min_speakers' radius) travels too; older states lack it.
+    assert all(row["spread"][0] >= 1 for row in state["speakers"])
+    assert np.allclose(again._memory.spread_sums, engine._memory.spread_sums)
+    older = {**state, "speakers": [{k: v for k, v in row.items() if k != "spread"}
+                                   for row in state["speakers"]]}
+    StreamingDiarizer(fake_frontend()).restore(older)
+    bad_spread = {**state, "speakers": [{**row, "spread": [-1.0, 0.0, 0.0]}
+                                        for row in state["speakers"]]}
     for broken in ({**state, "version": 99}, {**state, "speakers": [{"label": "x"}]},
-                   {**state, "model": {**state["model"], "dimension": 3}}):
+                   {**state, "model": {**state["model"], "dimension": 3}}, bad_spread):
         with pytest.raises(ConfigError):
             StreamingDiarizer(fake_frontend()).restore(broken)
     small = StreamingDiarizer(fake_frontend(), StreamConfig(max_speakers=1))
