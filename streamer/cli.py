@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "and wraps around (audio rotated left, reference and UEM "
                                "alike); repeat it or give a list, e.g. --shift 0,0.9,3.3 "
                                "(0: as recorded)")
+    evaluate.add_argument("--reference-count", action="store_true",
+                          help="give each file num_speakers = its reference's speaker "
+                               "count, as a user who knows it would (scores the count "
+                               "controls)")
     evaluate.add_argument("--json", metavar="OUT", help="write every figure (per file, per "
                                                         "set, total) as JSON")
     add_model_arguments(evaluate)
@@ -286,8 +291,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         subtotal = Score()
         for uri, path in eval_set.audio.items():
             samples = load_audio(path)
+            reference = eval_set.reference[uri]
+            counted = config
+            if args.reference_count:
+                counted = dataclasses.replace(
+                    config, num_speakers=max(1, len({s for _, _, s in reference})))
             for shift in shifts:
-                score = _score_start_point(frontend, config, samples, eval_set.reference[uri],
+                score = _score_start_point(frontend, counted, samples, reference,
                                            eval_set.uem.get(uri), shift)
                 subtotal.add(score)
                 print(_row(label(eval_set.name, uri, shift), score, width), flush=True)
@@ -307,6 +317,7 @@ def _run_eval(args: argparse.Namespace) -> int:
               "left by S s, reference and scored region alike)")
     if args.json:
         document.update(total=total.to_dict(), shifts=shifts if shifts != [None] else [],
+                        reference_count=args.reference_count,
                         model=frontend.describe(), config=config.to_dict())
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=1)

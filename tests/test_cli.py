@@ -126,6 +126,26 @@ def test_eval_prints_der_per_file_and_total(tmp_path):
     assert float(rows["TOTAL"][-1]) < 1.0  # real-time factor
 
 
+@needs_shared
+def test_eval_reference_count_gives_each_file_its_speaker_count(tmp_path):
+    audio = tmp_path / "set"
+    audio.mkdir()
+    (audio / "trn00.wav").symlink_to(SHARED / "eval" / "trn00.wav")
+    lines = (SHARED / "eval" / "reference.rttm").read_text().splitlines()
+    (audio / "reference.rttm").write_text(
+        "\n".join(line for line in lines if " trn00 " in line) + "\n")
+    document = tmp_path / "scores.json"
+    counts = {}
+    for flags in ((), ("--reference-count", "--json", str(document))):
+        result = streamer("eval", str(audio), *flags)
+        assert result.returncode == 0, result.stderr
+        row = next(line.split() for line in result.stdout.splitlines()
+                   if line.startswith("trn00"))
+        counts[bool(flags)] = (row[-3], row[-2])
+    assert counts == {False: ("2", "3"), True: ("3", "3")}
+    assert json.loads(document.read_text())["reference_count"] is True
+
+
 def eval_set(folder: Path, seconds: float | None, uem: bool) -> Path:
     """A folder holding tests/data/two_voices.wav (``whole.wav``) or its first ``seconds``
     (``part.wav``), its hand-made reference clipped alike and, optionally, a UEM."""
