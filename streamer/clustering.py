@@ -90,11 +90,12 @@ class CentroidMemory:
         for name, rows in (("pitch", pitch), ("spread", spread)):
             if rows is not None and len(rows) != len(sums):
                 raise ValueError(f"{len(rows)} {name} rows for {len(sums)} speakers")
-        self._sums = [np.asarray(row, np.float64).copy() for row in sums]
-        self._pitch = ([np.asarray(row, np.float64).copy() for row in pitch]
-                       if pitch is not None else [np.zeros(3) for _ in sums])
-        self._spread = ([np.asarray(row, np.float64).copy() for row in spread]
-                        if spread is not None else [np.zeros(3) for _ in sums])
+        def copies(rows: list[np.ndarray] | None) -> list[np.ndarray]:
+            if rows is None:
+                return [np.zeros(3) for _ in sums]
+            return [np.asarray(row, np.float64).copy() for row in rows]
+
+        self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
 
     def radius(self, speaker: int) -> float:
         """How far from ``speaker``'s centroid its own local speakers lie: the mean

@@ -217,24 +217,22 @@ class StreamingDiarizer:
             sums = [np.asarray(s["sum"], np.float64) for s in speakers]
             speech = {speaker_label(i): float(s["speech"]) for i, s in enumerate(speakers)}
             labels = [s["label"] for s in speakers]
-            # States saved before pitch was kept have none: those voices' pitch is unknown.
-            pitch = [np.asarray(s.get("pitch", [0.0, 0.0, 0.0]), np.float64)
-                     for s in speakers]
-            # Nor the spread of their matches: those speakers count as young.
-            spread = [np.asarray(s.get("spread", [0.0, 0.0, 0.0]), np.float64)
-                      for s in speakers]
+            # States saved before pitch or spreads were kept have none: those voices'
+            # pitch is unknown and the speakers count as young.
+            pitch, spread = ([np.asarray(s.get(key, [0.0, 0.0, 0.0]), np.float64)
+                              for s in speakers] for key in ("pitch", "spread"))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
         dimension = identity["dimension"]
         if labels != [speaker_label(i) for i in range(len(labels))] or any(
                 row.shape != (dimension,) or not np.isfinite(row).all() for row in sums):
             raise ConfigError("malformed speaker state: labels or centroids do not fit")
-        if any(row.shape != (3,) or not np.isfinite(row).all() or row[0] < 0
-               for row in pitch):
-            raise ConfigError("malformed speaker state: pitch sums do not fit")
-        if any(row.shape != (3,) or not np.isfinite(row).all() or (row < 0).any()
-               for row in spread):
-            raise ConfigError("malformed speaker state: spread sums do not fit")
+        # Pitch sums hold a median sum that may be below 0; every other count or sum not.
+        for name, rows, counts in (("pitch", pitch, slice(0, 1)),
+                                   ("spread", spread, slice(None))):
+            if any(row.shape != (3,) or not np.isfinite(row).all() or (row[counts] < 0).any()
+                   for row in rows):
+                raise ConfigError(f"malformed speaker state: {name} sums do not fit")
         try:
             self._memory.load(sums, pitch, spread)
         except ValueError as error:

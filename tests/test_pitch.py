@@ -127,10 +127,13 @@ class _SameEmbedding:
         return np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (len(waveforms), 1))
 
 
+def _pitch_only_frontend() -> SegmentationEmbeddingFrontend:
+    return SegmentationEmbeddingFrontend(_TurnSegmentation(), _SameEmbedding(), name="same",
+                                         delta_new=0.3, speech_threshold=0.5)
+
+
 def test_the_engine_tells_apart_voices_of_different_pitch_that_embed_alike() -> None:
-    frontend = SegmentationEmbeddingFrontend(_TurnSegmentation(), _SameEmbedding(),
-                                             name="same", delta_new=0.3,
-                                             speech_threshold=0.5)
+    frontend = _pitch_only_frontend()
     pause = np.zeros(RATE // 2, np.float32)
     turns = [voice(f0, 3.0, vibrato=0.5, seed=i) for i, f0 in enumerate([110, 165] * 3)]
     audio = np.concatenate([part for turn in turns for part in (turn, pause)])
@@ -151,9 +154,7 @@ def test_the_engine_tells_apart_voices_of_different_pitch_that_embed_alike() -> 
 
 
 def test_a_resumed_stream_keeps_its_speakers_pitch() -> None:
-    frontend = SegmentationEmbeddingFrontend(_TurnSegmentation(), _SameEmbedding(),
-                                             name="same", delta_new=0.3,
-                                             speech_threshold=0.5)
+    frontend = _pitch_only_frontend()
     pause = np.zeros(RATE // 2, np.float32)
     audio = np.concatenate([voice(110, 3.0), pause, voice(165, 3.0, seed=1), pause])
     config = StreamConfig(pitch_weight=1.0)

@@ -274,8 +274,7 @@ class EmbeddedStream:
             self.pitch.forget(keep_from // PITCH_HOP)
         for stop in [s for s in self.windows if s < buffer_start]:
             del self.windows[stop]
-        for stop in [s for s in self.window_pitch if s < buffer_start]:
-            del self.window_pitch[stop]
+            del self.window_pitch[stop]  # kept for exactly the windows embedded
 
     # -------------------------------------------------------------- per buffer
     def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
