@@ -151,8 +151,10 @@ def _runs(labels: np.ndarray, offset: int) -> list[tuple[int, int, int]]:
     return [(int(labels[s]), offset + int(s), offset + int(e)) for s, e in zip(starts, ends)]
 
 
-#: Shortest open turn shown as an interim event, in seconds (debounces noise blips).
-MIN_INTERIM = 0.25
+#: Shortest open turn shown as an interim event, in seconds: it debounces noise blips,
+#: and it is also the wait a ``speaker_start`` adds after the step that first sees the
+#: turn, so it is kept to two 0.1 s frames (docs/PROTOCOL.md has the trade-off).
+MIN_INTERIM = 0.15
 
 
 class TurnPolicy:

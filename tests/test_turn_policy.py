@@ -31,14 +31,14 @@ def test_unclaimed_speech_goes_to_the_previous_speaker_and_is_remembered() -> No
 
 def test_interim_view_waits_for_min_interim_and_is_sent_once() -> None:
     policy = _policy()
-    speaking = np.tile([[0.0, 0.9]], (2, 1))
-    assert policy.interim(speaking, np.full(2, 0.9), known=True) == []  # 0.2 s < 0.25 s
+    speaking = np.tile([[0.0, 0.9]], (1, 1))
+    assert policy.interim(speaking, np.full(1, 0.9), known=True) == []  # 0.1 s < 0.15 s
     assert policy.view is None
-    longer = np.tile([[0.0, 0.9]], (3, 1))
-    shown = policy.interim(longer, np.full(3, 0.9), known=True)
+    longer = np.tile([[0.0, 0.9]], (2, 1))
+    shown = policy.interim(longer, np.full(2, 0.9), known=True)
     assert [(t.speaker, t.final) for t in shown] == [("SPEAKER_01", False)]
     assert policy.view == shown[0]
-    assert policy.interim(longer, np.full(3, 0.9), known=True) == []  # unchanged: not resent
+    assert policy.interim(longer, np.full(2, 0.9), known=True) == []  # unchanged: not resent
     policy.cut_view()
     assert policy.view is None
 
