@@ -280,14 +280,31 @@ def compare_cpu(name: str, kind: str, source: Path | str, device: str) -> None:
     print(line, flush=True)
 
 
+def compiled(model, kind: str, mode: str) -> None:
+    """Run ``model``'s torch network through ``torch.compile(mode=mode)`` from now on
+    (``reduce-overhead`` replays CUDA graphs). The first batch size compiles a static
+    graph, the second one a graph with a dynamic batch size that serves all others."""
+    from streamer.models.pyannote.device import torch_runner
+
+    if kind == "seg":
+        network = torch.compile(model.network, mode=mode)
+        function = lambda x: network(x.unsqueeze(1))  # noqa: E731 - as the loader's runner
+    else:
+        function = torch.compile(model._module.trunk, mode=mode)
+    model._run = torch_runner(function, model.device)
+
+
 def throughput(name: str, kind: str, source: Path | str, device: str, backend: str,
-               batches: list[int], repeats: int, tf32: bool, precision: str = "fp32") -> None:
+               batches: list[int], repeats: int, tf32: bool, precision: str = "fp32",
+               compile_mode: str = "") -> None:
     """Chunks per second for batches of distinct 10 s chunks."""
     if kind == "seg":
         model = load_segmentation(source, device=device, backend=backend)
     else:
         model = load_embedding(source, device=device, backend=backend, precision=precision)
     model.allow_tf32 = tf32
+    if compile_mode:
+        compiled(model, kind, compile_mode)
     if kind == "emb":
         model.max_batch = max(batches)
     for batch in batches:
@@ -295,13 +312,18 @@ def throughput(name: str, kind: str, source: Path | str, device: str, backend: s
         call = (lambda: model(chunks)) if kind == "seg" else (
             lambda: model(chunks, np.ones((batch, 589), np.float32)))
         try:
+            first = time.perf_counter()
+            call()
+            _sync(device)
+            first = time.perf_counter() - first  # compiles a compiled model's new shape
             wall, _, _ = median_ms(lambda: (call(), _sync(device)), max(3, repeats // batch))
         except RuntimeError as error:  # e.g. out of memory
             print(f"{name:<22}{backend:<8}batch {batch:<5} failed: {str(error)[:60]}")
             continue
         label = f"{backend}/{precision}" if kind == "emb" else backend
-        print(f"{name:<22}{label:<12}batch {batch:<5}{batch / wall * 1000:>10.1f} chunks/s"
-              f"{wall:>10.1f} ms/batch", flush=True)
+        label += f"/{compile_mode}" if compile_mode else ""
+        print(f"{name:<22}{label:<28}batch {batch:<5}{batch / wall * 1000:>10.1f} chunks/s"
+              f"{wall:>10.1f} ms/batch  (first call {first:.1f} s)", flush=True)
 
 
 def parse_models(items: list[str]) -> dict[str, tuple[str, Path | str]]:
@@ -330,6 +352,10 @@ def main() -> None:
                         help="comma-separated batch sizes for a throughput test, e.g. 1,32,256")
     parser.add_argument("--tf32", action="store_true",
                         help="let cuDNN use TF32 in the throughput test (faster, less exact)")
+    parser.add_argument("--compile", default="",
+                        help="comma-separated torch.compile modes for the throughput test, "
+                             "next to eager ('eager,default,reduce-overhead': the last "
+                             "replays CUDA graphs)")
     parser.add_argument("--pipeline", action="store_true",
                         help="time the whole streaming pipeline (needs one seg= and one emb=)")
     parser.add_argument("--steps", type=int, default=60, help="steps for --pipeline")
@@ -366,8 +392,10 @@ def main() -> None:
                     if precision != "fp32" and (kind == "seg" or backend != "torch"
                                                 or "xvector" in name):
                         continue
-                    throughput(name, kind, source, args.device, backend, sizes, args.repeats,
-                               args.tf32, precision)
+                    for mode in (args.compile or "eager").split(","):
+                        throughput(name, kind, source, args.device, backend, sizes,
+                                   args.repeats, args.tf32, precision,
+                                   "" if mode == "eager" else mode)
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
           f"median of {args.repeats} runs, ms per chunk (10 s; 5 s for segmentation 2.x)\n"

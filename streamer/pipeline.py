@@ -56,13 +56,15 @@ class Pipeline:
 
     def __init__(self, preset: str | None = None, *, segmentation: str | None = None,
                  embedding: str | None = None, device: str = "cpu", backend: str = "torch",
-                 precision: str = "fp32", frontend: Frontend | None = None,
+                 precision: str = "fp32", compile: bool = False,
+                 frontend: Frontend | None = None,
                  config: StreamConfig | Mapping[str, Any] | None = None, **hub: Any):
         if frontend is None:
             from streamer.presets import load_frontend
 
             frontend = load_frontend(preset, segmentation, embedding, device=device,
-                                     backend=backend, precision=precision, **hub)
+                                     backend=backend, precision=precision, compile=compile,
+                                     **hub)
         self.frontend = frontend
         self.config = _config(config)
 

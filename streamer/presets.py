@@ -37,13 +37,16 @@ BACKENDS = ("torch", "onnx")
 
 def load_frontend(preset: str | None = None, segmentation: str | None = None,
                   embedding: str | None = None, device: str = "cpu",
-                  backend: str = "torch", precision: str = "fp32", **hub: Any) -> Frontend:
+                  backend: str = "torch", precision: str = "fp32", compile: bool = False,
+                  **hub: Any) -> Frontend:
     """Load the models of a preset once; the result is shared by every stream.
 
     ``segmentation`` / ``embedding`` (a file, a folder, ``hf:<repo id>`` or
     ``packaged:<name>``, see :mod:`streamer.models.packaged`) select pyannote-style models
     and imply ``preset="pyannote"``; the missing one takes the preset's default.
     ``precision="bf16"`` runs the pyannote embedding model in bfloat16 (torch backend).
+    ``compile=True`` runs its trunk through ``torch.compile``, compiled here on a chunk of
+    the segmentation's length (see :func:`streamer.models.pyannote.load_embedding`).
     ``hub`` passes ``revision``, ``cache_dir`` and ``token`` to hub downloads.
     """
     if preset is None:
@@ -63,16 +66,20 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         if precision != "fp32":
             raise ConfigError("--precision bf16 applies to the pyannote embedding models; "
                               "the embedded preset runs in fp32")
+        if compile:
+            raise ConfigError("--compile applies to the pyannote embedding models, not to "
+                              "the embedded preset")
         from streamer.models.embedded import EmbeddedFrontend
 
         return EmbeddedFrontend()
     return _load_pyannote(segmentation or PRESETS[preset]["segmentation"],
                           embedding or PRESETS[preset]["embedding"], device, backend,
-                          precision, hub, preset)
+                          precision, hub, preset, compile)
 
 
 def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
-                   precision: str, hub: dict[str, Any], name: str = "pyannote") -> Frontend:
+                   precision: str, hub: dict[str, Any], name: str = "pyannote",
+                   compile: bool = False) -> Frontend:
     try:
         from streamer.models.pyannote import load_embedding, load_segmentation
     except ImportError as error:  # pragma: no cover - the package ships with streamer
@@ -80,7 +87,10 @@ def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
     from streamer.models.frontend import SegmentationEmbeddingFrontend
 
     seg = load_segmentation(segmentation, device=device, backend=backend, **hub)
-    emb = load_embedding(embedding, device=device, backend=backend, precision=precision, **hub)
+    emb = load_embedding(embedding, device=device, backend=backend, precision=precision,
+                         compile=compile, **hub)
+    if compile:
+        emb.warm_up(int(round(seg.chunk_duration * seg.sample_rate)))
     logger.info("loaded segmentation %s and embedding %s (%s, %s)", segmentation, embedding,
                 device, backend)
     return SegmentationEmbeddingFrontend(

@@ -278,6 +278,34 @@ def test_bf16_embeddings_stay_close_to_fp32(tmp_path: Path) -> None:
     assert cosine.min() > 0.999
 
 
+def test_compiled_trunk_gives_the_eager_embeddings_and_warms_up_once(tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker", seed=3)
+    eager, compiled = load_embedding(path), load_embedding(path, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled.warm_up(5 * RATE)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    graphs = counters["stats"]["unique_graphs"]
+    for batch in (3, 1, 5):  # any batch size of that length: no new graph
+        chunks = _speech_like(batch, 5.0, seed=batch)
+        a, b = eager(chunks), compiled(chunks)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    from streamer.presets import load_frontend
+
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker")
+    with pytest.raises(ValueError, match="torch backend only"):
+        load_embedding(path, compile=True, backend="onnx")
+    with pytest.raises(ValueError, match="not to packaged:campplus"):
+        load_embedding("packaged:campplus", compile=True)
+    with pytest.raises(ValueError, match="not to the embedded preset"):
+        load_frontend("embedded", compile=True)
+
+
 def test_bad_precision_is_refused(tmp_path: Path) -> None:
     path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):

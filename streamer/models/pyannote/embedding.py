@@ -62,6 +62,16 @@ class PyannoteEmbedding:
                 torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             yield
 
+    def warm_up(self, samples: int) -> None:
+        """Run the trunk once on one and once on two chunks of ``samples`` samples, so a
+        compiled trunk has built its graphs (a static one, then one for any batch size)
+        before the first stream needs them."""
+        rng = np.random.default_rng(0)
+        for rows in (1, 2):
+            chunks = (0.1 * rng.standard_normal((rows, max(samples, self.min_samples))))
+            with torch.inference_mode():
+                self._trunk(chunks.astype(np.float32))
+
     def _trunk(self, batch: np.ndarray) -> torch.Tensor:
         with self._numerics():
             parts = [self._run(batch[i:i + self.max_batch]).float()

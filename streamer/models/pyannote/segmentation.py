@@ -51,6 +51,8 @@ class PyannoteSegmentation:
         self._run = runner
         self._run_responses = responses_runner
         self._sincnet = model.sincnet
+        #: The torch network (the ONNX backend runs an export of it).
+        self.network = model
 
     @property
     def mapping(self) -> np.ndarray | None:
