@@ -27,6 +27,7 @@ from streamer.engine import diarize_array
 from streamer.presets import load_frontend
 from streamer.rttm import read_rttm
 from streamer.enrollment import enroll
+from streamer.voiceprints import VoiceprintError
 
 GRID = 0.01
 
@@ -53,11 +54,48 @@ def identity_grid(turns, duration: float) -> np.ndarray:
     return names
 
 
+def consistency(frontend, audio: dict, reference: dict) -> None:
+    """Whether a voice's voiceprints from two files are nearer to each other than to any
+    other voice of the second file: every voice is enrolled in every file where it has
+    10 s of speech, and each print from file A is compared with the prints of file B."""
+    prints: dict[tuple[str, str], np.ndarray] = {}
+    for uri, samples in audio.items():
+        for voice in sorted({s for *_, s in reference[uri]}):
+            turns = sorted((s, e) for s, e, v in reference[uri] if v == voice)
+            clip = enrolment_audio(samples, turns)
+            if clip is None:
+                continue
+            try:
+                vector = np.asarray(enroll(frontend, clip)["vector"], np.float64)
+            except VoiceprintError as error:  # e.g. the engine found two voices in it
+                print(f"{voice} in {uri}: not enrolled ({error})")
+                continue
+            prints[uri, voice] = vector / np.linalg.norm(vector)
+    nearest = pairs = 0
+    same_low, other_high = 1.0, -1.0
+    for (home, voice), vector in prints.items():
+        for uri in audio:
+            if uri == home or (uri, voice) not in prints:
+                continue
+            same = float(vector @ prints[uri, voice])
+            others = [float(vector @ v) for (u, w), v in prints.items() if u == uri and w != voice]
+            pairs += 1
+            nearest += not others or same > max(others)
+            same_low = min(same_low, same)
+            other_high = max([other_high] + others)
+    print(f"voiceprint consistency: the same voice's print from another file is the nearest "
+          f"in {nearest} of {pairs} cases; same voice similarity down to {same_low:.3f}, "
+          f"another voice's up to {other_high:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--consistency", action="store_true",
+                        help="only check whether each voice's prints from different files "
+                             "are nearer to each other than to other voices")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     frontend = load_frontend(args.preset)
@@ -65,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(uri for uri in reference
                    if os.path.exists(os.path.join(args.folder, uri + ".wav")))
     audio = {uri: load_audio(os.path.join(args.folder, uri + ".wav")) for uri in files}
+    if args.consistency:
+        consistency(frontend, audio, reference)
+        return 0
     prints, home = {}, {}
     for uri in files:
         for voice in sorted({s for *_, s in reference[uri]}):
