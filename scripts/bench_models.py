@@ -294,6 +294,32 @@ def compiled(model, kind: str, mode: str) -> None:
     model._run = torch_runner(function, model.device)
 
 
+def varied(name: str, source: Path | str, device: str, precision: str, calls: int,
+           seconds: float, fixed: bool) -> None:
+    """Embedding throughput over ``calls`` calls of 1 to ``max_batch`` distinct chunks each,
+    sizes drawn at random as a server's ticks make them, and the GPU memory it takes;
+    ``fixed=False`` turns off the fixed shapes of fp32 GPU passes, for comparison."""
+    model = load_embedding(source, device=device, precision=precision)
+    model.fixed_gpu_shapes = fixed
+    rng = np.random.default_rng(0)
+    pool = speech(seconds, model.max_batch)
+    sizes = rng.integers(1, model.max_batch + 1, calls)
+    for size in range(1, model.max_batch + 1):  # every shape once before timing
+        model(pool[:size])
+    _sync(device)
+    start, rows = time.perf_counter(), 0
+    for index, size in enumerate(sizes):
+        model(pool[:size] * (1.0 + 1e-3 * index))
+        rows += int(size)
+    _sync(device)
+    wall = time.perf_counter() - start
+    memory = (f"; GPU memory reserved up to {torch.cuda.max_memory_reserved() / 2 ** 30:.1f} GiB"
+              if device.startswith("cuda") else "")
+    print(f"{name:<22}{precision:<6}{'fixed shapes' if model.fixed_shapes else 'any shape':<14}"
+          f"{rows / wall:>8.1f} chunks/s over {calls} calls of 1-{model.max_batch} "
+          f"{seconds:g} s chunks{memory}", flush=True)
+
+
 def throughput(name: str, kind: str, source: Path | str, device: str, backend: str,
                batches: list[int], repeats: int, tf32: bool, precision: str = "fp32",
                compile_mode: str = "") -> None:
@@ -356,6 +382,12 @@ def main() -> None:
                         help="comma-separated torch.compile modes for the throughput test, "
                              "next to eager ('eager,default,reduce-overhead': the last "
                              "replays CUDA graphs)")
+    parser.add_argument("--varied", type=int, default=0, metavar="CALLS",
+                        help="embedding throughput over CALLS calls of random batch sizes "
+                             "(1 to 32 chunks of --varied-seconds), as a server makes them")
+    parser.add_argument("--varied-seconds", type=float, default=5.0)
+    parser.add_argument("--any-shape", action="store_true",
+                        help="--varied without the fixed shapes of fp32 GPU passes")
     parser.add_argument("--pipeline", action="store_true",
                         help="time the whole streaming pipeline (needs one seg= and one emb=)")
     parser.add_argument("--steps", type=int, default=60, help="steps for --pipeline")
@@ -381,6 +413,13 @@ def main() -> None:
                  args.active, args.activity)
         return
     models = parse_models(args.model)
+    if args.varied:
+        for name, (kind, source) in models.items():
+            for precision in args.precisions.split(","):
+                if kind == "emb":
+                    varied(name, source, args.device, precision, args.varied,
+                           args.varied_seconds, not args.any_shape)
+        return
     if args.compare_cpu:
         for name, (kind, source) in models.items():
             compare_cpu(name, kind, source, args.device)

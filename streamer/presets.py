@@ -85,11 +85,12 @@ def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,
     except ImportError as error:  # pragma: no cover - the package ships with streamer
         raise ModelLoadError(f"the pyannote models are unavailable: {error}") from None
     from streamer.models.frontend import SegmentationEmbeddingFrontend
+    from streamer.models.pyannote.embedding import PyannoteEmbedding
 
     seg = load_segmentation(segmentation, device=device, backend=backend, **hub)
     emb = load_embedding(embedding, device=device, backend=backend, precision=precision,
                          compile=compile, **hub)
-    if compile:
+    if isinstance(emb, PyannoteEmbedding) and (compile or emb.fixed_shapes):
         emb.warm_up(int(round(seg.chunk_duration * seg.sample_rate)))
     logger.info("loaded segmentation %s and embedding %s (%s, %s)", segmentation, embedding,
                 device, backend)

@@ -294,6 +294,30 @@ def test_compiled_trunk_gives_the_eager_embeddings_and_warms_up_once(tmp_path: P
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_fp32_gpu_passes_are_padded_to_fixed_shapes_without_changing_results(
+        tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "pytorch_model.bin", "wespeaker", seed=3)
+    plain, padded = load_embedding(path), load_embedding(path)
+    assert not plain.fixed_shapes  # on the CPU every shape is fine
+    # The padding rule is the GPU's; the same model on the CPU shows what it feeds the trunk.
+    padded.device = torch.device("cuda")
+    assert padded.fixed_shapes
+    run, seen = padded._run, []
+    padded._run = lambda rows: (seen.append(rows.shape[0]), run(rows))[1]
+    padded.max_batch = 8
+    chunks = _speech_like(11, 2.0, seed=9)
+    for rows in (3, 1, 11):  # 11 rows: passes of 8 and 3
+        np.testing.assert_allclose(padded(chunks[:rows]), plain(chunks[:rows]),
+                                   rtol=1e-5, atol=1e-6)
+    assert seen == [4, 1, 8, 4]
+    del seen[:]
+    padded.warm_up(2 * RATE)  # every shape a pass can take, once
+    assert seen == [1, 2, 4, 8]
+    padded.fixed_gpu_shapes = False
+    padded(chunks[:3])
+    assert seen[-1] == 3
+
+
 def test_compile_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
     from streamer.presets import load_frontend
 

@@ -54,6 +54,21 @@ def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
     finally:
         torch.backends.cudnn.allow_tf32 = previous
 
+@contextlib.contextmanager
+def cudnn_autotuned(enabled: bool) -> Iterator[None]:
+    """Let cuDNN time its algorithms for each new input shape (and keep the fastest) for
+    the duration of a call; worth it only for calls of a few fixed shapes."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 PRECISIONS = ("fp32", "bf16")
 
 

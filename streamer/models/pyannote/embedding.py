@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from streamer.models.pyannote.device import Runner, cudnn_tf32
+from streamer.models.pyannote.device import Runner, cudnn_autotuned, cudnn_tf32
 from streamer.models.pyannote.pooling import resize_weights
 from streamer.models.pyannote.waveforms import (as_waveforms, as_weights, distinct_rows,
                                                shortest_input)
@@ -40,6 +40,8 @@ class PyannoteEmbedding:
         self.precision = "fp32"
         #: Largest number of distinct chunks per trunk pass.
         self.max_batch = max_batch
+        #: Pad fp32 GPU passes to fixed shapes (see :attr:`fixed_shapes`).
+        self.fixed_gpu_shapes = True
         #: On CPU, the WeSpeaker ResNet runs only over the part of a chunk where some
         #: speaker's weight is above this share of its largest (plus the network's
         #: receptive field): the frames it leaves out would add less than ~1e-5 to the
@@ -63,20 +65,43 @@ class PyannoteEmbedding:
             yield
 
     def warm_up(self, samples: int) -> None:
-        """Run the trunk once on one and once on two chunks of ``samples`` samples, so a
-        compiled trunk has built its graphs (a static one, then one for any batch size)
-        before the first stream needs them."""
+        """Run the trunk on chunks of ``samples`` samples in every shape it will take, so
+        that no stream waits for the one-time work of a first call: a compiled trunk
+        builds its graphs (a static one for one row, then one for any number), and with
+        :attr:`fixed_shapes` cuDNN tunes each power of two up to ``max_batch`` once."""
+        rows = [1, 2]
+        if self.fixed_shapes:
+            rows = [1 << k for k in range((max(self.max_batch, 1) - 1).bit_length() + 1)]
         rng = np.random.default_rng(0)
-        for rows in (1, 2):
-            chunks = (0.1 * rng.standard_normal((rows, max(samples, self.min_samples))))
+        for count in rows:
+            chunks = 0.1 * rng.standard_normal((count, max(samples, self.min_samples)))
             with torch.inference_mode():
                 self._trunk(chunks.astype(np.float32))
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether trunk passes are padded to a power-of-two number of rows and run with
+        cuDNN's autotuner: fp32 on a GPU. There, cuDNN's fp32 convolutions take a large
+        workspace chosen per input shape, so batches of every size from 1 to ``max_batch``
+        fill the GPU's memory with workspaces and run several times slower than a few
+        fixed shapes tuned once (the README has the figures). bf16 needs no such help and
+        would only pay for the padding."""
+        return (self.fixed_gpu_shapes and self.device.type == "cuda"
+                and self.precision == "fp32" and self.backend == "torch")
+
     def _trunk(self, batch: np.ndarray) -> torch.Tensor:
-        with self._numerics():
-            parts = [self._run(batch[i:i + self.max_batch]).float()
+        with self._numerics(), cudnn_autotuned(self.fixed_shapes):
+            parts = [self._pass(batch[i:i + self.max_batch])
                      for i in range(0, batch.shape[0], self.max_batch)]
         return torch.cat(parts).to(self._head_device)
+
+    def _pass(self, rows: np.ndarray) -> torch.Tensor:
+        count = rows.shape[0]
+        if not self.fixed_shapes or count & (count - 1) == 0:
+            return self._run(rows).float()
+        padded = np.zeros((1 << count.bit_length(), rows.shape[1]), rows.dtype)
+        padded[:count] = rows
+        return self._run(padded)[:count].float()
 
     def __call__(self, waveforms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         batch = as_waveforms(waveforms, self.min_samples)
