@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import soundfile as sf
 
-from streamer.audio import SAMPLE_RATE, resample
+from make_two_voices import speak  # scripts/ is on sys.path when this runs as a script
+from streamer.audio import SAMPLE_RATE
 
 #: name -> espeak-ng options: variant, pitch (0-99) and speed, the same in every file.
 VOICES = {
@@ -68,15 +67,6 @@ SENTENCES = [
     "It was a certificate that expired, it is renewed for two years now.",
     "We should add a reminder to the calendar so it does not happen again.",
 ]
-
-
-def speak(options: list[str], text: str) -> np.ndarray:
-    with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
-        subprocess.run(["espeak-ng", *options, "-w", handle.name, text], check=True)
-        samples, rate = sf.read(handle.name, dtype="float32")
-    samples = resample(samples, rate)
-    voiced = np.flatnonzero(np.abs(samples) > 0.01)
-    return samples[voiced[0]: voiced[-1] + 1] * 0.8
 
 
 def conversation(uri: str, voices: list[str], rng: np.random.Generator,

@@ -35,8 +35,7 @@ def torch_runner(function: Callable[[torch.Tensor], torch.Tensor], device: torch
     return run
 
 
-@contextlib.contextmanager
-def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
+def cudnn_tf32(device: torch.device, allow: bool) -> contextlib.AbstractContextManager:
     """Set cuDNN's TF32 shortcut for the duration of a GPU call.
 
     Off, GPU outputs match the CPU's closely; on, they drift (powerset log-probabilities
@@ -44,29 +43,28 @@ def cudnn_tf32(device: torch.device, allow: bool) -> Iterator[None]:
     benchmark table has the figures (``scripts/bench_models.py --device cuda
     --compare-cpu``).
     """
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
+    return _cudnn_setting("allow_tf32", allow, device.type == "cuda")
 
-@contextlib.contextmanager
-def cudnn_autotuned(enabled: bool) -> Iterator[None]:
+
+def cudnn_autotuned(enabled: bool) -> contextlib.AbstractContextManager:
     """Let cuDNN time its algorithms for each new input shape (and keep the fastest) for
     the duration of a call; worth it only for calls of a few fixed shapes."""
-    if not enabled:
+    return _cudnn_setting("benchmark", True, enabled)
+
+
+@contextlib.contextmanager
+def _cudnn_setting(name: str, value: bool, active: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.<name> = value`` within the block (if ``active``), restored
+    after it."""
+    if not active:
         yield
         return
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    previous = getattr(torch.backends.cudnn, name)
+    setattr(torch.backends.cudnn, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = previous
+        setattr(torch.backends.cudnn, name, previous)
 
 
 PRECISIONS = ("fp32", "bf16")
