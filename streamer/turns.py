@@ -153,7 +153,8 @@ def _runs(labels: np.ndarray, offset: int) -> list[tuple[int, int, int]]:
 
 #: Shortest open turn shown as an interim event, in seconds: it debounces noise blips,
 #: and it is also the wait a ``speaker_start`` adds after the step that first sees the
-#: turn, so it is kept to two 0.1 s frames (docs/PROTOCOL.md has the trade-off).
+#: turn, so it is kept short (two of the embedded preset's 0.1 s frames; docs/PROTOCOL.md
+#: has the trade-off).
 MIN_INTERIM = 0.15
 
 
