@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
 from streamer.errors import ModelLoadError
 
 DIMENSION = 192
@@ -240,7 +241,7 @@ class CampPlusEmbedding:
     per distinct chunk of the batch; each row then only pools with its own weights."""
 
     architecture = "CAMPPlus"
-    sample_rate = 16000
+    sample_rate = SAMPLE_RATE
     dimension = DIMENSION
     #: Cosine distance from which a local speaker's chunk embedding is a new voice, and
     #: similarity from which a voiceprint names a speaker (see the README's tables).

@@ -124,7 +124,8 @@ class EmbeddedFrontend:
         self.default_speech_threshold = self.settings.vad_threshold
         self.vad = vad or SileroVad()
         self.encoder = encoder or VoiceEncoder()
-        self.mean = np.zeros(256, np.float32) if mean is None else np.asarray(mean, np.float32)
+        self.mean = (np.zeros(VoiceEncoder.dimension, np.float32) if mean is None
+                     else np.asarray(mean, np.float32))
         self.mel = MelSpectrogram()
         self.max_frames = int(round(self.settings.window * SAMPLE_RATE)) // MEL_HOP
 
@@ -145,7 +146,7 @@ class EmbeddedFrontend:
             "sample_rate": self.sample_rate,
             "chunk_duration": self.chunk_duration,
             "frame_step": self.frame_step,
-            "embedding_dimension": 256,
+            "embedding_dimension": VoiceEncoder.dimension,
             "window": self.settings.window,
             "hop": self.settings.hop,
         }
@@ -235,14 +236,15 @@ class EmbeddedStream:
             stop = self.next_window * self.hop_samples
             self.next_window += 1
             start = max(0, stop - self.window_samples)
-            lo_vad, hi_vad = start // 512, stop // 512
+            lo_vad, hi_vad = start // VAD_CHUNK, stop // VAD_CHUNK
             speech = self.probs[lo_vad - self.probs_start:hi_vad - self.probs_start]
             speech = speech >= self.threshold
-            if speech.sum() * 512 < self.settings.min_speech * SAMPLE_RATE:
+            if speech.sum() * VAD_CHUNK < self.settings.min_speech * SAMPLE_RATE:
                 continue
             mel_index = np.arange(start // MEL_HOP,
                                   min(stop // MEL_HOP, self.mel_start + len(self.mels)))
-            keep = speech[np.clip(mel_index * MEL_HOP // 512 - lo_vad, 0, len(speech) - 1)]
+            keep = speech[np.clip(mel_index * MEL_HOP // VAD_CHUNK - lo_vad, 0,
+                                  len(speech) - 1)]
             frames = self.mels[mel_index[keep] - self.mel_start]
             if len(frames) == 0:
                 continue
@@ -267,7 +269,7 @@ class EmbeddedStream:
                 self.mels = self.mels[drop:]
                 self.mel_start += drop
             # later windows start after keep_from, later buffers too
-            drop = keep_from // 512 - self.probs_start
+            drop = keep_from // VAD_CHUNK - self.probs_start
             if drop > 0:
                 self.probs = self.probs[drop:]
                 self.probs_start += drop
@@ -282,18 +284,19 @@ class EmbeddedStream:
         yield from self._embed_windows(end)
         begin = max(0, end - len(buffer))
         self._forget(begin)
-        first, last = int(np.ceil(begin / 512)), end // 512
+        first, last = int(np.ceil(begin / VAD_CHUNK)), end // VAD_CHUNK
         probs = self.probs[first - self.probs_start:last - self.probs_start]
-        timing = FrameTiming(first * 512 / SAMPLE_RATE - start, 512 / SAMPLE_RATE,
-                             512 / SAMPLE_RATE)
+        timing = FrameTiming(first * VAD_CHUNK / SAMPLE_RATE - start, VAD_CHUNK / SAMPLE_RATE,
+                             VAD_CHUNK / SAMPLE_RATE)
         stops = np.array(sorted(s for s in self.windows if s > begin), dtype=np.int64)
         if len(stops) == 0 or len(probs) == 0:
             return BufferAnalysis(np.zeros((len(probs), 0), np.float32),
-                                  np.zeros((0, 256), np.float32), timing, probs)
+                                  np.zeros((0, VoiceEncoder.dimension), np.float32), timing,
+                                  probs)
         embeddings = np.stack([self.windows[s] for s in stops])
         labels = self._cluster(embeddings, np.array([self.window_pitch[s] for s in stops]))
         count = labels.max() + 1
-        centers = (np.arange(first, first + len(probs)) + 0.5) * 512
+        centers = (np.arange(first, first + len(probs)) + 0.5) * VAD_CHUNK
         membership = self._membership(centers, stops, labels, count)
         speech = (probs >= self.threshold).astype(np.float32)
         activations = (membership * speech[:, None]).astype(np.float32)

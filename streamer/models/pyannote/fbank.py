@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
+
 _EPSILON = torch.finfo(torch.float32).eps
 
 
@@ -58,7 +60,7 @@ def kaldi_mel_banks(num_bins: int, fft_size: int, sample_rate: float,
 class KaldiFbank(nn.Module):
     """``(batch, samples)`` in [-1, 1] -> ``(batch, frames, num_mel_bins)`` normalised fbank."""
 
-    def __init__(self, sample_rate: int = 16000, num_mel_bins: int = 80,
+    def __init__(self, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 80,
                  frame_length: float = 25.0, frame_shift: float = 10.0,
                  window_type: str = "hamming", use_energy: bool = False,
                  preemphasis: float = 0.97) -> None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
 from streamer.errors import ModelLoadError
 from streamer.models.pyannote.checkpoint import Checkpoint
 from streamer.models.pyannote.powerset import num_powerset_classes, powerset_mapping
@@ -139,7 +140,7 @@ def build_pyannet(checkpoint: Checkpoint) -> tuple[PyanNet, SegmentationSpec, in
     """
     hp = checkpoint.hyper_parameters
     spec = segmentation_spec(checkpoint)
-    sample_rate = int(hp.get("sample_rate", 16000))
+    sample_rate = int(hp.get("sample_rate", SAMPLE_RATE))
     sincnet_hp = _merged(SINCNET_DEFAULTS, hp.get("sincnet"))
     lstm_hp = _merged(LSTM_DEFAULTS, hp.get("lstm"))
     linear_hp = _merged(LINEAR_DEFAULTS, hp.get("linear"))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
 from streamer.errors import ModelLoadError
 from streamer.models.pyannote.checkpoint import Checkpoint
 from streamer.models.pyannote.fbank import KaldiFbank
@@ -219,7 +220,7 @@ def build_wespeaker(checkpoint: Checkpoint) -> tuple[WeSpeakerResNet, int, int]:
     """
     hp = checkpoint.hyper_parameters
     state = checkpoint.state_dict
-    sample_rate = int(hp.get("sample_rate", 16000))
+    sample_rate = int(hp.get("sample_rate", SAMPLE_RATE))
     try:
         block, num_blocks = _resnet_layout(state)
         m_channels = state["resnet.conv1.weight"].shape[0]

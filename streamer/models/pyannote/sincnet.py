@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
+
 #: (kernel, stride) of each layer after the sinc filterbank: pool, conv, pool, conv, pool.
 _POOL = 3
 _CONV_KERNEL = 5
@@ -65,10 +67,10 @@ class _SincEncoder(nn.Module):
 class SincNet(nn.Module):
     """``(batch, 1, samples) -> (batch, 60, frames)`` learnable front end."""
 
-    def __init__(self, stride: int = 10, sample_rate: int = 16000, num_filters: int = 80,
+    def __init__(self, stride: int = 10, sample_rate: int = SAMPLE_RATE, num_filters: int = 80,
                  kernel_size: int = 251, conv_channels: tuple[int, int] = (60, 60)) -> None:
         super().__init__()
-        if sample_rate != 16000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"SincNet supports 16 kHz audio only, got {sample_rate}")
         self.stride = stride
         self.kernel_size = kernel_size

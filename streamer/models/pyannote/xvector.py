@@ -14,6 +14,7 @@ import re
 import torch
 from torch import nn
 
+from streamer.audio import SAMPLE_RATE
 from streamer.errors import ModelLoadError
 from streamer.models.pyannote.checkpoint import Checkpoint
 from streamer.models.pyannote.pooling import stats_pool
@@ -66,7 +67,7 @@ def build_xvector(checkpoint: Checkpoint) -> tuple[XVectorSincNet, int, int]:
     """Instantiate the x-vector from a checkpoint; returns module, sample rate, dimension."""
     hp = checkpoint.hyper_parameters
     state = checkpoint.state_dict
-    sample_rate = int(hp.get("sample_rate", 16000))
+    sample_rate = int(hp.get("sample_rate", SAMPLE_RATE))
     sincnet_hp = hp.get("sincnet") if isinstance(hp.get("sincnet"), dict) else {}
     indices = sorted(int(m.group(1)) for key in state
                      if (m := re.match(r"tdnns\.(\d+)\.weight$", key)) and state[key].dim() == 3)
