@@ -54,23 +54,29 @@ def identity_grid(turns, duration: float) -> np.ndarray:
     return names
 
 
+def voice_clips(audio: dict, reference: dict):
+    """``(file, voice, clip)`` for each voice of each file with enough speech to enroll
+    (:func:`enrolment_audio`), files in the order of ``audio``."""
+    for uri, samples in audio.items():
+        for voice in sorted({s for *_, s in reference[uri]}):
+            turns = sorted((s, e) for s, e, v in reference[uri] if v == voice)
+            clip = enrolment_audio(samples, turns)
+            if clip is not None:
+                yield uri, voice, clip
+
+
 def consistency(frontend, audio: dict, reference: dict) -> None:
     """Whether a voice's voiceprints from two files are nearer to each other than to any
     other voice of the second file: every voice is enrolled in every file where it has
     10 s of speech, and each print from file A is compared with the prints of file B."""
     prints: dict[tuple[str, str], np.ndarray] = {}
-    for uri, samples in audio.items():
-        for voice in sorted({s for *_, s in reference[uri]}):
-            turns = sorted((s, e) for s, e, v in reference[uri] if v == voice)
-            clip = enrolment_audio(samples, turns)
-            if clip is None:
-                continue
-            try:
-                vector = np.asarray(enroll(frontend, clip)["vector"], np.float64)
-            except VoiceprintError as error:  # e.g. the engine found two voices in it
-                print(f"{voice} in {uri}: not enrolled ({error})")
-                continue
-            prints[uri, voice] = vector / np.linalg.norm(vector)
+    for uri, voice, clip in voice_clips(audio, reference):
+        try:
+            vector = np.asarray(enroll(frontend, clip)["vector"], np.float64)
+        except VoiceprintError as error:  # e.g. the engine found two voices in it
+            print(f"{voice} in {uri}: not enrolled ({error})")
+            continue
+        prints[uri, voice] = vector / np.linalg.norm(vector)
     nearest = pairs = 0
     same_low, other_high = 1.0, -1.0
     for (home, voice), vector in prints.items():
@@ -107,15 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         consistency(frontend, audio, reference)
         return 0
     prints, home = {}, {}
-    for uri in files:
-        for voice in sorted({s for *_, s in reference[uri]}):
-            if voice in prints:
-                continue
-            turns = sorted((s, e) for s, e, v in reference[uri] if v == voice)
-            samples = enrolment_audio(audio[uri], turns)
-            if samples is not None:
-                prints[voice] = enroll(frontend, samples)
-                home[voice] = uri
+    for uri, voice, clip in voice_clips(audio, reference):  # each voice's first file
+        if voice not in prints:
+            prints[voice] = enroll(frontend, clip)
+            home[voice] = uri
     voices = sorted(prints)
     halves = [voices[0::2], voices[1::2]]
     print(f"enrolled {len(voices)} voices: " + ", ".join(f"{v} ({home[v]})" for v in voices))
