@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from streamer import __version__
 from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_from_args,
@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="give each file num_speakers = its reference's speaker "
                                "count, as a user who knows it would (scores the count "
                                "controls)")
+    evaluate.add_argument("--oracle-tracking", action="store_true",
+                          help="score each file as tracking that knew the reference "
+                               "speakers would: the speaker memory starts with one speaker "
+                               "per reference speaker (the mean embedding of the local "
+                               "speakers in that speaker's speech) and opens no other. What "
+                               "error is left comes from the front end; the 'usual' column "
+                               "gives the usual DER next to it")
     evaluate.add_argument("--json", metavar="OUT", help="write every figure (per file, per "
                                                         "set, total) as JSON")
     add_model_arguments(evaluate)
@@ -251,11 +258,14 @@ def _eval_sets(args: argparse.Namespace) -> list:
 
 
 def _score_start_point(frontend, config, samples, reference: list, uem: list | None,
-                       shift: float | None):
+                       shift: float | None, oracle: bool = False):
     """Diarize ``samples`` as a stream that starts ``shift`` seconds into them (``None``:
-    as recorded) and score it against the reference moved alike."""
+    as recorded) and score it against the reference moved alike. Returns the score and,
+    with ``oracle`` (:mod:`streamer.oracle`: the score is then the oracle tracking's),
+    the usual run's score and the number of reference speakers seeded."""
     from streamer.engine import diarize_array
     from streamer.evaluation import rotate_samples, rotate_segments, rotate_uem, score_file
+    from streamer.oracle import CHUNK, diarize_with_oracle
 
     duration = len(samples) / SAMPLE_RATE
     if shift is not None:
@@ -263,10 +273,18 @@ def _score_start_point(frontend, config, samples, reference: list, uem: list | N
         reference = rotate_segments(reference, applied, duration)
         uem = rotate_uem(uem, applied, duration)
     started = time.perf_counter()
-    turns, _ = diarize_array(frontend, samples, config, chunk=5.0)
+    usual = seeded = None
+    if oracle:
+        turns, usual, seeded = diarize_with_oracle(frontend, samples, reference, config)
+    else:
+        turns, _ = diarize_array(frontend, samples, config, chunk=CHUNK)
     elapsed = time.perf_counter() - started
-    return score_file(reference, [(t.start, t.end, t.speaker) for t in turns], uem,
-                      duration, elapsed)
+
+    def score(found: list) -> Any:
+        return score_file(reference, [(t.start, t.end, t.speaker) for t in found], uem,
+                          duration, elapsed)
+
+    return score(turns), (None if usual is None else (score(usual), seeded))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -284,11 +302,18 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     width = max([12] + [len(label(s.name, uri, shift)) for s in sets for uri in s.audio
                         for shift in shifts] + [len(f"{s.name}/TOTAL") for s in sets])
+    oracle = args.oracle_tracking
     print(f"{'file':{width}s} {'DER':>6s} {'miss':>6s} {'FA':>6s} {'conf':>6s} "
-          f"{'DER-ov':>7s} {'JER':>6s} {'spk':>4s} {'ref':>4s} {'RTF':>6s}", flush=True)
+          f"{'DER-ov':>7s} {'JER':>6s} {'spk':>4s} {'ref':>4s} {'RTF':>6s}"
+          + (f" {'usual':>6s} {'seeded':>6s}" if oracle else ""), flush=True)
     total, document = Score(), {"files": [], "sets": {}}
+    usual_total = Score()
+
+    def extra(usual, seeded) -> str:
+        return "" if not oracle else f" {100 * usual.der.der:5.1f}% {seeded:>6}"
+
     for eval_set in sets:
-        subtotal = Score()
+        subtotal, usual_subtotal, seeded_subtotal = Score(), Score(), 0
         for uri, path in eval_set.audio.items():
             samples = load_audio(path)
             reference = eval_set.reference[uri]
@@ -297,27 +322,43 @@ def _run_eval(args: argparse.Namespace) -> int:
                 counted = dataclasses.replace(
                     config, num_speakers=max(1, len({s for _, _, s in reference})))
             for shift in shifts:
-                score = _score_start_point(frontend, counted, samples, reference,
-                                           eval_set.uem.get(uri), shift)
+                score, usual = _score_start_point(frontend, counted, samples, reference,
+                                                  eval_set.uem.get(uri), shift, oracle)
                 subtotal.add(score)
-                print(_row(label(eval_set.name, uri, shift), score, width), flush=True)
-                document["files"].append({"set": eval_set.name, "file": uri, "shift": shift,
-                                          **score.to_dict()})
+                entry = {"set": eval_set.name, "file": uri, "shift": shift, **score.to_dict()}
+                if usual is not None:
+                    usual_subtotal.add(usual[0])
+                    seeded_subtotal += usual[1]
+                    entry.update(usual=usual[0].to_dict(), seeded=usual[1])
+                print(_row(label(eval_set.name, uri, shift), score, width)
+                      + extra(*(usual or (None, None))), flush=True)
+                document["files"].append(entry)
         total.add(subtotal)
+        usual_total.add(usual_subtotal)
         document["sets"][eval_set.name] = subtotal.to_dict()
+        if oracle:
+            document["sets"][eval_set.name]["usual"] = usual_subtotal.to_dict()
         if len(sets) > 1:
-            print(_row(f"{eval_set.name}/TOTAL", subtotal, width), flush=True)
-    print(_row("TOTAL", total, width))
+            print(_row(f"{eval_set.name}/TOTAL", subtotal, width)
+                  + extra(usual_subtotal, seeded_subtotal), flush=True)
+    print(_row("TOTAL", total, width) + extra(usual_total, sum(
+        entry.get("seeded", 0) for entry in document["files"])))
     print("DER: no collar, overlapped speech scored; DER-ov: regions of overlapped reference "
           "speech excluded; JER: Jaccard error rate, mean over reference speakers; spk, ref: "
           "speakers found and in the reference, in TOTAL rows the files where they agree; "
           "RTF: compute time / audio time")
+    if oracle:
+        print("oracle tracking: the speaker memory starts with the file's reference "
+              "speakers ('seeded': those with local speakers in their speech) and opens no "
+              "other; 'usual': the DER of the usual run")
     if shifts != [None]:
         print("FILE@S: the file streamed from S seconds on, wrapping around (audio rotated "
               "left by S s, reference and scored region alike)")
     if args.json:
+        if oracle:
+            document["usual"] = usual_total.to_dict()
         document.update(total=total.to_dict(), shifts=shifts if shifts != [None] else [],
-                        reference_count=args.reference_count,
+                        reference_count=args.reference_count, oracle_tracking=oracle,
                         model=frontend.describe(), config=config.to_dict())
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=1)

@@ -208,6 +208,29 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     assert old_rows["whole"][1:-1] == rows["one/whole@0"][1:-1]
 
 
+def test_eval_oracle_tracking_prints_the_usual_der_next_to_it(tmp_path):
+    one = eval_set(tmp_path / "one", None, uem=True)
+    document = tmp_path / "scores.json"
+    oracle = streamer("eval", str(one), "--oracle-tracking", "--shift", "0,5.5", "--json",
+                      str(document))
+    plain = streamer("eval", str(one), "--shift", "0,5.5")
+    assert oracle.returncode == 0 and plain.returncode == 0, oracle.stderr + plain.stderr
+    rows = {line.split()[0]: line.split() for line in oracle.stdout.splitlines() if line}
+    plain_rows = {line.split()[0]: line.split() for line in plain.stdout.splitlines() if line}
+    assert rows["file"][-2:] == ["usual", "seeded"]
+    for name in ("whole@0", "whole@5.5"):
+        assert rows[name][-1] == "2"  # both reference speakers seeded
+        assert rows[name][-2] == plain_rows[name][1]  # the usual run's DER
+        assert rows[name][7] == "2"  # the oracle run opens no speaker beyond them
+    assert rows["TOTAL"][-2:] == [plain_rows["TOTAL"][1], "4"]
+    data = json.loads(document.read_text())
+    assert data["oracle_tracking"] is True
+    assert data["usual"]["der"] == pytest.approx(float(plain_rows["TOTAL"][1].rstrip("%")) / 100,
+                                                 abs=0.0006)
+    assert [f["seeded"] for f in data["files"]] == [2, 2]
+    assert all(f["der"] <= f["usual"]["der"] + 0.02 for f in data["files"])
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "nothing to evaluate"),
     (("--rttm", "ref.rttm"), "--rttm and --uem describe --audio"),
