@@ -10,7 +10,9 @@ the session acts on their answers. Three tasks cooperate on the event loop:
   audio waits it stops reading, so websockets' flow control pushes back on the client;
 * the processor hands the queued audio to the engine, one call at a time, through the
   server's scheduler (which batches the model calls of all streams due in a tick), and
-  queues the turn events;
+  queues the turn events; what to feed and when, what to send for what the engine
+  decided, when reading may go on and when the state is due to be saved are the sans-I/O
+  :class:`~streamer.server.outbound.Outbound`'s answers;
 * the :class:`EventSender` writes queued events to the socket, so a client that does not
   read only ever blocks itself, and is disconnected after ``send_timeout``.
 """
@@ -33,6 +35,7 @@ from streamer.models.calls import Steps
 from streamer.server import protocol
 from streamer.server.ending import ending
 from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
+from streamer.server.outbound import Done, Outbound, Wait
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
 from streamer.server.protocol import IdleTimeout, SlowClient
@@ -58,15 +61,15 @@ class StreamSession:
         self.sender = EventSender(connection, queue_size=self.settings.send_queue_size,
                                   timeout=self.settings.send_timeout)
         self.engine: Any = None
-        self._offset = 0.0  # seconds added to every time sent (a resumed stream's)
         self.inbound = Inbound(self.settings.max_pending_seconds,
                                self.settings.max_stream_seconds)
         #: The stream's received, unprocessed audio (the inbound side's queue).
         self.audio = self.inbound.audio
+        self.outbound = Outbound(self.audio, self.settings.max_feed_seconds,
+                                 self.settings.state_save_interval)
         # While processing is behind real time, the keep-alive waits for pongs that sit
         # unread behind the audio (see StreamConnection.busy).
         connection.busy = lambda: self.audio.behind(time.monotonic()) > 0
-        self._input_done = False
         self._audio_ready = asyncio.Event()
         self._resume = asyncio.Event()
         self._resume.set()
@@ -76,7 +79,6 @@ class StreamSession:
         self._shutdown = False
         #: Where the stream's state is saved, so that a client can resume by this id.
         self.resume_id = secrets.token_hex(16)
-        self._saved_at = 0.0  # engine position of the last periodic save
         self._saver: asyncio.Task | None = None
         self._unsaved: dict[str, Any] | None = None
 
@@ -266,12 +268,12 @@ class StreamSession:
         if context is not None:
             await self._prime(engine, context)
         self.engine = engine
-        self._offset = offset or 0.0
+        self.outbound.offset = offset or 0.0
         await self.sender.send(protocol.ready_message(
             self.id, request, self.context.describe(), engine.config.to_public_dict(),
             self.context.client_limits(), self.resume_id,
             resumed=None if sealed is None else [s.label for s in engine.speakers()],
-            offset=self._offset))
+            offset=self.outbound.offset))
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
 
@@ -290,31 +292,30 @@ class StreamSession:
     # -- processing --------------------------------------------------------------------
 
     async def _process(self) -> None:
-        """Feed queued audio to the engine, one call at a time. Audio is held back until it
-        completes the engine's next step (the engine does nothing before), so that a
-        stream sent in small frames costs one call per step, not one per frame."""
-        max_feed = int(self.settings.max_feed_seconds * SAMPLE_RATE)
+        """Feed queued audio to the engine, one call at a time, as the outbound side
+        says (a stream sent in small frames costs one call per step, not one per
+        frame), and act on its answer to each feed."""
         while True:
-            step = self.engine.samples_to_next_step
-            chunk = (self.audio.take(max_feed, step)
-                     if self.audio.feedable(step, self._input_done) else None)
-            if chunk is None:
-                if self._input_done and not self.audio:
-                    return
+            action = self.outbound.next(self.engine.samples_to_next_step)
+            if isinstance(action, Done):
+                return
+            if isinstance(action, Wait):
                 self._audio_ready.clear()
                 await self._audio_ready.wait()
                 continue
-            samples, ready_at = chunk
+            samples = action.samples
             started = time.monotonic()
-            turns = await self._step(lambda: self.engine.feed_steps(samples))
+            events = await self._step(lambda: self.engine.feed_steps(samples))
             done = time.monotonic()
-            if self.audio.done(len(samples)):
+            fed = self.outbound.fed(len(samples), events, self.engine.position)
+            if fed.resume:
                 self._resume.set()
-            self.context.metrics.fed(self.id, len(samples) / SAMPLE_RATE, self.audio.backlog,
-                                     done - started, done - ready_at)
-            self.context.admission.record(len(samples) / SAMPLE_RATE, self.audio.behind(done))
-            await self._send_turns(turns)
-            self._save_periodically()
+            self.context.metrics.fed(self.id, fed.seconds, fed.backlog, done - started,
+                                     done - action.ready_at)
+            self.context.admission.record(fed.seconds, self.audio.behind(done))
+            await self._send(fed.messages)
+            if fed.save:
+                self._save_in_background()
 
     def _processor_done(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is None:
@@ -325,7 +326,7 @@ class StreamSession:
 
     async def _drain(self) -> None:
         """Process every queued sample and the decoder tail, then flush the engine."""
-        self._input_done = True
+        self.outbound.input_done = True
         self._audio_ready.set()
         if self._processor is not None:
             await self._processor
@@ -336,13 +337,13 @@ class StreamSession:
             events = (yield from engine.feed_steps(tail)) if len(tail) else []
             return events + (yield from engine.flush_steps())
 
-        await self._send_turns(await self._step(finish))
+        await self._send(self.outbound.messages(await self._step(finish)))
 
-    async def _send_turns(self, turns: list) -> None:
-        for turn in turns:
-            await self.sender.send(protocol.turn_message(turn, self._offset))
-        if turns:
-            self.context.metrics.count("turns_sent", len(turns))
+    async def _send(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            await self.sender.send(message)
+        if messages:
+            self.context.metrics.count("turns_sent", len(messages))
 
     async def _step(self, make: Callable[[], Steps[Any]]) -> Any:
         """Run engine work (``make()`` gives its steps) in the scheduler's next tick."""
@@ -393,14 +394,11 @@ class StreamSession:
             return
         await self._step(lambda: engine.prime_steps(samples))
 
-    def _save_periodically(self) -> None:
-        """Save the state every ``state_save_interval`` seconds of audio, in the
-        background (called between engine calls, so the state is consistent), so that a
-        client whose connection or replica is lost resumes from a recent point."""
-        interval = self.settings.state_save_interval
-        if not interval or self.engine.position - self._saved_at < interval:
-            return
-        self._saved_at = self.engine.position
+    def _save_in_background(self) -> None:
+        """Save the state now, in the background (called between engine calls, so the
+        state is consistent): the outbound side asks for it every
+        ``state_save_interval`` seconds of audio, so that a client whose connection or
+        replica is lost resumes from a recent point."""
         self._unsaved = self._state_message("snapshot")
         if self._saver is None or self._saver.done():
             self._saver = asyncio.create_task(self._save_latest())
@@ -442,7 +440,7 @@ class StreamSession:
     def _state_message(self, kind: str) -> dict[str, Any]:
         """The speaker memory so far (audio processed up to ``position``), sealed."""
         return protocol.state_message(kind, self.context.states.seal(self.engine.state()),
-                                      self._offset + self.engine.position, self.resume_id)
+                                      self.outbound.offset + self.engine.position, self.resume_id)
 
 
 __all__ = ["StreamSession"]
