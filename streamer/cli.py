@@ -307,7 +307,7 @@ def _run_eval(args: argparse.Namespace) -> int:
           f"{'DER-ov':>7s} {'JER':>6s} {'spk':>4s} {'ref':>4s} {'RTF':>6s}"
           + (f" {'usual':>6s} {'seeded':>6s}" if oracle else ""), flush=True)
     total, document = Score(), {"files": [], "sets": {}}
-    usual_total = Score()
+    usual_total, seeded_total = Score(), 0
 
     def extra(usual, seeded) -> str:
         return "" if not oracle else f" {100 * usual.der.der:5.1f}% {seeded:>6}"
@@ -335,14 +335,14 @@ def _run_eval(args: argparse.Namespace) -> int:
                 document["files"].append(entry)
         total.add(subtotal)
         usual_total.add(usual_subtotal)
+        seeded_total += seeded_subtotal
         document["sets"][eval_set.name] = subtotal.to_dict()
         if oracle:
             document["sets"][eval_set.name]["usual"] = usual_subtotal.to_dict()
         if len(sets) > 1:
             print(_row(f"{eval_set.name}/TOTAL", subtotal, width)
                   + extra(usual_subtotal, seeded_subtotal), flush=True)
-    print(_row("TOTAL", total, width) + extra(usual_total, sum(
-        entry.get("seeded", 0) for entry in document["files"])))
+    print(_row("TOTAL", total, width) + extra(usual_total, seeded_total))
     print("DER: no collar, overlapped speech scored; DER-ov: regions of overlapped reference "
           "speech excluded; JER: Jaccard error rate, mean over reference speakers; spk, ref: "
           "speakers found and in the reference, in TOTAL rows the files where they agree; "

@@ -365,7 +365,7 @@ class StreamingDiarizer:
         active = local >= c.speech_threshold
         result[:, -1] = active.sum(axis=1)
         embeddings = np.asarray(analysis.embeddings, np.float64)
-        usable = np.isfinite(embeddings).all(axis=1) & (local.max(axis=0) >= c.tau_active)
+        usable = usable_locals(local, embeddings, c.tau_active)
         if not usable.any():
             return result, speech
         speech_seconds = active.sum(axis=0) * analysis.frames.step
@@ -446,9 +446,23 @@ def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig 
     :func:`streamer.audio.prepare_samples`). A bad dtype, shape or rate raises
     :class:`AudioFormatError`."""
     samples = prepare_samples(samples, sample_rate)
-    size = max(1, int(chunk * frontend.sample_rate))
-    chunks = (samples[offset: offset + size] for offset in range(0, len(samples), size))
-    return diarize_chunks(frontend, chunks, config, progress)
+    return diarize_chunks(frontend, chunked(samples, chunk, frontend.sample_rate), config,
+                          progress)
+
+
+def chunked(samples: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE
+            ) -> Iterable[np.ndarray]:
+    """``samples`` in consecutive chunks of ``seconds`` (the last one shorter), as
+    :func:`diarize_array` feeds them."""
+    size = max(1, int(seconds * sample_rate))
+    return (samples[offset: offset + size] for offset in range(0, len(samples), size))
+
+
+def usable_locals(activations: np.ndarray, embeddings: np.ndarray, tau_active: float
+                  ) -> np.ndarray:
+    """Which local speakers of a buffer take part in speaker matching: those with a
+    finite embedding whose activation reaches ``tau_active`` somewhere."""
+    return np.isfinite(embeddings).all(axis=1) & (activations.max(axis=0) >= tau_active)
 
 
 def diarize_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
@@ -468,6 +482,15 @@ def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
     """Like :func:`diarize_chunks`, also returning the final regions of the opt-in
     ``config.outputs``: ``(turns, regions, engine)``."""
     engine = StreamingDiarizer(frontend, config)
+    turns, regions = run_engine(engine, chunks, progress)
+    return turns, regions, engine
+
+
+def run_engine(engine: StreamingDiarizer, chunks: Iterable[np.ndarray],
+               progress: Callable[[int], None] | None = None,
+               ) -> tuple[list[Turn], list[Region]]:
+    """Feed ``chunks`` to ``engine``, then flush it; returns its final turns and the
+    final regions of the opt-in outputs."""
     turns: list[Turn] = []
     regions: list[Region] = []
 
@@ -485,7 +508,8 @@ def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
         if progress is not None:
             progress(done)
     keep(engine.flush())
-    return turns, regions, engine
+    return turns, regions
 
 
-__all__ = ["Event", "StreamingDiarizer", "diarize_array", "diarize_chunks", "run_chunks"]
+__all__ = ["Event", "StreamingDiarizer", "chunked", "diarize_array", "diarize_chunks",
+           "run_chunks", "run_engine", "usable_locals"]

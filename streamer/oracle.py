@@ -21,7 +21,8 @@ from typing import Iterable
 import numpy as np
 
 from streamer.config import StreamConfig
-from streamer.engine import STATE_VERSION, StreamingDiarizer, state_identity
+from streamer.engine import (STATE_VERSION, StreamingDiarizer, chunked, run_engine,
+                             state_identity, usable_locals)
 from streamer.events import Turn, speaker_label
 from streamer.models.base import BufferAnalysis, Frontend
 
@@ -50,12 +51,7 @@ class _Recorder(StreamingDiarizer):
 
 
 def _stream(engine: StreamingDiarizer, samples: np.ndarray) -> list[Turn]:
-    size = max(1, int(CHUNK * engine.sample_rate))
-    turns: list[Turn] = []
-    for offset in range(0, len(samples), size):
-        turns += engine.feed(samples[offset: offset + size])
-    turns += engine.flush()
-    return [t for t in turns if isinstance(t, Turn) and t.final]
+    return run_engine(engine, chunked(samples, CHUNK, engine.sample_rate))[0]
 
 
 def _speaking(reference: Reference, times: np.ndarray) -> list[set[str]]:
@@ -80,10 +76,9 @@ def oracle_centroids(frontend: Frontend, samples: np.ndarray, reference: Referen
             continue
         times = start + analysis.frames.center(np.arange(len(local)))
         speaking = _speaking(reference, times)
-        for k in range(local.shape[1]):
+        for k in np.flatnonzero(usable_locals(local, embeddings, c.tau_active)):
             active = np.flatnonzero(local[:, k] >= c.speech_threshold)
-            if not len(active) or not np.isfinite(embeddings[k]).all() \
-                    or local[:, k].max() < c.tau_active:
+            if not len(active):
                 continue
             alone = [next(iter(speaking[i])) for i in active if len(speaking[i]) == 1]
             if not alone:
