@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -232,6 +233,9 @@ class ServerProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env)
+        #: Server processes (``--processes N``; 0: one per core, as the server counts).
+        self.processes = next((int(value) for flag, value in zip(extra, extra[1:])
+                               if flag == "--processes"), 1)
         self._wait_healthy()
 
     def _wait_healthy(self, timeout: float = 120.0) -> None:
@@ -259,12 +263,64 @@ class ServerProcess:
         """Resident memory of the server and of every process under it."""
         return sum(_rss_mb(pid) for pid in _tree(self.process.pid))
 
+    def tick_quantiles(self, attempts: int = 200) -> dict[str, float]:
+        """p50 and p95 of the scheduler's tick durations over the run, from
+        ``/metrics``: under ``--processes N`` each request reaches one worker, so it asks
+        until it has every worker's histogram (or gives up after ``attempts``)."""
+        histograms: dict[str, dict[float, float]] = {}
+        workers = self.processes or os.cpu_count() or 1
+        for _ in range(attempts):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                            timeout=5) as reply:
+                    text = reply.read().decode()
+            except OSError:
+                continue
+            worker, buckets = "", {}
+            for line in text.splitlines():
+                match = TICK_BUCKET.match(line)
+                if match:
+                    worker = match["worker"] or ""
+                    bound = float("inf") if match["le"] == "+Inf" else float(match["le"])
+                    buckets[bound] = float(match["count"])
+            if buckets:
+                histograms[worker] = buckets
+            if len(histograms) >= workers:
+                break
+        if not histograms:
+            return {}
+        bounds = sorted(next(iter(histograms.values())))
+        cumulative = [sum(h.get(b, 0.0) for h in histograms.values()) for b in bounds]
+        return {"tick_p50": _bucket_quantile(bounds, cumulative, 0.5),
+                "tick_p95": _bucket_quantile(bounds, cumulative, 0.95),
+                "tick_workers": len(histograms)}
+
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+TICK_BUCKET = re.compile(r'^streamer_tick_duration_seconds_bucket\{(?:worker="(?P<worker>[^"]*)",)?'
+                         r'le="(?P<le>[^"]+)"\} (?P<count>\S+)$')
+
+
+def _bucket_quantile(bounds: list[float], cumulative: list[float], q: float) -> float:
+    """Quantile ``q`` of a cumulative histogram, linear within a bucket."""
+    total = cumulative[-1]
+    if total <= 0:
+        return float("nan")
+    target, lower, below = q * total, 0.0, 0.0
+    for bound, count in zip(bounds, cumulative):
+        if count >= target:
+            if bound == float("inf"):
+                return lower
+            share = (target - below) / max(count - below, 1e-12)
+            return lower + share * (bound - lower)
+        lower, below = bound, count
+    return lower
 
 
 def _stat(pid: int) -> list[str]:
@@ -359,12 +415,13 @@ async def run_level(n: int, clips: list[Clip], args: argparse.Namespace) -> dict
                               args.spread * i / max(1, n), longest * 3 + 60)
                    for i in range(n)]
         results = await asyncio.gather(*streams)
+        ticks = await asyncio.to_thread(server.tick_quantiles) if server else {}
         sampler.cancel()
         gpu_figures = gpu.stop()
         wall = time.monotonic() - wall0
         cpu = (server.cpu_seconds() - cpu0) if server else float("nan")
         return {**summarize(n, results, clips, cpu / wall, (peak[0] - rss0) / n, rss0),
-                **gpu_figures}
+                **gpu_figures, **ticks}
     finally:
         if server is not None:
             server.stop()
@@ -452,6 +509,10 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"       GPU utilisation mean {summary['gpu_util_mean']:.0f} %, max "
                   f"{summary['gpu_util_max']:.0f} %; GPU memory up to "
                   f"{summary['gpu_memory_max_mb']:.0f} MiB", flush=True)
+        if "tick_p95" in summary:
+            print(f"       scheduler ticks p50 {summary['tick_p50']:.3f} s, p95 "
+                  f"{summary['tick_p95']:.3f} s ({summary['tick_workers']} worker(s))",
+                  flush=True)
         for error in summary["errors"]:
             print(f"       error: {error}", flush=True)
     good = [s for s in summaries if passes(s, args.lag_limit)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from streamer.models.frontend import SegmentationEmbeddingFrontend
-from streamer.server.admission import MIN_CALLS, MIN_TICKS, Admission
+from streamer.server.admission import MIN_CALLS, MIN_TICK_TIMES, MIN_TICKS, Admission
 from tests.fakes import FakeEmbedding, FakeSegmentation, tone_conversation
 from tests.test_server_support import (open_stream, read_all, run, running_server, scaled,
                                        send_audio)
@@ -127,6 +128,38 @@ def test_the_scheduler_rule_fits_what_one_more_step_costs() -> None:
     assert not off.enabled and off.refusal(streams=50) is None
 
 
+def test_the_tick_rule_refuses_while_ticks_run_long_whatever_slows_them() -> None:
+    clock = Clock()
+    admission = Admission(cpus=1, max_load=0, max_lag=0, max_busy=0, max_tick=0.4,
+                          window=10.0, clock=clock, cpu_time=clock.cpu_time)
+    assert admission.enabled
+
+    def ticks(count: int, seconds: float) -> None:
+        for _ in range(count):
+            clock.now += 0.25
+            admission.record_tick(1, seconds)
+
+    ticks(MIN_TICK_TIMES - 1, 0.6)  # too few ticks to tell
+    assert admission.tick_time() is None and admission.refusal(streams=1) is None
+    clock.now += 11.0
+    ticks(20, 0.05)
+    assert admission.tick_time() == pytest.approx(0.05)
+    ticks(1, 0.6)  # one long tick of 21 is above the 95th percentile
+    assert admission.tick_time() == pytest.approx(0.05)
+    assert admission.refusal(streams=1) is None
+    ticks(1, 0.6)  # two of 22 are not
+    assert admission.tick_time() == pytest.approx(0.6)
+    reason = admission.refusal(streams=1)
+    assert reason is not None and "ticks take 0.60 s (limit 0.4 s)" in reason
+    assert admission.refusal(streams=0) is not None  # the device is slow for anyone
+    clock.now += 11.0  # the window forgets
+    assert admission.tick_time() is None and admission.refusal(streams=1) is None
+    off = Admission(cpus=1, max_load=0, max_lag=0, max_busy=0, max_tick=0, clock=clock)
+    for _ in range(2 * MIN_TICK_TIMES):
+        off.record_tick(1, 5.0)
+    assert not off.enabled and off.refusal(streams=5) is None
+
+
 _AUDIO = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
 
 
@@ -162,7 +195,7 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
 
     async def body():
         async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
-                                  max_busy=0.9) as server:
+                                  max_busy=0.9, max_tick=0) as server:
             server.context.admission.window = 4.0
             streams = [asyncio.create_task(_real_time_stream(server, delay))
                        for delay in (0, 0.5)]
@@ -178,6 +211,89 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
     assert response.status_code == 503
     assert "of its scheduler" in json.loads(response.body)["message"]
     for events in results:
+        assert events[-1]["type"] == "end"
+        assert not [e for e in events if e["type"] == "warning"]
+
+
+class SharedDevice:
+    """A device that other processes use too (as several server processes share one
+    GPU): a call waits while they hold it. ``start`` makes the others hold it for
+    ``held`` seconds (drawn uniformly, as their work comes) with ``gap`` seconds between."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._others: threading.Thread | None = None
+
+    def start(self, held: tuple[float, float], gap: float) -> None:
+        rng = np.random.default_rng(0)
+
+        def others() -> None:
+            while not self._stop.is_set():
+                with self.lock:
+                    time.sleep(rng.uniform(*held))
+                time.sleep(gap)
+
+        self._others = threading.Thread(target=others, daemon=True)
+        self._others.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._others is not None:
+            self._others.join()
+
+
+class SharedSegmentation(FakeSegmentation):
+    """The fake model, run on a :class:`SharedDevice` for ``cost`` seconds per chunk."""
+
+    def __init__(self, device: SharedDevice, cost: float):
+        super().__init__()
+        self.device = device
+        self.cost = cost
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        with self.device.lock:
+            time.sleep(self.cost * len(waveforms))
+        return super().__call__(waveforms)
+
+
+def test_a_device_busy_with_other_processes_refuses_newcomers_the_own_rules_miss() -> None:
+    # The stream's own work is 0.01 s per 0.5 s step, 2 % of the scheduler: the
+    # scheduler rule would admit dozens. But other processes keep the device busy (for
+    # 0.2-0.6 s at a time, 0.02 s apart), so this process's ticks wait for it: the tick
+    # rule sees that.
+    device = SharedDevice()
+    frontend = SegmentationEmbeddingFrontend(SharedSegmentation(device, 0.01),
+                                             FakeEmbedding(), name="shared", delta_new=0.5)
+
+    async def body():
+        async with running_server(frontend, cpus=1, max_load=0, max_lag=0, max_busy=0.9,
+                                  max_tick=0.2) as server:
+            admission = server.context.admission
+            admission.window = 6.0
+            device.start(held=(0.2, 0.6), gap=0.02)
+            try:
+                streams = [asyncio.create_task(_real_time_stream(server, delay))
+                           for delay in (0, 0.2, 0.35)]
+                await asyncio.sleep(scaled(7.0))
+                busy, tick = admission.busy(), admission.tick_time()
+                admission.max_tick = 0
+                own = admission.refusal(streams=3)
+                admission.max_tick = 0.2
+                with pytest.raises(InvalidStatus) as refused:
+                    await open_stream(server)
+            finally:
+                device.stop()
+            results = await asyncio.gather(*streams)
+            return refused.value.response, own, tick, results
+
+    response, own, tick, results = run(body(), timeout=60)
+    assert own is None, "the process's own rules would admit"
+    assert tick is not None and tick > 0.2
+    assert response.status_code == 503
+    error = json.loads(response.body)
+    assert error["code"] == "too_many_connections" and "ticks take" in error["message"]
+    for events in results:  # the admitted streams ran to their end, real time
         assert events[-1]["type"] == "end"
         assert not [e for e in events if e["type"] == "warning"]
 

@@ -284,6 +284,7 @@ def test_batched_server_gives_the_same_turns_as_file_mode() -> None:
     {"max_pending_seconds": 0}, {"max_feed_seconds": 10.0}, {"token": ""},
     {"allowed_origins": "http://a"}, {"batch_max_size": 1.5}, {"workers": 0},
     {"min_tick": -1.0}, {"batch_max_size": 0}, {"max_busy": 1.5}, {"max_busy": -0.1},
+    {"max_tick": -0.1},
     {"max_connections": True},
 ])
 def test_bad_settings_raise_value_error(changes: dict) -> None:

@@ -28,6 +28,12 @@ the process's CPU time is read at each report. Over a sliding window:
   fixed part is left out on purpose: under load ticks grow and serve more steps each,
   so it is shared ever more thinly. This is the rule that follows a GPU's capacity,
   which the CPU cost does not see.
+* tick: how long the scheduler's ticks take. A step that falls due waits for the tick
+  under way and then runs in the next, so a tick's duration bounds how late steps are
+  served, whatever makes it long: this process's own streams, or the other processes
+  that share its GPU (or its cores). Those others show in no rule above, which fit
+  this process's own work; they show here. When the 95th percentile of the window's
+  tick durations exceeds ``max_tick``, newcomers are refused.
 
 The default ``max_load`` is half the CPUs: the engine's Python work holds the GIL, so
 one process keeps about one core busy before its streams fall behind; ``--processes N``
@@ -51,6 +57,9 @@ MIN_CALLS = 20
 MIN_AUDIO = 2.0
 #: Ticks a window needs before the scheduler rule applies.
 MIN_TICKS = 10
+#: Ticks a window needs before the tick rule applies: enough that its 95th percentile is
+#: never one tick alone (the slow first passes of freshly loaded models).
+MIN_TICK_TIMES = 20
 
 
 class Admission:
@@ -63,13 +72,15 @@ class Admission:
             lag rule off.
         max_busy: Share of the scheduler's time the streams may take, the newcomer
             counted, at the measured cost of a step; 0 turns the scheduler rule off.
+        max_tick: Seconds (95th percentile) a scheduler tick may take; 0 turns the tick
+            rule off.
         window: Seconds of calls the decision looks at.
         cold_start: Most open streams while the cost is unknown (default: 4 per CPU,
             at least 8).
     """
 
     def __init__(self, cpus: float, max_load: float = 0.5, max_lag: float = 1.0,
-                 max_busy: float = 0.0, window: float = 10.0,
+                 max_busy: float = 0.0, max_tick: float = 0.0, window: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_time: Callable[[], float] = time.process_time,
                  cold_start: int | None = None):
@@ -77,6 +88,7 @@ class Admission:
         self.max_load = max_load
         self.max_lag = max_lag
         self.max_busy = max_busy
+        self.max_tick = max_tick
         self.window = window
         self.cold_start = (cold_start if cold_start is not None
                            else max(8, math.ceil(COLD_START_PER_CPU * cpus)))
@@ -89,7 +101,8 @@ class Admission:
 
     @property
     def enabled(self) -> bool:
-        return self.max_load > 0 or self.max_lag > 0 or self.max_busy > 0
+        return (self.max_load > 0 or self.max_lag > 0 or self.max_busy > 0
+                or self.max_tick > 0)
 
     def record(self, audio: float, behind: float) -> None:
         """One engine call: ``audio`` seconds of audio processed; after it the stream is
@@ -157,7 +170,17 @@ class Admission:
             if len(self._calls) < MIN_CALLS:
                 return None
             waits = sorted(call[3] for call in self._calls)
-        return waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)]
+        return _p95(waits)
+
+    def tick_time(self) -> float | None:
+        """95th percentile of the window's tick durations, in seconds (None: too few
+        ticks)."""
+        with self._lock:
+            self._prune(self._clock())
+            if len(self._ticks) < MIN_TICK_TIMES:
+                return None
+            durations = sorted(tick[2] for tick in self._ticks)
+        return _p95(durations)
 
     def refusal(self, streams: int) -> str | None:
         """Why a new stream is refused now, or None when it may come in. ``streams`` is
@@ -167,6 +190,11 @@ class Admission:
             if lag is not None and lag > self.max_lag:
                 return (f"the server is behind: its streams are {lag:.2f} s behind real "
                         f"time (limit {self.max_lag:g} s)")
+        if self.max_tick > 0:
+            tick = self.tick_time()
+            if tick is not None and tick > self.max_tick:
+                return (f"the server is at capacity: its scheduler's ticks take {tick:.2f} "
+                        f"s (limit {self.max_tick:g} s), so steps are served late")
         if self.max_load > 0 and streams > 0:
             cost = self.cost()
             budget = self.max_load * self.cpus
@@ -191,4 +219,9 @@ class Admission:
             self._ticks.popleft()
 
 
-__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS", "MIN_TICKS"]
+def _p95(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+__all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS", "MIN_TICKS",
+           "MIN_TICK_TIMES"]

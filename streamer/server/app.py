@@ -89,7 +89,8 @@ class DiarizationServer:
             engine_factory=_engine_factory(self.frontend), models=self._describe(),
             scheduler=self.scheduler,
             admission=Admission(self.settings.cpu_count, self.settings.max_load,
-                                self.settings.max_lag, self.settings.max_busy),
+                                self.settings.max_lag, self.settings.max_busy,
+                                self.settings.max_tick),
             states=StateSealer(self.settings.state_secret, self.settings.token),
             store=open_store(self.settings.redis_url))
         self.voiceprints = VoiceprintRoutes(

@@ -162,6 +162,11 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                              "every stream's steps and waits for their model calls (on the "
                              "CPU or a GPU), would spend more than this share of its time in "
                              "ticks with the newcomer; 0 turns it off (default %(default)s)")
+    limits.add_argument("--max-tick", type=float, default=defaults.max_tick,
+                        help="admission: refuse new streams while the scheduler's ticks take "
+                             "more than this many seconds (95th percentile), whatever slows "
+                             "them, e.g. other processes on the same GPU; 0 turns it off "
+                             "(default %(default)s)")
     limits.add_argument("--cpus", type=float, default=None,
                         help="CPU cores the server may use, for admission (default: those "
                              "it may run on, shared out between --processes)")

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Finer around the tick rule of admission (``--max-tick``), so its quantiles show.
+TICK_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0,
+                        2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 TICK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -81,7 +84,7 @@ class ServerMetrics:
         self.batch_streams: dict[str, Histogram] = {}
         self.batch_seconds: dict[str, Histogram] = {}
         self.tick_jobs = Histogram(TICK_BUCKETS)
-        self.tick_seconds = Histogram(LATENCY_BUCKETS)
+        self.tick_seconds = Histogram(TICK_SECONDS_BUCKETS)
 
     # -- updates -----------------------------------------------------------------------
 

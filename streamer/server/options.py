@@ -45,7 +45,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         min_tick=args.min_tick, torch_threads=args.torch_threads or None,
         token=token, public_metrics=getattr(args, "public_metrics", False),
         allowed_origins=origins, max_load=args.max_load, max_lag=args.max_lag,
-        max_busy=args.max_busy,
+        max_busy=args.max_busy, max_tick=args.max_tick,
         cpus=args.cpus, session_ttl=args.session_ttl, shutdown_timeout=args.shutdown_timeout,
         redis_url=args.redis_url, state_ttl=args.state_ttl,
         state_save_interval=args.state_save_interval, voiceprint_ttl=args.voiceprint_ttl,

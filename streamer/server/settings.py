@@ -105,15 +105,17 @@ class ServerSettings:
         state_secret: Key of the HMAC that protects the speaker states of ``end`` and
             ``snapshot`` (session resume). ``None``: derived from ``token``, else random
             for the process (states then resume only on that process until it restarts).
-        max_load, max_lag, max_busy, cpus: Admission by measured capacity (see
+        max_load, max_lag, max_busy, max_tick, cpus: Admission by measured capacity (see
             :mod:`streamer.server.admission`): a new stream is refused (HTTP 503,
             ``too_many_connections``) when the open streams plus the newcomer, each at
             the measured CPU cost of a real-time stream, would keep more than
             ``max_load`` of ``cpus`` busy; while streams are more than ``max_lag``
             seconds (95th percentile) behind real time; or when the scheduler, at its
             measured share of time in ticks scaled to the newcomer, would be busy more
-            than ``max_busy`` of the time (the rule that sees a GPU's capacity). 0
-            turns a rule off.
+            than ``max_busy`` of the time (the rule that sees a GPU's capacity); or
+            while the scheduler's ticks take more than ``max_tick`` seconds (95th
+            percentile: the rule that sees other processes on the same GPU). 0 turns a
+            rule off.
             ``cpus`` is the cores this process may use (``None``: those it may run on;
             under ``--processes N``, shared out between them).
     """
@@ -147,6 +149,7 @@ class ServerSettings:
     max_load: float = 0.5
     max_lag: float = 1.0
     max_busy: float = 0.9
+    max_tick: float = 0.2
     cpus: float | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     state_ttl: float = DEFAULT_STATE_TTL
@@ -172,6 +175,7 @@ class ServerSettings:
         for name in ("max_load", "max_lag", "state_save_interval", "voiceprint_ttl"):
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("max_busy", self.max_busy, allow_zero=True)
+        _positive("max_tick", self.max_tick, allow_zero=True)
         if self.max_busy > 1:
             raise ValueError(f"max_busy is a share of time, at most 1, got {self.max_busy}")
         if self.cpus is not None:
