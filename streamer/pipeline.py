@@ -71,7 +71,7 @@ class Pipeline:
     @property
     def detects_overlap(self) -> bool:
         """Whether the models give overlapped speech (the regular diarization)."""
-        return bool(getattr(self.frontend, "detects_overlap", False))
+        return bool(self.frontend.detects_overlap)
 
     def describe(self) -> dict[str, Any]:
         """The models: preset, sources, sample rate, dimensions."""
