@@ -165,22 +165,22 @@ class Admission:
     def lag(self) -> float | None:
         """95th percentile of how far streams were behind real time over the window
         (None: too few calls)."""
-        with self._lock:
-            self._prune(self._clock())
-            if len(self._calls) < MIN_CALLS:
-                return None
-            waits = sorted(call[3] for call in self._calls)
-        return _p95(waits)
+        return self._p95(self._calls, 3, MIN_CALLS)
 
     def tick_time(self) -> float | None:
         """95th percentile of the window's tick durations, in seconds (None: too few
         ticks)."""
+        return self._p95(self._ticks, 2, MIN_TICK_TIMES)
+
+    def _p95(self, rows: collections.deque, column: int, least: int) -> float | None:
+        """95th percentile of ``column`` of the window's ``rows`` (None: fewer than
+        ``least``)."""
         with self._lock:
             self._prune(self._clock())
-            if len(self._ticks) < MIN_TICK_TIMES:
+            if len(rows) < least:
                 return None
-            durations = sorted(tick[2] for tick in self._ticks)
-        return _p95(durations)
+            values = sorted(row[column] for row in rows)
+        return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
 
     def refusal(self, streams: int) -> str | None:
         """Why a new stream is refused now, or None when it may come in. ``streams`` is
@@ -217,10 +217,6 @@ class Admission:
             self._calls.popleft()
         while self._ticks and self._ticks[0][0] < now - self.window:
             self._ticks.popleft()
-
-
-def _p95(ordered: list[float]) -> float:
-    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 __all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS", "MIN_TICKS",
