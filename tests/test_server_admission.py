@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from streamer.models.frontend import SegmentationEmbeddingFrontend
-from streamer.server.admission import MIN_CALLS, MIN_TICK_TIMES, MIN_TICKS, Admission
+from streamer.server.admission import MIN_CALLS, MIN_TICK_TIMES, MIN_TICKS, PACE, Admission
 from tests.fakes import FakeEmbedding, FakeSegmentation, tone_conversation
 from tests.test_server_support import (open_stream, read_all, run, running_server, scaled,
                                        send_audio)
@@ -160,6 +160,32 @@ def test_the_tick_rule_refuses_while_ticks_run_long_whatever_slows_them() -> Non
     assert not off.enabled and off.refusal(streams=5) is None
 
 
+def test_near_the_tick_limit_newcomers_are_paced_so_their_cost_shows_first() -> None:
+    clock = Clock()
+    admission = Admission(cpus=1, max_load=0, max_lag=0, max_busy=0, max_tick=0.2,
+                          clock=clock, cpu_time=clock.cpu_time)
+
+    def ticks(seconds: float) -> None:
+        for _ in range(MIN_TICK_TIMES):
+            clock.now += 0.05
+            admission.record_tick(4, seconds)
+
+    ticks(0.05)  # far from the limit: a burst comes in at once
+    for _ in range(5):
+        assert admission.refusal(streams=10, pace=True) is None
+        admission.admitted()
+    clock.now += 11.0
+    ticks(0.15)  # beyond half the limit: one newcomer per PACE seconds
+    assert admission.refusal(streams=10, pace=True) is None
+    admission.admitted()
+    clock.now += PACE / 2
+    reason = admission.refusal(streams=11, pace=True)
+    assert reason is not None and f"one stream every {PACE:g} s" in reason
+    assert admission.refusal(streams=11) is None  # readiness does not pace
+    clock.now += PACE / 2
+    assert admission.refusal(streams=11, pace=True) is None
+
+
 _AUDIO = tone_conversation([(300.0, 3.0), (None, 0.5), (700.0, 3.0)] * 2)
 
 
@@ -296,6 +322,28 @@ def test_a_device_busy_with_other_processes_refuses_newcomers_the_own_rules_miss
     for events in results:  # the admitted streams ran to their end, real time
         assert events[-1]["type"] == "end"
         assert not [e for e in events if e["type"] == "warning"]
+
+
+def test_the_handshake_paces_newcomers_near_the_tick_limit() -> None:
+    async def body():
+        async with running_server(cpus=1, max_load=0, max_lag=0, max_busy=0,
+                                  max_tick=0.2) as server:
+            for _ in range(MIN_TICK_TIMES):  # ticks at 0.15 s: near the 0.2 s limit
+                server.context.admission.record_tick(8, 0.15)
+            first, _ = await open_stream(server)
+            with pytest.raises(InvalidStatus) as paced:
+                await open_stream(server)
+            await asyncio.sleep(PACE)
+            third, _ = await open_stream(server)
+            for ws in (first, third):
+                await ws.close()
+            return paced.value.response
+
+    response = run(body(), timeout=30)
+    assert response.status_code == 503
+    error = json.loads(response.body)
+    assert error["code"] == "too_many_connections"
+    assert f"one stream every {PACE:g} s" in error["message"]
 
 
 class SlowSegmentation(FakeSegmentation):

@@ -33,7 +33,11 @@ the process's CPU time is read at each report. Over a sliding window:
   served, whatever makes it long: this process's own streams, or the other processes
   that share its GPU (or its cores). Those others show in no rule above, which fit
   this process's own work; they show here. When the 95th percentile of the window's
-  tick durations exceeds ``max_tick``, newcomers are refused.
+  tick durations exceeds ``max_tick``, newcomers are refused. It reacts once ticks have
+  grown, and a stream shows its cost only after it is admitted, so near the limit (ticks
+  beyond half of ``max_tick``) newcomers are also paced: one every ``PACE`` seconds per
+  process, so that what the last one costs shows before the next comes in (a fast ramp
+  would otherwise let many in past the limit before their cost shows).
 
 The default ``max_load`` is half the CPUs: the engine's Python work holds the GIL, so
 one process keeps about one core busy before its streams fall behind; ``--processes N``
@@ -60,6 +64,9 @@ MIN_TICKS = 10
 #: Ticks a window needs before the tick rule applies: enough that its 95th percentile is
 #: never one tick alone (the slow first passes of freshly loaded models).
 MIN_TICK_TIMES = 20
+#: Near the tick limit, seconds between two admissions of one process: a step's worth,
+#: so that a newcomer's first steps are in the ticks before the next one is let in.
+PACE = 0.5
 
 
 class Admission:
@@ -98,6 +105,7 @@ class Admission:
         # (end time, steps served, seconds)
         self._ticks: collections.deque[tuple[float, int, float]] = collections.deque()
         self._lock = threading.Lock()
+        self._last_admitted = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -182,9 +190,16 @@ class Admission:
             values = sorted(row[column] for row in rows)
         return values[min(len(values) - 1, math.ceil(0.95 * len(values)) - 1)]
 
-    def refusal(self, streams: int) -> str | None:
+    def admitted(self) -> None:
+        """A new stream was let in (see ``pace`` in :meth:`refusal`)."""
+        with self._lock:
+            self._last_admitted = self._clock()
+
+    def refusal(self, streams: int, pace: bool = False) -> str | None:
         """Why a new stream is refused now, or None when it may come in. ``streams`` is
-        the number of open streams."""
+        the number of open streams. ``pace``: also refuse a newcomer that comes too soon
+        after the last one admitted (:meth:`admitted`) while ticks are near the limit
+        (the handshake asks this; readiness does not)."""
         if self.max_lag > 0:
             lag = self.lag()
             if lag is not None and lag > self.max_lag:
@@ -195,6 +210,12 @@ class Admission:
             if tick is not None and tick > self.max_tick:
                 return (f"the server is at capacity: its scheduler's ticks take {tick:.2f} "
                         f"s (limit {self.max_tick:g} s), so steps are served late")
+            with self._lock:
+                since = self._clock() - self._last_admitted
+            if pace and tick is not None and tick > self.max_tick / 2 and since < PACE:
+                return (f"the server is near capacity: its scheduler's ticks take "
+                        f"{tick:.2f} s (limit {self.max_tick:g} s), so it admits one "
+                        f"stream every {PACE:g} s")
         if self.max_load > 0 and streams > 0:
             cost = self.cost()
             budget = self.max_load * self.cpus
@@ -220,4 +241,4 @@ class Admission:
 
 
 __all__ = ["Admission", "COLD_START_PER_CPU", "MIN_AUDIO", "MIN_CALLS", "MIN_TICKS",
-           "MIN_TICK_TIMES"]
+           "MIN_TICK_TIMES", "PACE"]

@@ -205,16 +205,18 @@ class DiarizationServer:
         finally:
             self.sessions.discard(session)
 
-    def _refusal(self) -> tuple[str, protocol.TooManyConnections] | None:
+    def _refusal(self, pace: bool = False) -> tuple[str, protocol.TooManyConnections] | None:
         """``(reason for the metrics, error)`` when a new stream must be refused: at
-        ``max_connections``, shutting down, or beyond the measured capacity."""
+        ``max_connections``, shutting down, or beyond the measured capacity (``pace``:
+        or too soon after the last newcomer near it, see :mod:`.admission`)."""
         if self._stopping:
             reason, message = "shutting_down", "the server is shutting down"
         elif len(self.sessions) >= self.settings.max_connections:
             reason, message = ("too_many_connections", "the server is at its limit of "
                                f"{self.settings.max_connections} streams")
         else:
-            reason, message = "overloaded", self.context.admission.refusal(len(self.sessions))
+            reason, message = "overloaded", self.context.admission.refusal(
+                len(self.sessions), pace)
             if message is None:
                 return None
         return reason, protocol.TooManyConnections(message)
@@ -252,7 +254,7 @@ class DiarizationServer:
             session_token = self._session_token(url.query)
             if session_token is None:
                 return self._unauthorized()
-        refusal = self._refusal()
+        refusal = self._refusal(pace=True)
         if refusal is not None:
             self.metrics.reject(refusal[0])
             body = protocol.encode(protocol.error_message(refusal[1]))
@@ -270,6 +272,7 @@ class DiarizationServer:
                     return response(503, f"{error}\n", extra={"Retry-After": "5"})
                 if not claimed:
                     return self._unauthorized()
+        self.context.admission.admitted()
         return None
 
     def _unauthorized(self) -> Response:

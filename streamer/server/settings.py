@@ -114,8 +114,8 @@ class ServerSettings:
             measured share of time in ticks scaled to the newcomer, would be busy more
             than ``max_busy`` of the time (the rule that sees a GPU's capacity); or
             while the scheduler's ticks take more than ``max_tick`` seconds (95th
-            percentile: the rule that sees other processes on the same GPU). 0 turns a
-            rule off.
+            percentile: the rule that sees other processes on the same GPU; past half
+            of it, one newcomer every 0.5 s). 0 turns a rule off.
             ``cpus`` is the cores this process may use (``None``: those it may run on;
             under ``--processes N``, shared out between them).
     """
