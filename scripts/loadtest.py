@@ -233,9 +233,12 @@ class ServerProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env)
-        #: Server processes (``--processes N``; 0: one per core, as the server counts).
-        self.processes = next((int(value) for flag, value in zip(extra, extra[1:])
-                               if flag == "--processes"), 1)
+        from streamer.server.processes import process_count
+
+        #: Server processes (``--processes N``), counted as the server counts them.
+        requested = next((int(value) for flag, value in zip(extra, extra[1:])
+                          if flag == "--processes"), 1)
+        self.processes = process_count(requested)
         self._wait_healthy()
 
     def _wait_healthy(self, timeout: float = 120.0) -> None:
@@ -268,7 +271,6 @@ class ServerProcess:
         ``/metrics``: under ``--processes N`` each request reaches one worker, so it asks
         until it has every worker's histogram (or gives up after ``attempts``)."""
         histograms: dict[str, dict[float, float]] = {}
-        workers = self.processes or os.cpu_count() or 1
         for _ in range(attempts):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
@@ -285,7 +287,7 @@ class ServerProcess:
                     buckets[bound] = float(match["count"])
             if buckets:
                 histograms[worker] = buckets
-            if len(histograms) >= workers:
+            if len(histograms) >= self.processes:
                 break
         if not histograms:
             return {}

@@ -195,6 +195,10 @@ class Admission:
         with self._lock:
             self._last_admitted = self._clock()
 
+    def _since_admitted(self) -> float:
+        with self._lock:
+            return self._clock() - self._last_admitted
+
     def refusal(self, streams: int, pace: bool = False) -> str | None:
         """Why a new stream is refused now, or None when it may come in. ``streams`` is
         the number of open streams. ``pace``: also refuse a newcomer that comes too soon
@@ -210,9 +214,8 @@ class Admission:
             if tick is not None and tick > self.max_tick:
                 return (f"the server is at capacity: its scheduler's ticks take {tick:.2f} "
                         f"s (limit {self.max_tick:g} s), so steps are served late")
-            with self._lock:
-                since = self._clock() - self._last_admitted
-            if pace and tick is not None and tick > self.max_tick / 2 and since < PACE:
+            near = tick is not None and tick > self.max_tick / 2
+            if pace and near and self._since_admitted() < PACE:
                 return (f"the server is near capacity: its scheduler's ticks take "
                         f"{tick:.2f} s (limit {self.max_tick:g} s), so it admits one "
                         f"stream every {PACE:g} s")
