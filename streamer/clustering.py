@@ -15,6 +15,9 @@ RADIUS_SIGMAS = 2.0
 #: ``YOUNG_RADIUS`` × ``delta_new``.
 RADIUS_LEAST = 3
 YOUNG_RADIUS = 0.5
+#: A displaced local speaker (see :meth:`CentroidMemory.assign`) is another voice only if
+#: it lies at least this fraction of ``delta_new`` from the speaker it was kept from.
+DISPLACED_DISTANCE = 0.4
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -42,15 +45,28 @@ class CentroidMemory:
     weighted mean of its local speakers' median pitch and of their squared spreads. A
     local speaker whose pitch is far from a speaker's, in units of both spreads, is that
     much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``).
+
+    Voices closer than ``delta_new`` are told apart by the buffers themselves: when a
+    buffer's clustering finds two voices and the one-to-one assignment gives their nearest
+    speaker to the other one, the *displaced* local speaker is left without a speaker. If
+    it speaks firmly (``firm``), lies at least ``DISPLACED_DISTANCE`` × ``delta_new`` from
+    that speaker, and the same voice (each time within that distance of the running mean
+    of the previous ones) is displaced so in ``persistence`` consecutive buffers, it
+    becomes a new speaker. One voice split into two local speakers by chance is displaced
+    now and then, not buffer after buffer.
     """
 
     def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1,
-                 pitch_weight: float = 0.0, pitch_margin: float = 1.0):
+                 pitch_weight: float = 0.0, pitch_margin: float = 1.0,
+                 persistence: int = 8):
+        if persistence < 1:
+            raise ValueError(f"persistence must be at least 1 buffer, got {persistence}")
         self.delta_new = delta_new
         self.max_speakers = max_speakers
         self.min_speakers = min_speakers
         self.pitch_weight = pitch_weight
         self.pitch_margin = pitch_margin
+        self.persistence = persistence
         self.reset()
 
     def reset(self) -> None:
@@ -59,6 +75,12 @@ class CentroidMemory:
         self._pitch: list[np.ndarray] = []
         # Per speaker: matches, and the sums of their distances and squared distances.
         self._spread: list[np.ndarray] = []
+        self._drop_candidate()
+
+    def _drop_candidate(self) -> None:
+        # The displaced voice being followed: sum of its embeddings and buffers in a row.
+        self._candidate_sum: np.ndarray | None = None
+        self._candidate_count = 0
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -96,6 +118,7 @@ class CentroidMemory:
             return [np.asarray(row, np.float64).copy() for row in rows]
 
         self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
+        self._drop_candidate()
 
     def radius(self, speaker: int) -> float:
         """How far from ``speaker``'s centroid its own local speakers lie: the mean
@@ -124,11 +147,14 @@ class CentroidMemory:
         return normalize(np.stack(self._sums))
 
     def assign(self, embeddings: np.ndarray, can_update: np.ndarray,
-               reluctance: float = 1.0, pitch: np.ndarray | None = None) -> np.ndarray:
+               reluctance: float = 1.0, pitch: np.ndarray | None = None,
+               firm: np.ndarray | None = None) -> np.ndarray:
         """Global index for each row of ``embeddings`` (-1 when none can be given);
         ``reluctance`` scales the cost of a new speaker. ``pitch`` ``(rows, 3)``: each
         local speaker's pitch median, spread and voiced frames
-        (:func:`streamer.pitch.pitch_of`; NaN median: unknown)."""
+        (:func:`streamer.pitch.pitch_of`; NaN median: unknown). ``firm`` marks the local
+        speakers that speak long enough for a displaced one to count (see the class);
+        ``None``: none does. Call it once per buffer, in order."""
         count = len(embeddings)
         result = np.full(count, -1, dtype=int)
         if count == 0:
@@ -175,7 +201,43 @@ class CentroidMemory:
                 self._spread.append(np.zeros(3))
                 self._add_pitch(len(self._sums) - 1, pitch[row])
                 result[row] = len(self._sums) - 1
+        if firm is None:
+            firm = np.zeros(count, bool)
+        self._follow_displaced(result, distances, np.asarray(firm, bool) & can_update,
+                               embeddings, pitch, reluctance)
         return result
+
+    def _follow_displaced(self, result: np.ndarray, distances: np.ndarray, firm: np.ndarray,
+                          embeddings: np.ndarray, pitch: np.ndarray, reluctance: float) -> None:
+        """Follows the buffer's farthest displaced firm local speaker (see the class) and
+        makes it a speaker once it has been displaced ``persistence`` buffers in a row."""
+        known = distances.shape[1]
+        taken = result[(result >= 0) & (result < known)]
+        reach = DISPLACED_DISTANCE * self.delta_new * reluctance
+        chosen, farthest = -1, reach
+        for row in np.flatnonzero((result < 0) & firm):
+            nearest = int(np.argmin(distances[row]))
+            if nearest in taken and distances[row, nearest] > farthest:
+                chosen, farthest = row, distances[row, nearest]
+        if chosen < 0:
+            self._drop_candidate()
+            return
+        voice = embeddings[chosen]
+        if (self._candidate_sum is not None
+                and 1.0 - float(normalize(self._candidate_sum) @ voice) <= reach):
+            self._candidate_sum = self._candidate_sum + voice
+            self._candidate_count += 1
+        else:
+            self._candidate_sum, self._candidate_count = voice.copy(), 1
+        if self._candidate_count >= self.persistence and len(self._sums) < self.max_speakers:
+            # The buffers' embeddings of the voice overlap in time: their sum weighs like
+            # one local speaker's, not like `persistence` of them.
+            self._sums.append(normalize(self._candidate_sum))
+            self._pitch.append(np.zeros(3))
+            self._spread.append(np.zeros(3))
+            self._add_pitch(len(self._sums) - 1, pitch[chosen])
+            result[chosen] = len(self._sums) - 1
+            self._drop_candidate()
 
     def _add_pitch(self, speaker: int, pitch: np.ndarray) -> None:
         median, spread, frames = pitch

@@ -41,6 +41,13 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 1
 #: How much dearer a new speaker is while a resumed stream's buffer fills up.
 RESUME_RELUCTANCE = 1.5
+#: A local speaker displaced from its nearest speaker by another voice of its buffer
+#: becomes a new speaker when this happens for this long without a break (in buffers:
+#: this over the step), so that a voice held close to another by the embeddings still
+#: gets its own label (see streamer.clustering.CentroidMemory) ...
+DISPLACED_SECONDS = 4.0
+#: ... and only while it speaks for at least this fraction of the buffer.
+FIRM_SPEECH = 0.3
 
 
 def state_identity(frontend: Frontend) -> dict:
@@ -76,7 +83,8 @@ class StreamingDiarizer:
         self._buffer = RollingBuffer(int(round(c.duration * self.sample_rate)), step,
                                      history=self._alignment)
         self._memory = CentroidMemory(c.delta_new, c.max_speakers, c.min_speakers,
-                                      c.pitch_weight, c.pitch_margin)
+                                      c.pitch_weight, c.pitch_margin,
+                                      max(1, round(DISPLACED_SECONDS / c.step)))
         self._pitch = PitchTrack()
         # One more column than speakers: the number of active local speakers per frame,
         # averaged like the activations, gives the overlap-aware outputs their counts.
@@ -377,7 +385,8 @@ class StreamingDiarizer:
         globals_ = self._memory.assign(embeddings[chosen], can_update[chosen],
                                        RESUME_RELUCTANCE if resuming else 1.0,
                                        self._local_pitch(local[:, chosen], active[:, chosen],
-                                                         analysis, first_sample))
+                                                         analysis, first_sample),
+                                       (speech_seconds >= FIRM_SPEECH * c.duration)[chosen])
         for index, target in zip(chosen, globals_):
             if target >= 0:
                 result[:, target] = np.maximum(result[:, target], local[:, index])

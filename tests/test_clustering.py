@@ -102,3 +102,66 @@ def test_reluctance_keeps_a_noisy_known_voice_from_becoming_a_new_speaker():
     reluctant.assign(known, np.array([True]))
     assert reluctant.assign(noisy, np.array([True]), reluctance=1.5).tolist() == [0]
     assert len(reluctant) == 1
+
+
+# Displaced voices: delta_new 0.5, so a voice at cosine distance ~0.29 (45 degrees) from
+# speaker 0 is "near" it, yet beyond DISPLACED_DISTANCE x delta_new (0.2).
+HELD = _turned(5)  # the voice speaker 0 is, as a buffer sees it
+OTHER = _turned(45)
+
+
+def _buffers(memory: CentroidMemory, second: np.ndarray, count: int,
+             firm: bool = True) -> list[list[int]]:
+    """``count`` buffers in which speaker 0's voice and ``second`` both speak."""
+    both = np.concatenate([HELD, second])
+    return [memory.assign(both, np.array([True, True]), firm=np.array([True, firm])).tolist()
+            for _ in range(count)]
+
+
+def _one_speaker(persistence: int) -> CentroidMemory:
+    memory = CentroidMemory(delta_new=0.5, max_speakers=5, persistence=persistence)
+    memory.assign(E[:1], np.array([True]))
+    return memory
+
+
+def test_a_voice_displaced_buffer_after_buffer_becomes_a_new_speaker():
+    memory = _one_speaker(persistence=3)
+    results = _buffers(memory, OTHER, 3)
+    # Two buffers leave it without a speaker; the third names it, and from then on the
+    # voice keeps that speaker.
+    assert results == [[0, -1], [0, -1], [0, 1]]
+    assert len(memory) == 2
+    np.testing.assert_allclose(memory.centroids[1], OTHER[0], atol=1e-9)
+    assert _buffers(memory, OTHER, 1) == [[0, 1]]
+
+
+def test_a_displaced_voice_needs_firm_speech_and_an_unbroken_run():
+    memory = _one_speaker(persistence=3)
+    assert _buffers(memory, OTHER, 4, firm=False) == [[0, -1]] * 4
+    _buffers(memory, OTHER, 2)
+    memory.assign(HELD, np.array([True]), firm=np.array([True]))  # it falls silent
+    assert _buffers(memory, OTHER, 2) == [[0, -1]] * 2
+    assert len(memory) == 1
+    # Another displaced voice in between restarts the count.
+    elsewhere = np.array([[np.cos(0.8), 0, np.sin(0.8), 0]])
+    _buffers(memory, elsewhere, 1)
+    assert _buffers(memory, OTHER, 2) == [[0, -1]] * 2
+    assert _buffers(memory, OTHER, 1) == [[0, 1]]
+
+
+def test_a_displaced_local_close_to_its_speaker_stays_that_speaker():
+    memory = _one_speaker(persistence=2)
+    near = _turned(20)  # cosine distance 0.06, within DISPLACED_DISTANCE x delta_new
+    assert _buffers(memory, near, 6) == [[0, -1]] * 6
+    assert len(memory) == 1
+
+
+def test_displaced_voices_respect_max_speakers_and_reset():
+    memory = CentroidMemory(delta_new=0.5, max_speakers=1, persistence=2)
+    memory.assign(E[:1], np.array([True]))
+    assert _buffers(memory, OTHER, 4) == [[0, -1]] * 4
+    assert len(memory) == 1
+    memory = _one_speaker(persistence=2)
+    _buffers(memory, OTHER, 1)
+    memory.load(memory.sums)  # a resumed stream starts its count again
+    assert _buffers(memory, OTHER, 2) == [[0, -1], [0, 1]]
