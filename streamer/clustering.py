@@ -102,11 +102,21 @@ class CentroidMemory:
         local speakers that updated it (see :meth:`radius`)."""
         return [row.copy() for row in self._spread]
 
+    @property
+    def displaced(self) -> tuple[np.ndarray, int] | None:
+        """The displaced voice being followed (see the class): the sum of its embeddings
+        and the buffers in a row it has been displaced; ``None`` when there is none."""
+        if self._candidate_sum is None:
+            return None
+        return self._candidate_sum.copy(), self._candidate_count
+
     def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None,
-             spread: list[np.ndarray] | None = None) -> None:
+             spread: list[np.ndarray] | None = None,
+             displaced: tuple[np.ndarray, int] | None = None) -> None:
         """Start from the speakers of another stream (see :meth:`sums`,
-        :meth:`pitch_sums` and :meth:`spread_sums`; without ``pitch``, the speakers'
-        pitch is unknown, without ``spread`` they count as young)."""
+        :meth:`pitch_sums`, :meth:`spread_sums` and :meth:`displaced`; without
+        ``pitch``, the speakers' pitch is unknown, without ``spread`` they count as
+        young, without ``displaced`` no displaced voice is being followed)."""
         if len(sums) > self.max_speakers:
             raise ValueError(f"{len(sums)} speakers exceed max_speakers {self.max_speakers}")
         for name, rows in (("pitch", pitch), ("spread", spread)):
@@ -117,8 +127,17 @@ class CentroidMemory:
                 return [np.zeros(3) for _ in sums]
             return [np.asarray(row, np.float64).copy() for row in rows]
 
+        if displaced is not None and (len(displaced[0]) != len(sums[0]) if sums else True):
+            raise ValueError("a displaced voice needs speakers of its dimension")
         self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
+        self.follow(displaced)
+
+    def follow(self, displaced: tuple[np.ndarray, int] | None) -> None:
+        """Follow ``displaced`` (see :meth:`displaced`) from here, or none."""
         self._drop_candidate()
+        if displaced is not None:
+            self._candidate_sum = np.asarray(displaced[0], np.float64).copy()
+            self._candidate_count = int(displaced[1])
 
     def radius(self, speaker: int) -> float:
         """How far from ``speaker``'s centroid its own local speakers lie: the mean

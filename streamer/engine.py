@@ -182,7 +182,13 @@ class StreamingDiarizer:
         tail = self._buffer.tail()
         end = self._buffer.received
         if tail is not None:
+            # The tail is padded past the end of the input: it says nothing of whether a
+            # displaced voice still is one, so the one followed stays as it was and a
+            # stream resumed from this one's state goes on counting as this one would.
+            following, speakers = self._memory.displaced, len(self._memory)
             yield from self._process(*tail)
+            if len(self._memory) == speakers:
+                self._memory.follow(following)
         events = self._commit(end, final=True)
         events += self._record(self._policy.turns.flush())
         events += self._regions.flush()
@@ -196,9 +202,13 @@ class StreamingDiarizer:
         """The stream's speaker memory, to continue it in another engine on the same
         models (:meth:`restore`): the model identity, and per global speaker its label,
         centroid sum, seconds of speech, pitch sums and the sums of its matches'
-        distances. JSON-ready."""
+        distances; and the displaced voice being followed, if any (its embeddings' sum
+        and the buffers in a row it was displaced). JSON-ready."""
         memory = self._memory
+        displaced = memory.displaced
         return {"version": STATE_VERSION, "model": state_identity(self.frontend),
+                "displaced": None if displaced is None else {
+                    "sum": [float(x) for x in displaced[0]], "buffers": displaced[1]},
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
                               "speech": round(self._speech.get(speaker_label(i), 0.0), 3),
                               "pitch": [round(float(x), 3) for x in pitch],
@@ -229,6 +239,11 @@ class StreamingDiarizer:
             # pitch is unknown and the speakers count as young.
             pitch, spread = ([np.asarray(s.get(key, [0.0, 0.0, 0.0]), np.float64)
                               for s in speakers] for key in ("pitch", "spread"))
+            # So do states saved before displaced voices were followed.
+            displaced = state.get("displaced")
+            if displaced is not None:
+                displaced = (np.asarray(displaced["sum"], np.float64),
+                             displaced["buffers"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
         dimension = identity["dimension"]
@@ -241,8 +256,12 @@ class StreamingDiarizer:
             if any(row.shape != (3,) or not np.isfinite(row).all() or (row[counts] < 0).any()
                    for row in rows):
                 raise ConfigError(f"malformed speaker state: {name} sums do not fit")
+        if displaced is not None and (
+                displaced[0].shape != (dimension,) or not np.isfinite(displaced[0]).all()
+                or type(displaced[1]) is not int or displaced[1] < 1):
+            raise ConfigError("malformed speaker state: the displaced voice does not fit")
         try:
-            self._memory.load(sums, pitch, spread)
+            self._memory.load(sums, pitch, spread, displaced)
         except ValueError as error:
             raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
         self._speech = speech
@@ -285,6 +304,7 @@ class StreamingDiarizer:
     def _prime(self, context: np.ndarray) -> Steps[None]:
         memory = self._memory
         sums, pitch, spread = memory.sums, memory.pitch_sums, memory.spread_sums
+        displaced = memory.displaced
         speech = dict(self._speech)
         for buffer, end in self._buffer.push(context):
             yield from self._process(buffer, end)
@@ -294,7 +314,7 @@ class StreamingDiarizer:
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
-        self._memory.load(sums, pitch, spread)
+        self._memory.load(sums, pitch, spread, displaced)
         self._speech = speech
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.

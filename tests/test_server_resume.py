@@ -147,6 +147,20 @@ def test_engine_state_round_trip_and_checks() -> None:
     small = StreamingDiarizer(fake_frontend(), StreamConfig(max_speakers=1))
     with pytest.raises(ConfigError, match="does not fit"):
         small.restore(state)
+    # A displaced voice being followed travels with its count; older states lack it.
+    assert state["displaced"] is None
+    dimension = len(state["speakers"][0]["sum"])
+    following = {**state, "displaced": {"sum": [1.0] + [0.0] * (dimension - 1), "buffers": 3}}
+    resumed = StreamingDiarizer(fake_frontend())
+    resumed.restore(json.loads(json.dumps(following)))
+    assert resumed.state()["displaced"] == following["displaced"]
+    StreamingDiarizer(fake_frontend()).restore({k: v for k, v in state.items()
+                                                if k != "displaced"})
+    for displaced in ({"sum": [1.0], "buffers": 3}, {"sum": following["displaced"]["sum"],
+                                                    "buffers": 0},
+                      {"sum": following["displaced"]["sum"], "buffers": 1.5}, {"buffers": 2}):
+        with pytest.raises(ConfigError, match="malformed"):
+            StreamingDiarizer(fake_frontend()).restore({**state, "displaced": displaced})
     with pytest.raises(BadState):
         StateSealer("a").open(StateSealer("b").seal(state))
     assert StateSealer("a").open(StateSealer("a").seal(state)) == state
