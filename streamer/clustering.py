@@ -75,12 +75,8 @@ class CentroidMemory:
         self._pitch: list[np.ndarray] = []
         # Per speaker: matches, and the sums of their distances and squared distances.
         self._spread: list[np.ndarray] = []
-        self._drop_candidate()
-
-    def _drop_candidate(self) -> None:
         # The displaced voice being followed: sum of its embeddings and buffers in a row.
-        self._candidate_sum: np.ndarray | None = None
-        self._candidate_count = 0
+        self._displaced: tuple[np.ndarray, int] | None = None
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -106,9 +102,9 @@ class CentroidMemory:
     def displaced(self) -> tuple[np.ndarray, int] | None:
         """The displaced voice being followed (see the class): the sum of its embeddings
         and the buffers in a row it has been displaced; ``None`` when there is none."""
-        if self._candidate_sum is None:
+        if self._displaced is None:
             return None
-        return self._candidate_sum.copy(), self._candidate_count
+        return self._displaced[0].copy(), self._displaced[1]
 
     def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None,
              spread: list[np.ndarray] | None = None,
@@ -127,17 +123,15 @@ class CentroidMemory:
                 return [np.zeros(3) for _ in sums]
             return [np.asarray(row, np.float64).copy() for row in rows]
 
-        if displaced is not None and (len(displaced[0]) != len(sums[0]) if sums else True):
+        if displaced is not None and (not sums or len(displaced[0]) != len(sums[0])):
             raise ValueError("a displaced voice needs speakers of its dimension")
         self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
         self.follow(displaced)
 
     def follow(self, displaced: tuple[np.ndarray, int] | None) -> None:
         """Follow ``displaced`` (see :meth:`displaced`) from here, or none."""
-        self._drop_candidate()
-        if displaced is not None:
-            self._candidate_sum = np.asarray(displaced[0], np.float64).copy()
-            self._candidate_count = int(displaced[1])
+        self._displaced = None if displaced is None else (
+            np.asarray(displaced[0], np.float64).copy(), int(displaced[1]))
 
     def radius(self, speaker: int) -> float:
         """How far from ``speaker``'s centroid its own local speakers lie: the mean
@@ -215,11 +209,7 @@ class CentroidMemory:
                     self._spread[column] = self._spread[column] + [1.0, distance,
                                                                    distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
-                self._sums.append(embeddings[row].copy())
-                self._pitch.append(np.zeros(3))
-                self._spread.append(np.zeros(3))
-                self._add_pitch(len(self._sums) - 1, pitch[row])
-                result[row] = len(self._sums) - 1
+                result[row] = self._open(embeddings[row], pitch[row])
         if firm is None:
             firm = np.zeros(count, bool)
         self._follow_displaced(result, distances, np.asarray(firm, bool) & can_update,
@@ -239,24 +229,29 @@ class CentroidMemory:
             if nearest in taken and distances[row, nearest] > farthest:
                 chosen, farthest = row, distances[row, nearest]
         if chosen < 0:
-            self._drop_candidate()
+            self._displaced = None
             return
         voice = embeddings[chosen]
-        if (self._candidate_sum is not None
-                and 1.0 - float(normalize(self._candidate_sum) @ voice) <= reach):
-            self._candidate_sum = self._candidate_sum + voice
-            self._candidate_count += 1
+        if (self._displaced is not None
+                and 1.0 - float(normalize(self._displaced[0]) @ voice) <= reach):
+            total, buffers = self._displaced[0] + voice, self._displaced[1] + 1
         else:
-            self._candidate_sum, self._candidate_count = voice.copy(), 1
-        if self._candidate_count >= self.persistence and len(self._sums) < self.max_speakers:
+            total, buffers = voice.copy(), 1
+        self._displaced = total, buffers
+        if buffers >= self.persistence and len(self._sums) < self.max_speakers:
             # The buffers' embeddings of the voice overlap in time: their sum weighs like
             # one local speaker's, not like `persistence` of them.
-            self._sums.append(normalize(self._candidate_sum))
-            self._pitch.append(np.zeros(3))
-            self._spread.append(np.zeros(3))
-            self._add_pitch(len(self._sums) - 1, pitch[chosen])
-            result[chosen] = len(self._sums) - 1
-            self._drop_candidate()
+            result[chosen] = self._open(normalize(total), pitch[chosen])
+            self._displaced = None
+
+    def _open(self, embedding: np.ndarray, pitch: np.ndarray) -> int:
+        """A new speaker from ``embedding`` (its centroid sum) and a local speaker's
+        ``pitch``; returns its index."""
+        self._sums.append(embedding.copy())
+        self._pitch.append(np.zeros(3))
+        self._spread.append(np.zeros(3))
+        self._add_pitch(len(self._sums) - 1, pitch)
+        return len(self._sums) - 1
 
     def _add_pitch(self, speaker: int, pitch: np.ndarray) -> None:
         median, spread, frames = pitch

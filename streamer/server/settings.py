@@ -172,10 +172,9 @@ class ServerSettings:
         for name in ("close_timeout", "max_pending_seconds", "max_feed_seconds",
                      "send_timeout", "shutdown_timeout", "session_ttl", "state_ttl"):
             _positive(name, getattr(self, name))
-        for name in ("max_load", "max_lag", "state_save_interval", "voiceprint_ttl"):
+        for name in ("max_load", "max_lag", "max_busy", "max_tick", "state_save_interval",
+                     "voiceprint_ttl"):
             _positive(name, getattr(self, name), allow_zero=True)
-        _positive("max_busy", self.max_busy, allow_zero=True)
-        _positive("max_tick", self.max_tick, allow_zero=True)
         if self.max_busy > 1:
             raise ValueError(f"max_busy is a share of time, at most 1, got {self.max_busy}")
         if self.cpus is not None:
