@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -198,9 +199,27 @@ STATE_JS = (
 )
 
 
-async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path) -> list[dict[str, Any]]:
-    """Two rounds of Start ... Stop on one page, the first over the whole of ``fake_audio``;
-    returns the page state after each."""
+async def readiness(base: str, status: int, timeout: float = 30) -> None:
+    """Waits until the server's /readyz answers ``status``."""
+    def answer() -> int:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as reply:
+                return reply.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+    while (last := await asyncio.to_thread(answer)) != status:
+        assert time.monotonic() < deadline, f"/readyz answers {last}, not {status}"
+        await asyncio.sleep(0.2)
+
+
+async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot: Path
+                     ) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Two rounds of Start ... Stop on one page, the first over the whole of ``fake_audio``,
+    then a Start that the full server refuses; returns the page state after each round and
+    the page's status after the refusal."""
+    base = page_url.split("/?", 1)[0]
     # both voices must have been heard, wherever in the looped file the stream started
     duration = sf.info(fake_audio).duration
     async with chromium(fake_audio, profile) as page:
@@ -218,11 +237,21 @@ async def drive_page(page_url: str, fake_audio: Path, profile: Path, screenshot:
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         first = await page.evaluate(STATE_JS)
         # a second stream from the same page starts afresh and is not cut short by the first
+        await readiness(base, 200)  # the server's one stream slot is free once the first has closed
         await page.click("#start")
         await page.wait_until("streamerState.phase === 'live' && streamerState.audioSeconds >= 1.5", 30)
         await page.click("#stop")
         await page.wait_until("streamerState.end !== null", 30)
-        return [first, await page.evaluate(STATE_JS)]
+        second = await page.evaluate(STATE_JS)
+        # another client holds the one slot: the page says why its stream was refused
+        await readiness(base, 200)
+        stream_url = base.replace("http://", "ws://") + "/v1/stream?" + page_url.split("?", 1)[1]
+        async with connect(stream_url):
+            await readiness(base, 503)
+            await page.click("#start")
+            await page.wait_until("streamerState.phase === 'error'", 30)
+            refused = await page.evaluate("streamerState.status")
+        return first, second, refused
 
 
 def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None:
@@ -232,10 +261,15 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     screenshot = tmp_path / "page.png"
     token = secrets.token_urlsafe(12)  # the page passes ?token= on to its websocket
     # The accurate preset: sample.wav's two people must come out as two speakers through
-    # the page (the embedded preset merges them from some start points).
-    with streamer_serve_process([f"--token={token}", "--preset", "accurate"]) as base:
+    # the page (the embedded preset merges them from some start points). One stream at a
+    # time, and no admission by measured load: on a busy machine the accurate preset can
+    # fall behind real time, and the server would then rightly refuse the second round.
+    serve = [f"--token={token}", "--preset", "accurate", "--max-connections", "1",
+             "--max-load", "0", "--max-lag", "0"]
+    with streamer_serve_process(serve) as base:
         page_url = f"{base}/?token={token}"
-        state, again = asyncio.run(asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 240))
+        state, again, refused = asyncio.run(
+            asyncio.wait_for(drive_page(page_url, fake_audio, profile, screenshot), 300))
 
     assert state["error"] is None, state
     assert state["phase"] == "done", state
@@ -264,6 +298,7 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
     assert again["error"] is None and again["phase"] == "done", again
     assert again["firstEvent"]["type"] == "ready" and again["ready"]["session"] != state["ready"]["session"]
     assert again["end"]["duration"] >= 1.4 and again["end"]["duration"] == pytest.approx(again["audioSeconds"], abs=0.5)
+    assert "the server refused a new stream: the server is at its limit of 1 streams" in refused, refused
     png = screenshot.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     if os.environ.get("STREAMER_KEEP_SCREENSHOT"):

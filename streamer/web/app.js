@@ -31,6 +31,7 @@
     stopSent: false,
     resumeId: null,            // where the server saves this stream's state (ready.resume_id)
     reconnects: 0,             // streams resumed after a server drain
+    attempt: 0,                // Start presses so far
   };
   window.streamerState = state;
 
@@ -191,6 +192,7 @@
     ws = socket;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
+      socket.opened = true;
       const message = { type: "start", sample_rate: Math.round(state.sampleRate), encoding: "pcm_s16le", channels: 1 };
       if (state.config) message.config = state.config;
       if (resume) Object.assign(message, resume);
@@ -202,7 +204,7 @@
       try { event = JSON.parse(message.data); } catch (err) { return; }
       handleEvent(event);
     };
-    socket.onclose = (event) => { if (socket === ws) onClose(event); };
+    socket.onclose = (event) => { if (socket === ws) onClose(event, socket.opened === true); };
   }
 
   function stop() {
@@ -299,18 +301,44 @@
     }
   }
 
-  function onClose(event) {
+  function onClose(event, opened) {
     state.closeCode = event.code;
     closeAudio();
     clearInterval(renderTimer);
     renderTimer = null;
-    if (state.phase !== "done" && state.phase !== "error") {
-      const detail = event.reason ? `: ${event.reason}` : "";
-      const why = state.ready ? "connection closed"
-        : "could not open a stream: is the server up, and is ?token= in the page URL right?";
-      fail("closed", `${why} (code ${event.code}${detail})`);
-    }
     ws = null;
+    if (state.phase === "done" || state.phase === "error") return;
+    const detail = event.reason ? `: ${event.reason}` : "";
+    if (state.ready || opened) {
+      fail("closed", `connection closed (code ${event.code}${detail})`);
+      return;
+    }
+    // A refused handshake (full server, wrong token) shows the page no HTTP status:
+    // the server's /readyz tells whether it is refusing new streams, and why.
+    const attempt = state.attempt;
+    refusalReason().then((why) => {
+      if (state.attempt === attempt && !state.error) fail("refused", `${why} (code ${event.code}${detail})`);
+    });
+  }
+
+  async function refusalReason() {
+    let reply = null;
+    try {
+      const url = new URL(streamUrl());
+      url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+      url.pathname = "/readyz";
+      url.search = "";
+      reply = await fetch(url, { cache: "no-store" });
+    } catch (err) {
+      return "could not open a stream: is the server up? (a server on another origin may also "
+        + "refuse this page: see --allowed-origins)";
+    }
+    if (reply.status === 503) {
+      const why = (await reply.text()).trim().replace(/^not ready: /, "");
+      return `the server refused a new stream: ${why}; try again in a few seconds`;
+    }
+    return "could not open a stream: the server is up and takes new streams, so check ?token= "
+      + "in the page URL (or it was briefly busy: try again)";
   }
 
   function fail(code, message) {
@@ -324,6 +352,7 @@
     clearTimeout(stopTimer);
     stopTimer = null;
     Object.assign(state, {
+      attempt: state.attempt + 1,   // a late answer about an earlier stream is dropped
       ready: null, end: null, error: null, closeCode: null, events: [], finals: [], interim: null,
       warnings: [], audioSeconds: 0, capturedSeconds: 0, stopSent: false, sampleRate: null,
       resumeId: null, reconnects: 0, config: null,
