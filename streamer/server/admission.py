@@ -15,7 +15,7 @@ the process's CPU time is read at each report. Over a sliding window:
 * lag: after each call, how far the stream's processing is behind real time (the wall
   time since its first audio minus the audio processed, at most its backlog). When the
   95th percentile exceeds ``max_lag``, the process is already behind whatever the
-  estimate says, and newcomers are refused until it catches up. A stream sent faster
+  estimate says, and newcomers are refused until it catches up (or has no stream open). A stream sent faster
   than real time is never behind real time, so a client sending a file at full speed
   does not close the door.
 * scheduler: what one more stream would take of the process's scheduler, the one thread
@@ -204,7 +204,9 @@ class Admission:
         the number of open streams. ``pace``: also refuse a newcomer that comes too soon
         after the last one admitted (:meth:`admitted`) while ticks are near the limit
         (the handshake asks this; readiness does not)."""
-        if self.max_lag > 0:
+        if self.max_lag > 0 and streams > 0:
+            # With no stream open none is behind: the window's lag is that of streams
+            # gone, and a server with nothing to do admits one.
             lag = self.lag()
             if lag is not None and lag > self.max_lag:
                 return (f"the server is behind: its streams are {lag:.2f} s behind real "
