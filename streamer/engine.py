@@ -70,7 +70,8 @@ class StreamingDiarizer:
         c = self.config
         if c.known_speakers:
             check_models(c.known_speakers, embedding_identity(frontend))
-        self._identifier = Identifier(c.known_speakers, c.identity_threshold)
+        self._identifier = Identifier(c.known_speakers, c.identity_threshold,
+                                      c.pitch_weight, c.pitch_margin)
         needs_overlap = [name for name in c.outputs if name in OVERLAP_OUTPUTS]
         if needs_overlap and not frontend.detects_overlap:
             raise ConfigError(
@@ -338,9 +339,12 @@ class StreamingDiarizer:
         """Global speakers so far: label, seconds of speech in final turns, centroid."""
         centroids = self._memory.centroids
         identities = self.identities()
+        pitches = self._memory.pitches()
         return [SpeakerSummary(speaker_label(i), self._speech.get(speaker_label(i), 0.0),
                                centroids[i].astype(float).tolist(),
-                               *identities.get(speaker_label(i), (None, None)))
+                               *identities.get(speaker_label(i), (None, None)),
+                               pitch=(tuple(float(x) for x in pitches[i])
+                                      if np.isfinite(pitches[i]).all() else None))
                 for i in range(len(centroids))]
 
     def identities(self) -> dict[str, tuple[str, float]]:
@@ -348,7 +352,7 @@ class StreamingDiarizer:
         a voiceprint of ``config.known_speakers`` now."""
         if not self.config.known_speakers or len(self._memory) == 0:
             return {}
-        matches = self._identifier.match(self._memory.centroids)
+        matches = self._identifier.match(self._memory.centroids, self._memory.pitches())
         return {speaker_label(i): match for i, match in matches.items()}
 
     # ------------------------------------------------------------------ internals

@@ -37,7 +37,7 @@ def enroll(frontend: Any, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
             f"the audio holds {sum(s.speech >= SECOND_SPEAKER_SPEECH for s in speakers)} "
             "speakers: a voiceprint takes the speech of one speaker only")
     return voiceprint_document(embedding_identity(frontend), np.asarray(speakers[0].embedding),
-                               speech)
+                               speech, speakers[0].pitch)
 
 
 __all__ = ["enroll"]

@@ -115,13 +115,16 @@ class SpeakerChange:
 
 @dataclass
 class SpeakerSummary:
-    """A global speaker of a stream: its label, total speech in final turns, and centroid."""
+    """A global speaker of a stream: its label, total speech in final turns, and centroid
+    (and its pitch median and spread in semitones, where the engine tracks pitch: what a
+    voiceprint keeps, not part of the ``end`` event)."""
 
     label: str
     speech: float
     embedding: list[float] = field(default_factory=list)
     identity: str | None = None
     similarity: float | None = None
+    pitch: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         summary = {

@@ -3,14 +3,23 @@
 A voiceprint is the embedding model's vector of one voice, with the identity of the model
 that made it (preset, embedding source, dimension) and a format version:
 
-    {"type": "voiceprint", "version": 1, "model": {...}, "vector": [...], "speech": 12.3}
+    {"type": "voiceprint", "version": 1, "model": {...}, "vector": [...], "speech": 12.3,
+     "pitch": {"median": -24.1, "spread": 1.6}}
+
+``pitch`` (optional: absent where the engine tracks no pitch, or the voice had too few
+voiced frames) is the voice's F0 median and spread in semitones from 440 Hz, as the
+engine's speaker memory holds it (:mod:`streamer.pitch`). Two voices can match one
+embedding almost equally well while speaking far apart in pitch, so identification counts
+pitch as tracking does: a speaker whose pitch is far from a voiceprint's, in units of both
+spreads, scores that much lower against it.
 
 :func:`streamer.enrollment.enroll` makes one from at most ``MAX_ENROLL_SECONDS`` of audio
 of one speaker: the audio is diarized like a stream, and refused when it holds too little
 speech or a second voice. A stream given known speakers (``StreamConfig.known_speakers``)
 names each global speaker whose centroid matches a voiceprint: speakers and voiceprints
-are paired one to one (Hungarian method) by cosine similarity, and a pair counts only at
-or above the identity threshold, so an unknown voice keeps its anonymous label.
+are paired one to one (Hungarian method) by their score (cosine similarity, less the pitch
+penalty), and a pair counts only at or above the identity threshold, so an unknown voice
+keeps its anonymous label.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import numpy as np
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.linalg import min_cost_assignment
+from streamer.pitch import pitch_penalty
 
 #: Format version of a voiceprint document.
 VOICEPRINT_VERSION = 1
@@ -33,6 +43,8 @@ MIN_ENROLL_SPEECH = 3.0
 SECOND_SPEAKER_SPEECH = 1.0
 #: Most known speakers one stream takes.
 MAX_KNOWN_SPEAKERS = 100
+#: Pitch medians a voiceprint may hold, semitones from 440 Hz (about 30 Hz to 1.4 kHz).
+PITCH_RANGE = (-47.0, 20.0)
 
 
 class VoiceprintError(StreamerError, ValueError):
@@ -52,13 +64,39 @@ class KnownSpeaker:
     def vector(self) -> np.ndarray:
         return np.asarray(self.voiceprint["vector"], np.float64)
 
+    @property
+    def pitch(self) -> tuple[float, float]:
+        """The voice's pitch median and spread in semitones (NaN: not in the print)."""
+        pitch = self.voiceprint.get("pitch")
+        if pitch is None:
+            return math.nan, math.nan
+        return float(pitch["median"]), float(pitch["spread"])
 
-def voiceprint_document(model: Mapping[str, Any], vector: np.ndarray, speech: float
-                        ) -> dict[str, Any]:
+
+def voiceprint_document(model: Mapping[str, Any], vector: np.ndarray, speech: float,
+                        pitch: tuple[float, float] | None = None) -> dict[str, Any]:
+    """A voiceprint; ``pitch`` (median, spread in semitones) is left out when unknown."""
     unit = np.asarray(vector, np.float64)
     unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
-    return {"type": "voiceprint", "version": VOICEPRINT_VERSION, "model": dict(model),
-            "vector": [round(float(x), 7) for x in unit], "speech": round(float(speech), 3)}
+    document = {"type": "voiceprint", "version": VOICEPRINT_VERSION, "model": dict(model),
+                "vector": [round(float(x), 7) for x in unit], "speech": round(float(speech), 3)}
+    if pitch is not None and all(math.isfinite(x) for x in pitch):
+        document["pitch"] = {"median": round(float(pitch[0]), 3),
+                             "spread": round(float(pitch[1]), 3)}
+    return document
+
+
+def _check_pitch(pitch: Any, what: str) -> None:
+    def number(value: Any, low: float, high: float) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and low <= value <= high)
+
+    if (not isinstance(pitch, Mapping) or set(pitch) != {"median", "spread"}
+            or not number(pitch["median"], PITCH_RANGE[0], PITCH_RANGE[1])
+            or not number(pitch["spread"], 1e-3, 24.0)):
+        raise ConfigError(f"{what} pitch must be {{\"median\", \"spread\"}}: a median of "
+                          f"{PITCH_RANGE[0]:g} to {PITCH_RANGE[1]:g} semitones from 440 Hz and "
+                          "a spread above 0 and at most 24 semitones")
 
 
 def check_voiceprint(document: Any, what: str = "voiceprint") -> dict[str, Any]:
@@ -77,6 +115,8 @@ def check_voiceprint(document: Any, what: str = "voiceprint") -> dict[str, Any]:
             or not any(vector)):
         raise ConfigError(f"{what} vector must be {model.get('dimension')} finite numbers, "
                           "not all zero")
+    if "pitch" in document:
+        _check_pitch(document["pitch"], what)
     return dict(document)
 
 
@@ -122,25 +162,39 @@ def check_models(speakers: Sequence[KnownSpeaker], identity: Mapping[str, Any]) 
 
 
 class Identifier:
-    """Names global speakers after the known speakers whose voiceprints they match."""
+    """Names global speakers after the known speakers whose voiceprints they match.
 
-    def __init__(self, speakers: Sequence[KnownSpeaker], threshold: float):
+    A pair's score is the cosine similarity of the speaker's centroid and the voiceprint,
+    less the pitch penalty of :func:`streamer.pitch.pitch_penalty` (``pitch_weight`` per
+    unit beyond ``pitch_margin``) where both pitches are known: the cost tracking adds
+    to the distance of two voices."""
+
+    def __init__(self, speakers: Sequence[KnownSpeaker], threshold: float,
+                 pitch_weight: float = 0.0, pitch_margin: float = 1.0):
         self.names = [s.name for s in speakers]
         self.threshold = threshold
+        self.pitch_weight = pitch_weight
+        self.pitch_margin = pitch_margin
         vectors = np.stack([s.vector for s in speakers]) if speakers else np.zeros((0, 1))
         self._prints = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True),
                                             1e-12)
+        self._pitch = np.array([s.pitch for s in speakers], np.float64).reshape(-1, 2)
 
-    def match(self, centroids: np.ndarray) -> dict[int, tuple[str, float]]:
-        """Speaker index -> (name, cosine similarity) for each speaker that matches a
-        voiceprint: one to one, greatest total similarity, each pair at or above the
-        threshold."""
+    def match(self, centroids: np.ndarray, pitches: np.ndarray | None = None
+              ) -> dict[int, tuple[str, float]]:
+        """Speaker index -> (name, score) for each speaker that matches a voiceprint: one
+        to one, greatest total score, each pair at or above the threshold. ``pitches``
+        ``(speakers, 2)``: each speaker's pitch median and spread (NaN: unknown)."""
         if not self.names or len(centroids) == 0:
             return {}
         centroids = np.asarray(centroids, np.float64)
         centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True),
                                            1e-12)
         similarity = centroids @ self._prints.T
+        if pitches is not None:
+            similarity = similarity - pitch_penalty(np.asarray(pitches, np.float64),
+                                                    self._pitch, self.pitch_weight,
+                                                    self.pitch_margin)
         # Pairs below the threshold may not be made, so they must not take part either.
         cost = np.where(similarity >= self.threshold, -similarity, 1e6)
         rows, columns = min_cost_assignment(cost)

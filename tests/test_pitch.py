@@ -209,3 +209,39 @@ def test_the_embedded_preset_splits_a_window_cluster_of_two_pitches(embedded_str
     assert labels[0] != labels[3] and labels[7] == labels[0]
     one = np.array([48.0, 50.3, 46.8, 51.9, 53.2, 47.1, 49.0, np.nan])  # intonation
     assert set(embedded_stream._cluster(embeddings, one)) == {0}
+
+
+def test_a_voiceprint_keeps_its_voices_pitch_and_identification_weighs_it() -> None:
+    """Two voices that embed alike: their voiceprints differ only in pitch, and a stream
+    names each speaker after the print of its own pitch, not after whichever comes first."""
+    from streamer.enrollment import enroll
+
+    frontend = _pitch_only_frontend()
+    frontend.default_pitch_weight = 1.0
+    low = enroll(frontend, voice(110, 6.0, vibrato=0.5))
+    high = enroll(frontend, voice(165, 6.0, vibrato=0.5, seed=1))
+    assert low["pitch"]["median"] == pytest.approx(12 * np.log2(110 / 440), abs=0.3)
+    assert high["pitch"]["median"] == pytest.approx(12 * np.log2(165 / 440), abs=0.3)
+    assert low["vector"] == high["vector"]  # the embeddings cannot tell them apart
+
+    pause = np.zeros(RATE // 2, np.float32)
+    audio = np.concatenate([voice(165, 3.0, vibrato=0.5, seed=2), pause,
+                            voice(110, 3.0, vibrato=0.5, seed=3), pause])
+    # Only the low voice is enrolled: the high one, first to speak, stays anonymous.
+    config = StreamConfig(known_speakers=[{"name": "low", "voiceprint": low}])
+    turns, engine = diarize_array(frontend, audio, config)
+    named = {(t.speaker, t.identity) for t in turns if t.final}
+    assert named == {("SPEAKER_00", None), ("SPEAKER_01", "low")}, named
+    both = StreamConfig(known_speakers=[{"name": "low", "voiceprint": low},
+                                        {"name": "high", "voiceprint": high}])
+    turns, engine = diarize_array(frontend, audio, both)
+    assert {(t.speaker, t.identity) for t in turns if t.final} == {
+        ("SPEAKER_00", "high"), ("SPEAKER_01", "low")}
+    assert {s.label: s.identity for s in engine.speakers()} == {"SPEAKER_00": "high",
+                                                               "SPEAKER_01": "low"}
+    # Without pitch in the prints, the embeddings alone name the first speaker "low".
+    blind = {k: v for k, v in low.items() if k != "pitch"}
+    turns, _ = diarize_array(frontend, audio, StreamConfig(
+        known_speakers=[{"name": "low", "voiceprint": blind}]))
+    assert {(t.speaker, t.identity) for t in turns if t.final} == {
+        ("SPEAKER_00", "low"), ("SPEAKER_01", None)}

@@ -118,6 +118,11 @@ def test_a_voiceprint_of_another_model_is_refused(frontend, prints) -> None:
     (lambda p: p.update(vector=[0.0] * len(p["vector"])), "not all zero"),
     (lambda p: p.update(vector=["x"] * len(p["vector"])), "finite numbers"),
     (lambda p: p.pop("model"), "does not name the model"),
+    (lambda p: p.update(pitch={"median": -20.0}), "pitch must be"),
+    (lambda p: p.update(pitch={"median": float("nan"), "spread": 1.0}), "pitch must be"),
+    (lambda p: p.update(pitch={"median": -20.0, "spread": 0.0}), "pitch must be"),
+    (lambda p: p.update(pitch={"median": 80.0, "spread": 1.0}), "pitch must be"),
+    (lambda p: p.update(pitch=[-20.0, 1.0]), "pitch must be"),
 ])
 def test_malformed_voiceprints_are_refused_with_the_reason(prints, change, message) -> None:
     document = copy.deepcopy(prints["low"])
