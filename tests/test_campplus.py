@@ -129,6 +129,7 @@ def test_accurate_preset_loads_packaged_models(accurate):
     assert info["embedding"] == "packaged:campplus"
     assert info["embedding_dimension"] == 192 and info["local_speakers"] == 3
     assert accurate.default_delta_new == CampPlusEmbedding.delta_new
+    assert accurate.default_pitch_weight == CampPlusEmbedding.pitch_weight > 0
     assert embedding_identity(accurate) == {"preset": "accurate",
                                             "embedding": "packaged:campplus",
                                             "dimension": 192}

@@ -247,6 +247,11 @@ class CampPlusEmbedding:
     #: similarity from which a voiceprint names a speaker (see the README's tables).
     delta_new = 0.5
     identity_threshold = 0.5
+    #: Pitch cost per unit of pitch difference (see :mod:`streamer.pitch`). Half the
+    #: embedded preset's: CAM++ keeps real voices apart by itself, and at a full weight
+    #: pitch split one real speaker whose pitch moves widely, while voices that CAM++
+    #: holds together but that speak at clearly different pitches still come apart.
+    pitch_weight = 0.5
     precision = "fp32"
     #: 16 feature frames: 8 after the network's time stride, for its statistics pooling.
     min_samples = 400 + 160 * 15
