@@ -15,9 +15,9 @@ the process's CPU time is read at each report. Over a sliding window:
 * lag: after each call, how far the stream's processing is behind real time (the wall
   time since its first audio minus the audio processed, at most its backlog). When the
   95th percentile exceeds ``max_lag``, the process is already behind whatever the
-  estimate says, and newcomers are refused until it catches up (or has no stream open). A stream sent faster
-  than real time is never behind real time, so a client sending a file at full speed
-  does not close the door.
+  estimate says, and newcomers are refused until it catches up (or has no stream open).
+  A stream sent faster than real time is never behind real time, so a client sending a
+  file at full speed does not close the door.
 * scheduler: what one more stream would take of the process's scheduler, the one thread
   that runs every stream's steps and waits for their model calls (on the CPU or a GPU).
   A tick serves all the steps that wait, so its cost is a fixed part plus a part per
