@@ -86,14 +86,17 @@ def voiceprint_document(model: Mapping[str, Any], vector: np.ndarray, speech: fl
     return document
 
 
-def _check_pitch(pitch: Any, what: str) -> None:
-    def number(value: Any, low: float, high: float) -> bool:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value) and low <= value <= high)
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite JSON number (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
+
+def _check_pitch(pitch: Any, what: str) -> None:
     if (not isinstance(pitch, Mapping) or set(pitch) != {"median", "spread"}
-            or not number(pitch["median"], PITCH_RANGE[0], PITCH_RANGE[1])
-            or not number(pitch["spread"], 1e-3, 24.0)):
+            or not _finite(pitch["median"])
+            or not PITCH_RANGE[0] <= pitch["median"] <= PITCH_RANGE[1]
+            or not _finite(pitch["spread"]) or not 1e-3 <= pitch["spread"] <= 24.0):
         raise ConfigError(f"{what} pitch must be {{\"median\", \"spread\"}}: a median of "
                           f"{PITCH_RANGE[0]:g} to {PITCH_RANGE[1]:g} semitones from 440 Hz and "
                           "a spread above 0 and at most 24 semitones")
@@ -110,8 +113,7 @@ def check_voiceprint(document: Any, what: str = "voiceprint") -> dict[str, Any]:
     if not isinstance(model, Mapping) or not isinstance(model.get("dimension"), int):
         raise ConfigError(f"{what} does not name the model that made it")
     if (not isinstance(vector, list) or len(vector) != model["dimension"]
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                       and math.isfinite(x) for x in vector)
+            or not all(_finite(x) for x in vector)
             or not any(vector)):
         raise ConfigError(f"{what} vector must be {model.get('dimension')} finite numbers, "
                           "not all zero")

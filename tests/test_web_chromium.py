@@ -19,11 +19,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -201,15 +201,11 @@ STATE_JS = (
 
 async def readiness(base: str, status: int, timeout: float = 30) -> None:
     """Waits until the server's /readyz answers ``status``."""
-    def answer() -> int:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as reply:
-                return reply.status
-        except urllib.error.HTTPError as error:
-            return error.code
+    from tests.test_server_admission import _get
 
+    port = urlsplit(base).port
     deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
-    while (last := await asyncio.to_thread(answer)) != status:
+    while (last := (await asyncio.to_thread(_get, port, "/readyz"))[0]) != status:
         assert time.monotonic() < deadline, f"/readyz answers {last}, not {status}"
         await asyncio.sleep(0.2)
 

@@ -191,8 +191,9 @@
     const socket = new WebSocket(streamUrl());
     ws = socket;
     socket.binaryType = "arraybuffer";
+    let opened = false;          // a close before this is a refused handshake
     socket.onopen = () => {
-      socket.opened = true;
+      opened = true;
       const message = { type: "start", sample_rate: Math.round(state.sampleRate), encoding: "pcm_s16le", channels: 1 };
       if (state.config) message.config = state.config;
       if (resume) Object.assign(message, resume);
@@ -204,7 +205,7 @@
       try { event = JSON.parse(message.data); } catch (err) { return; }
       handleEvent(event);
     };
-    socket.onclose = (event) => { if (socket === ws) onClose(event, socket.opened === true); };
+    socket.onclose = (event) => { if (socket === ws) onClose(event, opened); };
   }
 
   function stop() {
@@ -322,7 +323,7 @@
   }
 
   async function refusalReason() {
-    let reply = null;
+    let reply;
     try {
       const url = new URL(streamUrl());
       url.protocol = url.protocol === "wss:" ? "https:" : "http:";
