@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -63,11 +64,13 @@ def start_message(
     resume_id: str | None = None,
     resume: str | None = None,
     offset: float | None = None,
+    context: float | None = None,
 ) -> str:
     """The JSON ``start`` message that opens a stream. It continues an earlier one with
     ``resume_id`` (the state the server saved under it; the clock continues from the saved
     position), or with ``resume``, the ``state`` of its ``end``, and ``offset``, its
-    ``position``."""
+    ``position``; ``context``: the audio sent first is that many seconds from before the
+    resume point."""
     message: dict[str, Any] = {
         "type": "start",
         "sample_rate": int(sample_rate),
@@ -82,12 +85,18 @@ def start_message(
         message["resume"] = resume
     if offset is not None:
         message["offset"] = offset
+    if context:
+        message["context"] = context
     return json.dumps(message)
 
 
 #: Connections tried when resuming a drained stream, RECONNECT_DELAY seconds apart (more
 #: each time): the balancer may need a moment to route around the server that left.
 RECONNECT_ATTEMPTS, RECONNECT_DELAY = 8, 0.25
+#: Seconds of audio from before the resume point sent again as ``start.context`` when a
+#: stream resumes with the state it holds: more than any preset's buffer, so that the
+#: resumed stream decides as the uncut one would have.
+RESUME_CONTEXT = 15.0
 
 
 async def stream_resuming(
@@ -98,18 +107,19 @@ async def stream_resuming(
     on_event: EventCallback | None = None,
     reconnect: bool = True,
     stopped: Callable[[], bool] = lambda: False,
+    earliest: Callable[[], float] = lambda: 0.0,
 ) -> list[dict[str, Any]]:
     """A stream (see :func:`run_stream`) that, with ``reconnect``, survives its server's
     drain: while it ends with ``reconnect`` and is not ``stopped()``, it is opened again
-    (:func:`resume_stream`) and ``send_from(position)`` sends the audio from the position
-    the server had processed. ``start_for(**fields)`` builds the ``start`` message (see
-    :func:`start_message`). Returns the events of every connection, one ``end`` each."""
+    (:func:`resume_stream`) and ``send_from(position)`` sends the audio from ``position``
+    (seconds of the stream) on; ``earliest()`` is the first position it can still send.
+    ``start_for(**fields)`` builds the ``start`` message (see :func:`start_message`).
+    Returns the events of every connection, one ``end`` each."""
     events = await run_stream(url, start_for(), send_from(0.0), token=token, on_event=on_event)
     while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") \
             and not stopped():
-        end = events[-1]
-        events += await resume_stream(url, start_for, end, send_from(float(end["position"])),
-                                      token, on_event)
+        events += await resume_stream(url, start_for, events[-1], send_from, token, on_event,
+                                      earliest)
     return events
 
 
@@ -117,23 +127,32 @@ async def resume_stream(
     url: str,
     start_for: Callable[..., str],
     end: Mapping[str, Any],
-    send_audio: AudioSender,
+    send_from: Callable[[float], AudioSender],
     token: str | None = None,
     on_event: EventCallback | None = None,
+    earliest: Callable[[], float] = lambda: 0.0,
 ) -> list[dict[str, Any]]:
     """Reopen a stream that ended with ``reconnect`` (its server was drained): by its
-    ``resume_id`` (the state the servers share), else, when no server has it (no shared
-    store, or it is down), with the ``state`` and ``position`` of its ``end``.
-    ``start_for(**fields)`` builds the ``start`` message (see :func:`start_message`).
-    Connections refused or failing are tried again for a few seconds."""
+    ``resume_id`` (the state the servers share, with the audio context the drained
+    server saved), sending the audio from the ``position`` of its ``end`` on; else, when
+    no server has it (no shared store, or it is down), with the ``state`` and ``position``
+    of its ``end``, sending the :data:`RESUME_CONTEXT` seconds before that position first
+    (as many as it still holds since ``earliest()``) as ``start.context``.
+    ``start_for(**fields)`` builds the ``start`` message (see :func:`start_message`) and
+    ``send_from(position)`` the sender of the audio from a position on. Connections
+    refused or failing are tried again for a few seconds."""
+    position = float(end["position"])
     try:
-        return await _retrying(url, start_for(resume_id=end["resume_id"]), send_audio, token,
-                               on_event)
+        return await _retrying(url, start_for(resume_id=end["resume_id"]), send_from(position),
+                               token, on_event)
     except StreamError as error:
         if error.code not in ("bad_state", "store_unavailable") or not end.get("state"):
             raise
-    return await _retrying(url, start_for(resume=end["state"], offset=end["position"]),
-                           send_audio, token, on_event)
+    # Whole milliseconds, so that the context ends on the resume point at any rate.
+    context = max(0.0, math.floor(min(RESUME_CONTEXT, position - earliest()) * 1000) / 1000)
+    return await _retrying(
+        url, start_for(resume=end["state"], offset=position, context=context),
+        send_from(round(position - context, 3)), token, on_event)
 
 
 async def _retrying(url: str, start: str, send_audio: AudioSender, token: str | None,

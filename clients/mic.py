@@ -259,8 +259,10 @@ async def stream_microphone(
         return lambda ws: send(ws, sample)
 
     try:
+        # The oldest audio kept moves on while capture goes on: a second to spare.
         return await stream_resuming(url, start_for, send_from, token, on_event, reconnect,
-                                     stopped=stop_event.is_set)
+                                     stopped=stop_event.is_set,
+                                     earliest=lambda: captured.oldest / sample_rate + 1.0)
     finally:
         close_microphone()
 

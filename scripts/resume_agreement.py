@@ -7,7 +7,9 @@ Each file is streamed whole, and again cut at a random point (seeded, between 20
 80 % of the file): the first part's engine state is restored into a new engine that
 streams the rest (times moved by the cut), as a client reconnecting with ``start.resume``
 would. With ``--context``, the new engine is also primed with the first part's audio
-context, as a stream resumed by ``resume_id`` after a drain is. Prints, per folder and
+context, as a stream resumed by ``resume_id`` after a drain is; with ``--client-context
+SECONDS``, with the last SECONDS of audio before the cut, as a client that sends its own
+copy in ``start.context`` does. Prints, per folder and
 in total, the share of the uncut stream's speech after the cut whose label the resumed
 stream gives too.
 """
@@ -33,8 +35,8 @@ def labels_on_grid(turns, start: float, end: float, step: float = 0.01) -> np.nd
     return labels
 
 
-def agreement(frontend, samples: np.ndarray, cut: int, context: bool = False
-              ) -> tuple[float, float]:
+def agreement(frontend, samples: np.ndarray, cut: int, context: bool = False,
+              client_context: float = 0.0) -> tuple[float, float]:
     chunks = lambda x: (x[i: i + 8000] for i in range(0, len(x), 8000))  # noqa: E731
     whole, _ = diarize_chunks(frontend, chunks(samples))
     _, first = diarize_chunks(frontend, chunks(samples[:cut]))
@@ -43,6 +45,8 @@ def agreement(frontend, samples: np.ndarray, cut: int, context: bool = False
     resumed.restore(state)
     if context:
         resumed.prime(first.context())
+    elif client_context:
+        resumed.prime(samples[max(0, cut - int(client_context * 16000)):cut])
     later = [t for chunk in chunks(samples[cut:]) for t in resumed.feed(chunk) if t.final]
     later += [t for t in resumed.flush() if getattr(t, "final", False)]
     offset, end = cut / 16000, len(samples) / 16000
@@ -58,7 +62,10 @@ def main() -> int:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context", action="store_true",
-                        help="prime the resumed stream with the audio before the cut")
+                        help="prime the resumed stream with the engine's audio context")
+    parser.add_argument("--client-context", type=float, default=0.0, metavar="SECONDS",
+                        help="prime the resumed stream with the last SECONDS of audio "
+                             "before the cut")
     args = parser.parse_args()
     import torch
 
@@ -73,7 +80,8 @@ def main() -> int:
                 continue
             samples = load_audio(os.path.join(folder, name))
             cut = int(len(samples) * rng.uniform(0.2, 0.8))
-            agree, spoken = agreement(frontend, samples, cut, args.context)
+            agree, spoken = agreement(frontend, samples, cut, args.context,
+                                      args.client_context)
             print(f"  {name}: cut at {cut / 16000:.1f} s, same label for "
                   f"{100 * agree / max(spoken, 1e-9):.1f} % of {spoken:.1f} s", flush=True)
             same, speech = same + agree, speech + spoken

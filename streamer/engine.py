@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -115,6 +115,8 @@ class StreamingDiarizer:
         self._restored = False
         self._finished = False
         self._origin = 0  # samples of a primed stream's context, before its time 0
+        self._cut: int | None = None  # samples of the stream a restored state comes from
+        self._carried: Any = None  # what its front end's stream left for a primed one
 
     @property
     def position(self) -> float:
@@ -203,11 +205,17 @@ class StreamingDiarizer:
         """The stream's speaker memory, to continue it in another engine on the same
         models (:meth:`restore`): the model identity, and per global speaker its label,
         centroid sum, seconds of speech, pitch sums and the sums of its matches'
-        distances; and the displaced voice being followed, if any (its embeddings' sum
-        and the buffers in a row it was displaced). JSON-ready."""
+        distances; the displaced voice being followed, if any (its embeddings' sum and
+        the buffers in a row it was displaced); the samples received, which place a
+        resumed stream's :meth:`prime` context on this stream's analysis grid; and what
+        the front end's stream keeps for a primed one (its ``resume_state()``, if it has
+        one: the embedded preset's VAD state). JSON-ready."""
         memory = self._memory
         displaced = memory.displaced
         return {"version": STATE_VERSION, "model": state_identity(self.frontend),
+                "samples": int(self._buffer.received),
+                "frontend": (self._stream.resume_state()
+                             if hasattr(self._stream, "resume_state") else None),
                 "displaced": None if displaced is None else {
                     "sum": [float(x) for x in displaced[0]], "buffers": displaced[1]},
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
@@ -245,6 +253,9 @@ class StreamingDiarizer:
             if displaced is not None:
                 displaced = (np.asarray(displaced["sum"], np.float64),
                              displaced["buffers"])
+            # And states saved before they counted their samples: a context given to
+            # prime() is then used as it comes.
+            samples = state.get("samples")
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"malformed speaker state: {error}") from None
         dimension = identity["dimension"]
@@ -261,16 +272,20 @@ class StreamingDiarizer:
                 displaced[0].shape != (dimension,) or not np.isfinite(displaced[0]).all()
                 or type(displaced[1]) is not int or displaced[1] < 1):
             raise ConfigError("malformed speaker state: the displaced voice does not fit")
+        if samples is not None and (type(samples) is not int or samples < 0):
+            raise ConfigError("malformed speaker state: samples must be a count")
         try:
             self._memory.load(sums, pitch, spread, displaced)
         except ValueError as error:
             raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
         self._speech = speech
         self._restored = True
+        self._cut = samples
+        self._carried = state.get("frontend")
 
     @property
     def context_limit(self) -> int:
-        """The most samples :meth:`context` gives (and :meth:`prime` takes)."""
+        """The most samples :meth:`context` gives (and :meth:`prime` uses)."""
         return self._buffer.size + self._alignment
 
     def context(self) -> np.ndarray:
@@ -282,13 +297,17 @@ class StreamingDiarizer:
         return self._buffer.recent(received - start)
 
     def prime(self, context: np.ndarray) -> None:
-        """Give a resumed stream (after :meth:`restore`) the :meth:`context` of the stream
-        it continues, which ended where this one starts: it is analysed as that stream
-        analysed it, so the first buffers of this one hold real audio, not padding, and
-        its decisions are those the uncut stream would have made. Nothing is decided or
-        sent for the context, the speaker memory stays as restored, and times still start
-        at 0 where the context ends. Without it, a resumed stream starts with an empty
-        buffer (and is slower to open new speakers meanwhile)."""
+        """Give a resumed stream (after :meth:`restore`) the audio that preceded the cut:
+        the :meth:`context` of the stream it continues, or any stretch of that stream's
+        audio that ends where this one starts (a client's own copy). It is analysed as
+        that stream analysed it, so the first buffers of this one hold real audio, not
+        padding, and its decisions are those the uncut stream would have made. Only the
+        last :attr:`context_limit` samples at most are used, from a point on the analysis
+        grid of the stream the state comes from (its ``samples``; a state without them
+        takes the context as it comes). Nothing is decided or sent for the context, the
+        speaker memory stays as restored, and times still start at 0 where the context
+        ends. Without it, a resumed stream starts with an empty buffer (and is slower to
+        open new speakers meanwhile)."""
         run_direct(self.prime_steps(context), self.frontend.models)
 
     def prime_steps(self, context: np.ndarray) -> Steps[None]:
@@ -297,10 +316,28 @@ class StreamingDiarizer:
         if self._buffer.received:
             raise RuntimeError("prime() comes before any audio")
         context = clip_samples(np.asarray(context, np.float32).reshape(-1), "context")
-        if len(context) > self.context_limit:
-            raise ConfigError(f"a context holds at most {self.context_limit} samples, got "
-                              f"{len(context)}")
+        context = context[len(context) - self.context_used(len(context)):]
+        carried, continue_from = self._carried, getattr(self._stream, "continue_from", None)
+        if carried is not None and continue_from is not None and self._cut is not None \
+                and len(context):
+            try:
+                continue_from(carried, self._cut - len(context))
+            except ValueError as error:
+                raise ConfigError(f"malformed speaker state: {error}") from None
         return self._prime(context)
+
+    def context_used(self, given: int) -> int:
+        """How many of the last ``given`` samples of a context :meth:`prime` uses: where
+        the restored state counted its samples, as many as that stream's :meth:`context`
+        held, or the longest part of them that starts on its analysis grid; else at most
+        :attr:`context_limit`."""
+        if self._cut is None:
+            return min(given, self.context_limit)
+        whole = self._cut - max(0, (self._cut - self._buffer.size)
+                                // self._alignment * self._alignment)
+        if given >= whole:
+            return whole
+        return max(0, given - (given - self._cut) % self._alignment)
 
     def _prime(self, context: np.ndarray) -> Steps[None]:
         memory = self._memory

@@ -9,7 +9,7 @@ import torch
 from streamer.audio import load_audio
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
-from streamer.errors import AudioFormatError
+from streamer.errors import AudioFormatError, ConfigError
 from streamer.evaluation import der_components
 from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings
 from streamer.models.ge2e import MelSpectrogram, volume_gain
@@ -192,3 +192,58 @@ def test_stream_state_does_not_grow_with_the_stream(frontend, two_voices):
     assert len(samples) > 3 * kept
     assert stream.probs.size * 512 <= kept and stream.audio.size <= kept
     assert len(stream.mels) * 160 <= kept and len(stream.windows) <= kept / 8000
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_primed_resume_continues_the_vad_and_windows_exactly(frontend, two_voices, snapshot):
+    """A stream resumed with its state and audio context (from ``end``, or from a
+    ``snapshot`` mid-step) analyses the audio after the cut exactly as the uncut stream:
+    the state carries the VAD's recurrent state and probabilities, which Silero's memory
+    would otherwise make differ for seconds. Without them, they differ."""
+    samples = two_voices[0]
+    cut = int(17.3 * 16000) + 123  # inside a turn, off the step and VAD grids
+
+    def feed(engine, audio):
+        for offset in range(0, len(audio), 8000):
+            engine.feed(audio[offset: offset + 8000])
+
+    uncut = StreamingDiarizer(frontend)
+    feed(uncut, samples[:cut])
+    first = StreamingDiarizer(frontend)
+    feed(first, samples[:cut])
+    if not snapshot:
+        first.flush()
+    state = first.state()
+    assert state["frontend"]["samples"] == (cut if not snapshot else first._stream.received)
+    feed(uncut, samples[cut:cut + 4 * 16000])
+    probs, windows = {}, {}
+    for carried in (True, False):
+        resumed = StreamingDiarizer(frontend)
+        resumed.restore({**state, "frontend": state["frontend"] if carried else None})
+        context = samples[:cut]  # a client's copy, more than needed
+        resumed.prime(context)
+        feed(resumed, samples[cut:cut + 4 * 16000])
+        origin = cut - resumed.context_used(len(context))
+        stream = resumed._stream
+        at = (stream.probs_start * 512 + origin) // 512 - uncut._stream.probs_start
+        probs[carried] = (uncut._stream.probs[at:at + len(stream.probs)], stream.probs)
+        later = [stop for stop in stream.windows if stop + origin > cut]
+        assert later
+        windows[carried] = [(uncut._stream.windows[stop + origin], stream.windows[stop])
+                            for stop in later]
+    assert np.array_equal(*probs[True])
+    assert all(np.array_equal(a, b) for a, b in windows[True])
+    assert not np.array_equal(*probs[False])
+
+
+def test_a_malformed_carried_vad_state_is_refused(frontend, two_voices):
+    first = StreamingDiarizer(frontend)
+    first.feed(two_voices[0][:16000 * 12])
+    first.flush()
+    state = first.state()
+    for broken in ({**state["frontend"], "hidden": "AAAA"}, {**state["frontend"], "probs": 5},
+                   {**state["frontend"], "samples": 10}):
+        resumed = StreamingDiarizer(frontend)
+        resumed.restore({**state, "frontend": broken})
+        with pytest.raises(ConfigError, match="VAD state"):
+            resumed.prime(two_voices[0][:16000 * 12])

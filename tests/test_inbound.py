@@ -8,12 +8,12 @@ import pytest
 
 from streamer.errors import ProtocolError
 from streamer.server import protocol
-from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
+from streamer.server.inbound import Audio, Context, Inbound, Snapshot, Start, Stop
 
 
-def _started(max_pending: float = 5.0, max_stream_seconds: float = 0.0) -> Inbound:
+def _started(max_pending: float = 5.0, max_stream_seconds: float = 0.0, **start) -> Inbound:
     inbound = Inbound(max_pending, max_stream_seconds)
-    action = inbound.receive(json.dumps({"type": "start", "sample_rate": 16000}), 0.0)
+    action = inbound.receive(json.dumps({"type": "start", "sample_rate": 16000, **start}), 0.0)
     assert isinstance(action, Start) and action.message["sample_rate"] == 16000
     assert not inbound.started
     inbound.begin(protocol.parse_start(action.message))
@@ -70,3 +70,27 @@ def test_falling_behind_pauses_reading_and_warns_once() -> None:
     assert behind.warning["code"] == "falling_behind" and behind.warning["behind"] == 2.0
     again = inbound.receive(_pcm(0.5), 3.5)
     assert again.pause and again.warning is None  # one warning per episode
+
+
+def test_the_context_comes_first_and_is_kept_out_of_the_queue() -> None:
+    """``start.context``: the first seconds of audio are handed over whole as the context,
+    however the frames cut them, larger than the backlog limit and never queued."""
+    inbound = _started(max_pending=2.0, context=6.25, resume_id="0" * 32)
+    ramp = (np.arange(16000 * 8) % 3000).astype(np.int16)
+    frames = [ramp[i:i + 4100] for i in range(0, len(ramp), 4100)]
+    actions = [inbound.receive(frame.tobytes(), 1.0) for frame in frames]
+    contexts = [a for a in actions if isinstance(a, Context)]
+    assert len(contexts) == 1
+    context = contexts[0]
+    assert np.array_equal(context.samples, ramp[:100000] / 32768)
+    assert all(a == Audio(0.0) for a in actions[:actions.index(context)])
+    assert context.audio.seconds == pytest.approx((4100 * 25 - 100000) / 16000)
+    assert inbound.audio.received == len(ramp) - 100000
+    assert not inbound.audio.paused
+
+
+def test_a_stream_that_stops_inside_its_context_has_no_tail() -> None:
+    inbound = _started(context=2.0, resume_id="0" * 32)
+    assert inbound.receive(_pcm(1.0), 1.0) == Audio(0.0)
+    assert isinstance(inbound.receive('{"type": "stop"}', 1.1), Stop)
+    assert len(inbound.tail()) == 0 and inbound.audio.received == 0

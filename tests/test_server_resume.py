@@ -171,10 +171,12 @@ LONG_TALK = tone_conversation([(300.0, 2.3), (700.0, 3.1), (None, 0.4), (300.0, 
                                (700.0, 2.7), (300.0, 3.5), (None, 0.6), (700.0, 4.4)])
 
 
-def cut_and_resume(frontend, audio: np.ndarray, cut: int, prime: bool,
+def cut_and_resume(frontend, audio: np.ndarray, cut: int, prime: bool | float,
                    chunk: int = 4000) -> tuple[list, list]:
     """Final turns of the uncut stream, and of the two parts (the second restored, and
-    primed with the first part's context if ``prime``), in the uncut stream's clock."""
+    primed if ``prime``: with the first part's context, or given seconds, the last
+    ``prime`` seconds of audio before the cut, as a client that kept them would),
+    in the uncut stream's clock."""
     def run_engine(engine, samples):
         events = [e for i in range(0, len(samples), chunk) for e in engine.feed(samples[i:i + chunk])]
         return [e for e in events + engine.flush() if isinstance(e, Turn) and e.final]
@@ -184,8 +186,10 @@ def cut_and_resume(frontend, audio: np.ndarray, cut: int, prime: bool,
     before = run_engine(first, audio[:cut])
     second = StreamingDiarizer(frontend)
     second.restore(json.loads(json.dumps(first.state())))
-    if prime:
+    if prime is True:
         second.prime(first.context())
+    elif prime:
+        second.prime(audio[max(0, cut - int(prime * 16000)):cut])
     after = run_engine(second, audio[cut:])
     assert second.position == pytest.approx((len(audio) - cut) / 16000)
     shift = cut / 16000
@@ -248,14 +252,112 @@ def test_prime_checks_its_place_and_size() -> None:
     late.feed(LONG_TALK[:8000])
     with pytest.raises(RuntimeError, match="before any audio"):
         late.prime(context)
-    with pytest.raises(ConfigError, match="at most"):
-        StreamingDiarizer(fake_frontend()).prime(np.zeros(first.context_limit + 1, np.float32))
+    # A longer stretch is cut to the context's length, from the stream's grid; the
+    # state counts the samples it came after.
+    assert first.state()["samples"] == len(LONG_TALK)
+    second = StreamingDiarizer(fake_frontend())
+    second.restore(first.state())
+    for given in (len(context), len(context) + 1, first.context_limit + 1234, len(LONG_TALK)):
+        assert second.context_used(given) == len(context)
+    assert len(context) - second.context_used(len(context) - 1) == first._alignment
+    # A state from before samples were counted takes the context as it comes.
+    old = first.state()
+    del old["samples"]
+    third = StreamingDiarizer(fake_frontend())
+    third.restore(old)
+    assert third.context_used(len(context) - 1) == len(context) - 1
+    assert third.context_used(10 ** 7) == first.context_limit
+    broken = {**first.state(), "samples": -1}
+    with pytest.raises(ConfigError, match="samples"):
+        StreamingDiarizer(fake_frontend()).restore(broken)
+
+
+def test_a_client_copy_of_the_audio_before_the_cut_primes_as_the_context_does() -> None:
+    frontend = fake_frontend()
+    cut = int(11.3 * 16000)
+    whole, primed = cut_and_resume(frontend, LONG_TALK, cut, prime=True)
+    for seconds in (11.0, 20.0):  # longer than the context, not on the grid
+        assert cut_and_resume(frontend, LONG_TALK, cut, prime=seconds) == (whole, primed)
+
+
+def test_a_client_resumes_with_its_own_context_as_if_uncut() -> None:
+    """``start.context``: a client that kept the audio before the cut sends it first, and
+    the resumed stream's turns after the cut are the uncut stream's; without it, they
+    are not. 0.1 s frames do not end on the context's boundary."""
+    cut = int(11.33 * 16000)
+    before = LONG_TALK[cut - 15 * 16000:cut] if cut >= 15 * 16000 else LONG_TALK[:cut]
+
+    async def body():
+        async with running_server() as server:
+            _, whole = await whole_stream(server, LONG_TALK)
+            _, first = await whole_stream(server, LONG_TALK[:cut])
+            end = first[-1]
+            ready, primed = await whole_stream(
+                server, np.concatenate([before, LONG_TALK[cut:]]), resume=end["state"],
+                offset=end["position"], context=len(before) / 16000)
+            _, bare = await whole_stream(server, LONG_TALK[cut:], resume=end["state"],
+                                         offset=end["position"])
+            # A stream that stops inside its context decides nothing.
+            _, short = await whole_stream(server, before[:16000], resume=end["state"],
+                                          context=len(before) / 16000)
+            return whole, end, ready, primed, bare, short
+
+    whole, end, ready, primed, bare, short = run(body())
+    assert end["position"] == pytest.approx(cut / 16000, abs=1e-3)
+    assert ready["context"] == pytest.approx(len(before) / 16000)
+    # The turns that start after the cut (the one cut in two aside).
+    later = cut / 16000 + 0.1
+    after = [t for t in finals(whole) if t[1] > later]
+    assert len(after) >= 2
+    assert [t for t in finals(primed) if t[1] > later] == after
+    assert [t for t in finals(bare) if t[1] > later] != after
+    assert finals(short) == [] and short[-1]["type"] == "end"
+    assert short[-1]["position"] == 0.0
+
+
+@pytest.mark.parametrize("start, message", [
+    ({"context": 5}, "needs resume"),
+    ({"context": -1, "resume_id": "0" * 32}, "context must be"),
+    ({"context": 31, "resume_id": "0" * 32}, "context must be"),
+    ({"context": True, "resume_id": "0" * 32}, "context must be"),
+    ({"context": "5", "resume_id": "0" * 32}, "context must be"),
+])
+def test_a_bad_context_is_refused(start, message) -> None:
+    async def body():
+        async with running_server() as server:
+            with pytest.raises(AssertionError) as refused:
+                await open_stream(server, **start)
+            return str(refused.value)
+
+    text = run(body())
+    assert "'code': 'protocol_error'" in text and message in text
+
+
+def test_a_state_whose_context_cannot_be_used_is_refused(monkeypatch) -> None:
+    """What the state carries for the context (the embedded preset's VAD state) is
+    checked when the context arrives: a state that does not fit ends the stream with
+    ``bad_state``, as at ``start``."""
+    def refuse(self, context):
+        raise ConfigError("malformed speaker state: the VAD state does not fit")
+
+    async def body():
+        async with running_server() as server:
+            _, first = await whole_stream(server, LOW_THEN_HIGH)
+            monkeypatch.setattr(StreamingDiarizer, "prime_steps", refuse)
+            _, events = await whole_stream(server, HIGH_THEN_LOW, resume=first[-1]["state"],
+                                           context=1.0)
+            return events
+
+    events = run(body())
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "bad_state"
+    assert "VAD state" in events[-1]["message"]
 
 
 @pytest.mark.slow
 def test_the_embedded_preset_resumed_with_context_keeps_the_uncut_labels() -> None:
     """The real VAD and encoder: a context keeps the VAD chunks and GE2E windows of the
-    resumed stream on the uncut stream's grid."""
+    resumed stream on the uncut stream's grid, whether the engine gives it or a client
+    gives its own copy of the audio before the cut."""
     from streamer.audio import load_audio
     from streamer.presets import load_frontend
     from tests.paths import EVAL
@@ -269,9 +371,10 @@ def test_the_embedded_preset_resumed_with_context_keeps_the_uncut_labels() -> No
     cut = int(16.9 * 16000)
     end = len(audio) / 16000
     scores = {}
-    for prime in (False, True):
+    for prime in (False, True, 15.0):
         whole, resumed = cut_and_resume(frontend, audio, cut, prime, chunk=8000)
         truth, guess = frame_labels(whole, end), frame_labels(resumed, end)
         after = [i for i in range(len(truth)) if i * 0.01 >= cut / 16000 and truth[i]]
         scores[prime] = sum(truth[i] == guess[i] for i in after) / len(after)
     assert scores[True] >= 0.99 and scores[True] > scores[False]
+    assert scores[15.0] == scores[True]

@@ -306,8 +306,9 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
     """Two servers on one port (with a real redis-server, or sharing nothing but their
     state secret), tone models, a tone conversation as the microphone: the server holding
     the page's stream is drained; the page resumes on the other with its resume_id (else,
-    refused for want of a shared store, with the state it holds), sends again what was
-    not processed, and its final ``end`` accounts for every second it captured."""
+    refused for want of a shared store, with the state it holds and the seconds before
+    its position as ``start.context``), sends again what was not processed, and its final
+    ``end`` accounts for every second it captured."""
     from tests.services import redis_server
     from tests.test_clients_reconnect import drain_the_busy_one, replicas
     from tests.test_server_resume import LONG_TALK
@@ -355,6 +356,8 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
     # By id, the continued stream saves in the same place; from the state, in a new one.
     assert (readies[1]["resume_id"] == readies[0]["resume_id"]) is shared
     assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
+    assert readies[1].get("context") == (None if shared else pytest.approx(
+        min(15.0, ends[0]["position"]), abs=0.002))
     assert readies[1]["resumed"] == [s["label"] for s in ends[0]["speakers"]]
     # Nothing captured was lost: the stream's clock covers all of it.
     assert ends[1]["position"] == pytest.approx(state["captured"], abs=0.2)

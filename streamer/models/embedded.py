@@ -18,6 +18,8 @@ is subtracted first if given (centring did not help on that data).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 
 from dataclasses import dataclass
@@ -96,6 +98,20 @@ class EmbeddedSettings:
 
 #: Fewest windows in each of the two pitch groups of a split.
 SPLIT_LEAST = 2
+
+
+def _pack(values: np.ndarray) -> str:
+    """float32 values as base64 (little-endian): exact, and a quarter of their JSON."""
+    return base64.b64encode(np.asarray(values, "<f4").reshape(-1).tobytes()).decode()
+
+
+def _unpack(text: Any) -> np.ndarray:
+    if not isinstance(text, str):
+        raise ValueError("values must be base64 text")
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError("values must be float32")
+    return np.frombuffer(raw, "<f4").astype(np.float64)
 
 
 class EmbeddedFrontend:
@@ -201,6 +217,71 @@ class EmbeddedStream:
         self.windows: dict[int, np.ndarray] = {}  # end sample -> embedding (valid only)
         self.window_pitch: dict[int, float] = {}  # end sample -> median pitch (NaN: none)
         self.pitch = PitchTrack()
+        # What a resumed stream takes over from the stream it continues (see continue_from).
+        self._carried: dict[str, Any] | None = None
+
+    # -------------------------------------------------------------- resume
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumed stream primed with this one's audio context needs besides it to
+        analyse that audio as this one did: the VAD's recurrent state now, and the VAD
+        probabilities this stream still holds (from its VAD chunk ``probs_from``).
+        Silero's recurrent state remembers for many seconds, so a VAD run afresh over the
+        context would not give the same probabilities. JSON-ready."""
+        return {"samples": int(self.received), "probs_from": int(self.probs_start),
+                **{key: _pack(values) for key, values in (
+                    ("probs", self.probs), ("hidden", self.vad_state.hidden),
+                    ("cell", self.vad_state.cell))}}
+
+    def continue_from(self, carried: Any, origin: int) -> None:
+        """Continue the stream whose :meth:`resume_state` is ``carried``; this stream's
+        sample 0 is that stream's sample ``origin`` (a multiple of the VAD chunk: the
+        start of the context it is primed with). The VAD probabilities it holds replace
+        those computed over the context, and its recurrent state takes over where it was
+        taken.
+
+        Raises:
+            ValueError: ``carried`` is not a state of this front end."""
+        try:
+            cut, first = carried["samples"], carried["probs_from"]
+            probs, hidden, cell = (_unpack(carried[key]) for key in ("probs", "hidden", "cell"))
+        except (KeyError, TypeError, ValueError, binascii.Error) as error:
+            raise ValueError(f"the VAD state does not fit: {error}") from None
+        hidden_size = self.vad_state.hidden.size
+        if type(cut) is not int or type(first) is not int or first < 0 or probs.ndim != 1 \
+                or (first + len(probs)) * VAD_CHUNK > cut \
+                or not ((probs >= 0) & (probs <= 1)).all() or hidden.shape != (hidden_size,) \
+                or cell.shape != (hidden_size,) or not np.isfinite(hidden).all() \
+                or not np.isfinite(cell).all() or origin % VAD_CHUNK or origin > cut:
+            raise ValueError("the VAD state does not fit")
+        self._carried = {"first": first - origin // VAD_CHUNK, "probs": probs.astype(np.float32),
+                         "end": cut - origin,
+                         "hidden": hidden.astype(np.float32).reshape(self.vad_state.hidden.shape),
+                         "cell": cell.astype(np.float32).reshape(self.vad_state.cell.shape)}
+
+    def _vad(self, samples: np.ndarray) -> Steps[np.ndarray]:
+        """VAD probabilities of the chunks ``samples`` complete. A resumed stream takes the
+        carried probabilities over its own up to the point where the carried recurrent
+        state was taken, and that state from there."""
+        carried = self._carried
+        if carried is None:
+            return (yield from self.frontend.vad.process_steps(self.vad_state, samples))
+        before = max(0, min(len(samples), carried["end"] - self.received))
+        probs = np.array((yield from self.frontend.vad.process_steps(self.vad_state,
+                                                                     samples[:before])))
+        done = self.probs_start + len(self.probs)  # index of probs[0]
+        lo = max(carried["first"], done)
+        hi = min(carried["first"] + len(carried["probs"]), done + len(probs))
+        if hi > lo:
+            probs[lo - done:hi - done] = carried["probs"][lo - carried["first"]:
+                                                         hi - carried["first"]]
+        if self.received + before < carried["end"]:
+            return probs
+        self.vad_state.hidden, self.vad_state.cell = carried["hidden"], carried["cell"]
+        self._carried = None
+        if before == len(samples):
+            return probs
+        later = yield from self.frontend.vad.process_steps(self.vad_state, samples[before:])
+        return np.concatenate([probs, later])
 
     # -------------------------------------------------------------- incremental state
     def _take_new(self, buffer: np.ndarray, start: float) -> Steps[int]:
@@ -208,7 +289,7 @@ class EmbeddedStream:
         new = end - self.received
         if new > 0:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
-            probs = yield from self.frontend.vad.process_steps(self.vad_state, samples)
+            probs = yield from self._vad(samples)
             self.probs = np.concatenate([self.probs, probs])
             self.pitch.push(samples)
             self.audio = np.concatenate([self.audio, samples])

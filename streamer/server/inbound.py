@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streamer.audio import SAMPLE_RATE, PcmDecoder
 from streamer.errors import ProtocolError
 from streamer.server import protocol
@@ -39,6 +41,15 @@ class Audio:
 
 
 @dataclass(frozen=True)
+class Context:
+    """The ``start.context`` audio is complete: prime the engine with ``samples`` (16
+    kHz), then treat ``audio`` (what the frame held past it) as any audio."""
+
+    samples: np.ndarray
+    audio: Audio
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Send the stream's state now."""
 
@@ -48,7 +59,7 @@ class Stop:
     """The client is done: process what was accepted, send the last events and ``end``."""
 
 
-Action = Start | Audio | Snapshot | Stop
+Action = Start | Audio | Context | Snapshot | Stop
 
 
 class Inbound:
@@ -64,6 +75,8 @@ class Inbound:
         self.audio = AudioQueue(max_pending)
         self.decoder: PcmDecoder | None = None
         self._start_seen = False
+        self._context: list[np.ndarray] = []  # the start.context audio received so far
+        self._context_left = 0  # samples of it still to come
 
     @property
     def started(self) -> bool:
@@ -94,10 +107,19 @@ class Inbound:
             f"unknown message type {protocol.excerpt(parsed['type'])}")
 
     def begin(self, request: StartRequest) -> None:
-        """The stream is set up for ``request``: audio in its format is accepted now."""
+        """The stream is set up for ``request``: audio in its format is accepted now, its
+        first ``request.context`` seconds as the context."""
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
+        self._context_left = int(round(request.context * SAMPLE_RATE))
 
-    def _audio(self, frame: bytes, now: float) -> Audio:
+    def tail(self) -> np.ndarray:
+        """The decoder's last samples, once the input is over: audio to process, unless
+        the stream stopped inside its context (then there is none: nothing after the
+        resume point came)."""
+        tail = self.decoder.flush()
+        return tail[:0] if self._context_left else tail
+
+    def _audio(self, frame: bytes, now: float) -> Audio | Context:
         decoder = self.decoder
         if decoder is None:
             raise ProtocolError("audio before the stream is ready")
@@ -105,6 +127,17 @@ class Inbound:
         if self.max_stream_seconds and incoming > self.max_stream_seconds:
             raise StreamTooLong(f"streams are limited to {self.max_stream_seconds:g} s")
         samples = decoder.decode(frame)
+        if self._context_left:
+            taken = samples[:self._context_left]
+            self._context.append(taken)
+            self._context_left -= len(taken)
+            if self._context_left:
+                return Audio(0.0)
+            context, self._context = np.concatenate(self._context), []
+            return Context(context, self._queue(samples[len(taken):], now))
+        return self._queue(samples, now)
+
+    def _queue(self, samples: np.ndarray, now: float) -> Audio:
         pressure = self.audio.add(samples, now)
         warning = None
         if pressure.warn:
@@ -115,4 +148,4 @@ class Inbound:
         return Audio(len(samples) / SAMPLE_RATE, warning, pressure.pause)
 
 
-__all__ = ["Action", "Audio", "Inbound", "Snapshot", "Start", "Stop"]
+__all__ = ["Action", "Audio", "Context", "Inbound", "Snapshot", "Start", "Stop"]

@@ -17,7 +17,10 @@ from streamer.errors import AudioFormatError, ConfigError, ProtocolError, Stream
 
 PATH = "/v1/stream"
 START_FIELDS = {"type", "sample_rate", "encoding", "channels", "config", "resume", "resume_id",
-                "offset"}
+                "offset", "context"}
+#: Most seconds of audio a resumed stream may send before its resume point
+#: (``start.context``): more than any preset's buffer, so a client need not know it.
+MAX_CONTEXT_SECONDS = 30.0
 #: A ``resume_id``: the random id under which the server saves a stream's state.
 RESUME_ID = re.compile(r"[0-9a-f]{32}")
 #: Longest ``message`` of an ``error`` event: a message never echoes much client input.
@@ -96,6 +99,9 @@ class StartRequest:
     #: Seconds added to every time the stream sends (a resumed stream's position);
     #: ``None``: 0, or the saved position of ``resume_id``.
     offset: float | None = None
+    #: Seconds of audio that come first and precede the resume point: analysed as the
+    #: stream before the cut analysed them, not decided again (0: none).
+    context: float = 0.0
 
 
 def parse_text(text: str) -> dict[str, Any]:
@@ -148,9 +154,18 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
     if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
                                or not math.isfinite(offset) or not 0 <= offset <= 1e9):
         raise ProtocolError(f"offset must be seconds >= 0, got {excerpt(offset)}")
+    context = message.get("context", 0)
+    if isinstance(context, bool) or not isinstance(context, (int, float)) \
+            or not math.isfinite(context) or not 0 <= context <= MAX_CONTEXT_SECONDS:
+        raise ProtocolError(f"context must be seconds between 0 and {MAX_CONTEXT_SECONDS:g}, "
+                            f"got {excerpt(context)}")
+    if context and resume is None and resume_id is None:
+        raise ProtocolError("context is the audio before a resume point: it needs resume or "
+                            "resume_id")
     return StartRequest(sample_rate=rate, encoding=encoding, channels=int(channels),
                         config=config, resume=resume, resume_id=resume_id,
-                        offset=None if offset is None else float(offset))
+                        offset=None if offset is None else float(offset),
+                        context=float(context))
 
 
 def close_code(error: StreamerError) -> int:
@@ -184,13 +199,16 @@ def ready_message(session: str, request: StartRequest, models: Mapping[str, Any]
                   config: Mapping[str, Any], limits: Mapping[str, Any], resume_id: str,
                   resumed: list[str] | None = None, offset: float = 0.0) -> dict[str, Any]:
     """The answer to ``start``; a resumed stream's (``resumed``: the speakers it starts
-    with) or one with a clock offset also echoes ``resumed`` and ``offset``."""
+    with) or one with a clock offset also echoes ``resumed`` and ``offset``, and one that
+    sends a context, ``context``."""
     ready = {"type": "ready", "session": session, "sample_rate": request.sample_rate,
              "encoding": request.encoding, "channels": request.channels,
              "models": dict(models), "config": dict(config), "limits": dict(limits),
              "resume_id": resume_id}
     if resumed is not None or offset:
         ready.update(resumed=list(resumed or []), offset=offset)
+    if request.context:
+        ready["context"] = request.context
     return ready
 
 

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Awaitable, Callable
 
+import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from streamer.audio import SAMPLE_RATE
@@ -34,7 +35,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.models.calls import Steps
 from streamer.server import protocol
 from streamer.server.ending import ending
-from streamer.server.inbound import Audio, Inbound, Snapshot, Start, Stop
+from streamer.server.inbound import Audio, Context, Inbound, Snapshot, Start, Stop
 from streamer.server.outbound import Done, Outbound, Wait
 from streamer.server.connection import StreamConnection
 from streamer.server.context import ServerContext
@@ -233,6 +234,11 @@ class StreamSession:
             action = self.inbound.receive(await self._receive(), time.monotonic())
             if isinstance(action, Audio):
                 await self._queued(action)
+            elif isinstance(action, Context):
+                # Primed before any audio after it is queued, so the engine never sees
+                # the resume point's audio first.
+                await self._prime_with(self.engine, action.samples)
+                await self._queued(action.audio)
             elif isinstance(action, Start):
                 await self._start(protocol.parse_start(
                     await self._registered_voiceprints(action.message)))
@@ -256,7 +262,8 @@ class StreamSession:
             sealed = record.get("state")
             offset = record.get("position", 0.0) if offset is None else offset
             self.resume_id = request.resume_id  # the continued stream saves in its place
-            context = await self.context.store.get_context(request.resume_id)
+            if not request.context:  # else the client sends its own
+                context = await self.context.store.get_context(request.resume_id)
             if context is not None and context.get("position") != record.get("position"):
                 context = None  # the context of an earlier cut, not of this state
         if sealed is not None:
@@ -330,7 +337,7 @@ class StreamSession:
         self._audio_ready.set()
         if self._processor is not None:
             await self._processor
-        tail = self.inbound.decoder.flush()
+        tail = self.inbound.tail()
         engine = self.engine
 
         def finish() -> Steps[list]:
@@ -392,7 +399,14 @@ class StreamSession:
             logger.warning("session %s: the saved audio context does not fit; resuming "
                            "without it", self.id)
             return
-        await self._step(lambda: engine.prime_steps(samples))
+        await self._prime_with(engine, samples)
+
+    async def _prime_with(self, engine: Any, samples: np.ndarray) -> None:
+        """Prime ``engine`` (restored from a state) with the audio before its resume point."""
+        try:
+            await self._step(lambda: engine.prime_steps(samples))
+        except ConfigError as error:
+            raise BadState(str(error)) from None
 
     def _save_in_background(self) -> None:
         """Save the state now, in the background (called between engine calls, so the

@@ -6,7 +6,8 @@ state's JSON in base64url, and an HMAC-SHA256 of it under the server's secret, s
 client can hold it and give it back in ``start.resume`` but cannot forge or alter it.
 The secret is ``STREAMER_STATE_SECRET`` (``ServerSettings.state_secret``), else derived
 from the server token, else random for the process (states then resume only on that process
-until it restarts). A client can read the state (it holds centroids, not audio).
+until it restarts). A client can read the state (it holds centroids and the front end's
+recurrent state, not audio).
 """
 from __future__ import annotations
 

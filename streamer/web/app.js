@@ -13,6 +13,7 @@
   const LISTED_TURNS = 12;     // final turns shown in the list
   const STOP_FALLBACK_MS = 1000;
   const RESEND_SECONDS = 60;   // audio kept to send again after a server drain
+  const RESUME_CONTEXT_SECONDS = 15;  // of it sent before the resume point (start.context)
 
   const state = {
     phase: "idle",             // idle | connecting | live | resuming | stopping | done | error
@@ -236,7 +237,7 @@
         if (resuming) {
           // Go on from the audio the drained server had processed.
           resuming = null;
-          cursor = Math.round((event.offset || 0) * state.sampleRate);
+          cursor = Math.round(((event.offset || 0) - (event.context || 0)) * state.sampleRate);
           streaming = true;
           setPhase(state.stopSent ? "stopping" : "live",
                    `listening · resumed on another server · session ${event.session || "?"}`);
@@ -271,9 +272,14 @@
       case "error":
         if (resuming && !resuming.byState && resuming.state
             && ["bad_state", "store_unavailable"].includes(event.code)) {
-          // No server has the saved state (no shared store): resume with our own copy.
+          // No server has the saved state (no shared store): resume with our own copy,
+          // and send the seconds before its position first (start.context), so that the
+          // new server analyses them as the drained one did.
           resuming.byState = true;
-          connect({ resume: resuming.state, offset: resuming.position });
+          const oldest = captured.length ? captured[0].start / state.sampleRate : 0;
+          const context = Math.max(0, Math.floor(Math.min(RESUME_CONTEXT_SECONDS,
+                                                          resuming.position - oldest) * 1000) / 1000);
+          connect({ resume: resuming.state, offset: resuming.position, context });
           break;
         }
         fail(event.code || "error", event.message || "");
