@@ -35,6 +35,15 @@ class StreamError(RuntimeError):
         self.message = message
 
 
+class StreamLost(StreamError):
+    """The connection was lost mid-stream (no close handshake): ``events`` are those
+    received on it until then."""
+
+    def __init__(self, message: str, events: list[dict[str, Any]]) -> None:
+        super().__init__("lost", message)
+        self.events = events
+
+
 def default_token() -> str | None:
     """The bearer token from ``STREAMER_TOKEN``, or None when unset or empty."""
     return os.environ.get("STREAMER_TOKEN") or None
@@ -109,18 +118,57 @@ async def stream_resuming(
     stopped: Callable[[], bool] = lambda: False,
     earliest: Callable[[], float] = lambda: 0.0,
 ) -> list[dict[str, Any]]:
-    """A stream (see :func:`run_stream`) that, with ``reconnect``, survives its server's
-    drain: while it ends with ``reconnect`` and is not ``stopped()``, it is opened again
-    (:func:`resume_stream`) and ``send_from(position)`` sends the audio from ``position``
-    (seconds of the stream) on; ``earliest()`` is the first position it can still send.
-    ``start_for(**fields)`` builds the ``start`` message (see :func:`start_message`).
-    Returns the events of every connection, one ``end`` each."""
-    events = await run_stream(url, start_for(), send_from(0.0), token=token, on_event=on_event)
-    while reconnect and events[-1].get("reconnect") and events[-1].get("resume_id") \
-            and not stopped():
-        events += await resume_stream(url, start_for, events[-1], send_from, token, on_event,
-                                      earliest)
-    return events
+    """A stream (see :func:`run_stream`) that, with ``reconnect`` and while not
+    ``stopped()``, survives its server's drain (it ends with ``reconnect``:
+    :func:`resume_stream`) and a lost connection (:func:`resume_lost`): it is opened again
+    and ``send_from(position)`` sends the audio from ``position`` (seconds of the stream)
+    on; ``earliest()`` is the first position it can still send. ``start_for(**fields)``
+    builds the ``start`` message (see :func:`start_message`). Returns the events of every
+    connection, one ``ready`` each."""
+    events: list[dict[str, Any]] = []
+    opening = run_stream(url, start_for(), send_from(0.0), token=token, on_event=on_event)
+    while True:
+        try:
+            events += await opening
+        except StreamLost as lost:
+            events += lost.events
+            resume_id = next((e.get("resume_id") for e in reversed(lost.events)
+                              if e.get("type") == "ready"), None)
+            if not reconnect or stopped() or resume_id is None:
+                raise
+            opening = resume_lost(url, start_for, resume_id, send_from, token, on_event)
+            continue
+        end = events[-1]
+        if not (reconnect and end.get("reconnect") and end.get("resume_id") and not stopped()):
+            return events
+        opening = resume_stream(url, start_for, end, send_from, token, on_event, earliest)
+
+
+async def resume_lost(
+    url: str,
+    start_for: Callable[..., str],
+    resume_id: str,
+    send_from: Callable[[float], AudioSender],
+    token: str | None = None,
+    on_event: EventCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Reopen a stream whose connection was lost, by its ``resume_id``: the server saved
+    its state, audio context and the final turns it could not send (sent again, with
+    ``replayed``) when it noticed the loss; the audio is sent on from the position its
+    ``ready`` gives (``offset``)."""
+    ready: dict[str, Any] = {}
+
+    def seen(event: dict[str, Any]) -> None:
+        if event.get("type") == "ready":
+            ready.clear()
+            ready.update(event)
+        if on_event is not None:
+            on_event(event)
+
+    async def send(ws: ClientConnection) -> None:
+        await send_from(float(ready.get("offset", 0.0)))(ws)
+
+    return await _retrying(url, start_for(resume_id=resume_id), send, token, seen)
 
 
 async def resume_stream(
@@ -177,14 +225,16 @@ def raise_for_error(event: Mapping[str, Any]) -> None:
 
 def final_turns(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The final turns among ``events``, one per turn id, sorted by start time. Turn ids
-    count from 0 on each connection (a resumed stream's ``ready`` starts a new count)."""
+    count from 0 on each connection (a resumed stream's ``ready`` starts a new count); a
+    ``replayed`` turn is one of the connection before, sent again after it was lost."""
     by_id: dict[Any, dict[str, Any]] = {}
     connection = 0
     for index, event in enumerate(events):
         if event.get("type") == "ready":
             connection += 1
         elif event.get("type") == "turn" and event.get("final"):
-            by_id[connection, event.get("id", f"#{index}")] = dict(event)
+            turn = {key: value for key, value in event.items() if key != "replayed"}
+            by_id[connection - bool(event.get("replayed")), event.get("id", f"#{index}")] = turn
     return sorted(by_id.values(), key=lambda turn: (turn["start"], turn["end"]))
 
 
@@ -268,7 +318,12 @@ async def run_stream(
                 failure = sender.exception()
                 if failure is not None and not isinstance(failure, ConnectionClosed):
                     raise failure  # e.g. the audio source broke: no point waiting for the server
-            await receiver
+            try:
+                await receiver
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None:  # closed by the server, not lost
+                    raise
+                raise StreamLost(f"the connection was lost: {exc}", events) from exc
         finally:
             for task in (sender, receiver):
                 task.cancel()

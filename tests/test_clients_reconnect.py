@@ -161,3 +161,38 @@ def test_without_a_shared_store_the_client_resumes_with_the_state_it_holds() -> 
     assert readies[1]["offset"] == pytest.approx(ends[0]["position"])
     assert readies[1]["context"] == pytest.approx(min(15.0, ends[0]["position"]))
     assert_uncut_labels(events, uncut)
+
+
+def test_after_a_lost_connection_the_file_client_resumes_by_id() -> None:
+    """The network drops the stream's connection mid-stream (the server's transport is
+    aborted: no close handshake on either side). The server saves the stream as it was
+    when it noticed; the client reopens it by ``resume_id``, gets the final turns the
+    server could not send (``replayed``), sends its audio on from ``ready.offset``, and
+    its final turns are the uncut stream's."""
+    audio = FileAudio((LONG_TALK * 32767).astype(np.int16)[:, None], 16000)
+
+    async def body():
+        server = DiarizationServer(fake_frontend(), ServerSettings())
+        await server.start("127.0.0.1", 0)
+        try:
+            url = f"ws://127.0.0.1:{server.port}/v1/stream"
+            client = asyncio.create_task(stream_audio(url, audio, speed=SPEED))
+            deadline = time.monotonic() + 30
+            while not server.sessions:
+                assert time.monotonic() < deadline, "the stream never opened"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.5)
+            next(iter(server.sessions)).connection.transport.abort()
+            events = await client
+            uncut = await stream_audio(url, audio, speed=0)
+            return events, uncut
+        finally:
+            await server.shutdown()
+
+    events, uncut = asyncio.run(asyncio.wait_for(body(), 60))
+    readies = [e for e in events if e["type"] == "ready"]
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(readies) == 2 and len(ends) == 1
+    assert readies[1]["resume_id"] == readies[0]["resume_id"] and readies[1]["offset"] > 0
+    assert any(e.get("replayed") for e in events)
+    assert_uncut_labels(events, uncut)

@@ -333,6 +333,57 @@ def test_a_bad_context_is_refused(start, message) -> None:
     assert "'code': 'protocol_error'" in text and message in text
 
 
+def test_after_a_lost_connection_a_resume_by_id_goes_on_as_if_uncut() -> None:
+    """The connection drops mid-stream (no ``stop``): the server processes what it got,
+    decides the rest and saves the state, its audio context and the final turns it could
+    not send; the client resumes by ``resume_id``, gets those turns again (``replayed``),
+    sends its audio on from ``ready.offset``, and its turns are the uncut stream's."""
+    sent = 12 * 16000
+
+    async def body():
+        async with running_server() as server:
+            _, uncut = await whole_stream(server, LONG_TALK)
+            ws, ready = await open_stream(server)
+            await send_audio(ws, LONG_TALK[:sent], stop=False)
+            before = []
+            while not any(e["type"] == "turn" and e["final"] for e in before):
+                before.append(json.loads(await ws.recv()))
+            ws.transport.abort()
+            # The resumed connection's audio goes on from where its ready says.
+            ws2, again = await open_stream(server, resume_id=ready["resume_id"])
+            start = int(round(again["offset"] * 16000))
+            sender = asyncio.create_task(send_audio(ws2, LONG_TALK[start:]))
+            after = await read_all(ws2)
+            await sender
+            return uncut, before, again, after
+
+    uncut, before, again, after = run(body())
+    assert 0 < again["offset"] <= sent / 16000
+    assert again["resumed"] and "context" not in again
+    replayed = [e for e in after if e.get("replayed")]
+    assert replayed and all(e["type"] == "turn" and e["final"] for e in replayed)
+    # Every final turn: those got before the drop, those replayed, those of the resumed
+    # stream (each turn once, by its connection and id).
+    got = {(0, e["id"]): e for e in before if e["type"] == "turn" and e["final"]}
+    got.update({(0, e["id"]): e for e in replayed})
+    got.update({(1, e["id"]): e for e in after if e["type"] == "turn" and e["final"]
+                and not e.get("replayed")})
+    end = len(LONG_TALK) / 16000
+    truth = frame_labels([as_turn(e) for e in finals_of(uncut)], end)
+    guess = frame_labels([as_turn(e) for e in got.values()], end)
+    speech = [i for i, label in enumerate(truth) if label]
+    assert sum(truth[i] == guess[i] for i in speech) / len(speech) > 0.99
+    assert after[-1]["type"] == "end" and after[-1]["position"] == pytest.approx(end, abs=0.01)
+
+
+def finals_of(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] == "turn" and e["final"]]
+
+
+def as_turn(event: dict) -> Turn:
+    return Turn(event["id"], event["speaker"], event["start"], event["end"], True)
+
+
 def test_a_state_whose_context_cannot_be_used_is_refused(monkeypatch) -> None:
     """What the state carries for the context (the embedded preset's VAD state) is
     checked when the context arrives: a state that does not fit ends the stream with

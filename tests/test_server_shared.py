@@ -186,7 +186,8 @@ def test_a_drained_stream_resumes_on_another_server_from_redis(redis_url) -> Non
     # Every sample sent before the drain was processed: nothing accepted is lost.
     assert end["position"] == pytest.approx(len(LOW_THEN_HIGH) / 16000, abs=0.01)
     assert [s for s, *_ in finals(events)] == ["SPEAKER_00", "SPEAKER_01"]
-    assert saved == {"state": end["state"], "position": end["position"]}
+    assert saved == {"state": end["state"], "position": end["position"], "final": True,
+                     "unsent": [], "session": end["session"]}
     assert again["resumed"] == ["SPEAKER_00", "SPEAKER_01"]
     assert again["offset"] == pytest.approx(end["position"])
     assert [s for s, *_ in finals(resumed)] == ["SPEAKER_01", "SPEAKER_00"]

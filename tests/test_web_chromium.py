@@ -365,3 +365,61 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
     after = [t for t in state["finals"] if t["start"] >= cut]
     assert after and {t["speaker"] for t in state["finals"]} == {"SPEAKER_00", "SPEAKER_01"}
     assert {s["label"] for s in ends[1]["speakers"]} == {"SPEAKER_00", "SPEAKER_01"}
+
+
+def test_the_page_resumes_its_stream_after_a_lost_connection(tmp_path: Path) -> None:
+    """One server, tone models, a tone conversation as the microphone: the stream's
+    connection is cut mid-stream (the server's transport aborted: the page sees 1006).
+    The page reopens the stream by its resume_id, capture going on, sends again from the
+    ready's offset, shows the final turns the server could not send once, and its final
+    ``end`` accounts for every second it captured."""
+    from streamer.server.app import DiarizationServer
+    from streamer.server.settings import ServerSettings
+    from tests.fakes import fake_frontend
+    from tests.test_server_resume import LONG_TALK
+
+    tones = tmp_path / "tones.wav"
+    sf.write(tones, (LONG_TALK * 32767).astype(np.int16), 16000, subtype="PCM_16")
+    profile = tmp_path / "profile"
+    profile.mkdir()
+
+    async def body() -> dict[str, Any]:
+        server = DiarizationServer(fake_frontend(), ServerSettings())
+        await server.start("127.0.0.1", 0)
+        try:
+            async with chromium(tones, profile) as page:
+                await page.call("Page.navigate", url=f"http://127.0.0.1:{server.port}/")
+                await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
+                await page.click("#start")
+                await page.wait_until("streamerState.phase === 'live'"
+                                      " && streamerState.finals.length >= 1", 30)
+                next(iter(server.sessions)).connection.transport.abort()
+                await page.wait_until("streamerState.reconnects === 1"
+                                      " && streamerState.phase === 'live'"
+                                      " && streamerState.audioSeconds >= 14", 40)
+                await page.click("#stop")
+                await page.wait_until("streamerState.end !== null", 30)
+                return await page.evaluate(
+                    "JSON.parse(JSON.stringify({events: streamerState.events, error:"
+                    " streamerState.error, phase: streamerState.phase, captured:"
+                    " streamerState.capturedSeconds, finals: streamerState.finals}))")
+        finally:
+            await server.shutdown()
+
+    state = asyncio.run(asyncio.wait_for(body(), 180))
+    assert state["error"] is None and state["phase"] == "done", state
+    events = state["events"]
+    readies = [e for e in events if e["type"] == "ready"]
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(readies) == 2 and len(ends) == 1
+    assert readies[1]["resume_id"] == readies[0]["resume_id"] and readies[1]["offset"] > 0
+    assert readies[1]["resumed"]
+    # Nothing captured was lost: the stream's clock covers all of it.
+    assert ends[0]["position"] == pytest.approx(state["captured"], abs=0.2)
+    # Each final turn is listed once, replayed ones included.
+    assert any(e.get("replayed") for e in events)
+    keys = [(t["start"], t["end"], t["speaker"]) for t in state["finals"]]
+    assert len(keys) == len(set(keys))
+    covered = sorted((t["start"], t["end"]) for t in state["finals"])
+    assert covered[-1][1] > readies[1]["offset"]
+    assert {t["speaker"] for t in state["finals"]} == {"SPEAKER_00", "SPEAKER_01"}

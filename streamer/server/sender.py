@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any, Mapping
 
 from websockets.asyncio.server import ServerConnection
@@ -25,6 +26,7 @@ class EventSender:
         self.timeout = timeout
         self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
         self._error: ConnectionClosed | None = None
+        self._unwritten: list[str] = []
         self._task = asyncio.create_task(self._run())
 
     async def send(self, message: Mapping[str, Any]) -> None:
@@ -71,9 +73,19 @@ class EventSender:
                 await self.connection.send(text)
             except ConnectionClosed as error:
                 self._error = error
+                self._unwritten.append(text)
                 return
             finally:
                 self._queue.task_done()
+
+    def unwritten(self) -> list[dict[str, Any]]:
+        """The events not written when the connection closed (the one being written, then
+        those still queued), once it has."""
+        texts = list(self._unwritten)
+        while not self._queue.empty():
+            texts.append(self._queue.get_nowait())
+            self._queue.task_done()
+        return [json.loads(text) for text in texts]
 
 
 __all__ = ["EventSender"]

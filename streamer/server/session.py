@@ -45,6 +45,10 @@ from streamer.server.state import BadState, decode_context, encode_context
 from streamer.server.store import CONTEXT_TTL, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+#: Seconds a stream whose connection was lost has to process, decide and save the rest.
+LOSS_SAVE_TIMEOUT = 30.0
+#: Seconds a resume by id waits for the final save of the stream it continues, polling.
+LOSS_WAIT, LOSS_POLL = 2.0, 0.1
 
 
 class _Ended(Exception):
@@ -82,6 +86,8 @@ class StreamSession:
         self.resume_id = secrets.token_hex(16)
         self._saver: asyncio.Task | None = None
         self._unsaved: dict[str, Any] | None = None
+        #: Once the connection is lost: the events that could not be sent, in order.
+        self._lost: list[dict[str, Any]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -125,12 +131,40 @@ class StreamSession:
         if isinstance(error, _Ended):
             return await self._finish(None)
         if isinstance(error, ConnectionClosed):
-            return self._disconnected("client disconnected")
+            return await self._after_loss(self._disconnected("client disconnected"))
         if isinstance(error, StreamerError):
             return await self._finish(error)
         logger.error("session %s failed", self.id, exc_info=error)
         return await self._finish(StreamerError(f"internal error: {type(error).__name__}"),
                                   drain=False)
+
+    async def _after_loss(self, outcome: str) -> str:
+        """The connection was lost mid-stream (no ``stop``): process what the client sent,
+        decide the rest, and save the state, its audio context and the final turns that
+        could not be sent under ``resume_id``, as a drain does: the client that resumes
+        by id goes on from the last sample the server got, and gets those turns again."""
+        processor = self._processor
+        if self.engine is None or processor is None or (
+                processor.done() and (processor.cancelled() or processor.exception())):
+            return outcome
+        await self.sender.abort()
+        self._lost = self.sender.unwritten() + (self._lost or [])
+        try:
+            async with asyncio.timeout(LOSS_SAVE_TIMEOUT):
+                await self._drain()
+                saved = await self.context.store.get_state(self.resume_id)
+                if saved is not None and saved.get("session", self.id) != self.id:
+                    return f"{outcome}; resumed elsewhere already"
+                end = self._end_message()
+                await self._save_context(end["position"])
+                await self._save(end, wait=True, unsent=[
+                    event for event in self._lost
+                    if event.get("type") == "turn" and event.get("final")])
+        except Exception as failure:  # noqa: BLE001 - the client is gone: log, go on
+            logger.warning("session %s: state not saved after the connection was lost: %r",
+                           self.id, failure)
+            return outcome
+        return f"{outcome}; saved for resume at {end['position']:.1f} s"
 
     async def _finish(self, cause: StreamerError | None, going_away: bool = False,
                       drain: bool = True) -> str:
@@ -255,7 +289,7 @@ class StreamSession:
         self.context.check_cost(engine.config)
         sealed, offset, context = request.resume, request.offset, None
         if request.resume_id is not None:
-            record = await self.context.store.get_state(request.resume_id)
+            record = await self._final_record(request.resume_id)
             if record is None:
                 raise BadState("no saved state for this resume_id: it expired, or was "
                                "saved by a server that does not share this one's store")
@@ -281,6 +315,11 @@ class StreamSession:
             self.context.client_limits(), self.resume_id,
             resumed=None if sealed is None else [s.label for s in engine.speakers()],
             offset=self.outbound.offset))
+        if request.resume_id is not None:
+            # The final turns the stream it continues decided but could not send.
+            for turn in record.get("unsent") or []:
+                if isinstance(turn, dict) and turn.get("type") == "turn":
+                    await self.sender.send({**turn, "replayed": True})
         self._processor = asyncio.create_task(self._process())
         self._processor.add_done_callback(self._processor_done)
 
@@ -347,10 +386,19 @@ class StreamSession:
         await self._send(self.outbound.messages(await self._step(finish)))
 
     async def _send(self, messages: list[dict[str, Any]]) -> None:
+        """Send ``messages``; once the connection is lost, keep them (see _after_loss)."""
+        sent = 0
         for message in messages:
-            await self.sender.send(message)
-        if messages:
-            self.context.metrics.count("turns_sent", len(messages))
+            if self._lost is not None:
+                self._lost.append(message)
+                continue
+            try:
+                await self.sender.send(message)
+                sent += 1
+            except ConnectionClosed:
+                self._lost = [message]
+        if sent:
+            self.context.metrics.count("turns_sent", sent)
 
     async def _step(self, make: Callable[[], Steps[Any]]) -> Any:
         """Run engine work (``make()`` gives its steps) in the scheduler's next tick."""
@@ -362,6 +410,19 @@ class StreamSession:
             metrics.feed_started(-1)
 
     # -- saved states ------------------------------------------------------------------
+
+    async def _final_record(self, resume_id: str) -> dict[str, Any] | None:
+        """The state saved under ``resume_id``; while it is a periodic save, for up to
+        ``LOSS_WAIT`` seconds a newer, final one (the stream it continues may be saving
+        after losing its connection, on this process or another)."""
+        store = self.context.store
+        record = await store.get_state(resume_id)
+        deadline = time.monotonic() + LOSS_WAIT
+        while record is not None and record.get("final") is False \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(LOSS_POLL)
+            record = await store.get_state(resume_id) or record
+        return record
 
     async def _registered_voiceprints(self, start: dict[str, Any]) -> dict[str, Any]:
         """``start`` with each known speaker given by name only (``{"name": ...}``) given
@@ -422,15 +483,21 @@ class StreamSession:
             record, self._unsaved = self._unsaved, None
             await self._save(record)
 
-    async def _save(self, message: dict[str, Any], wait: bool = False) -> None:
+    async def _save(self, message: dict[str, Any], wait: bool = False,
+                    unsent: list[dict[str, Any]] | None = None) -> None:
         """Save the state of ``message`` (an ``end`` or ``snapshot``) under
-        ``resume_id``. A store that does not answer costs the stream nothing but that
+        ``resume_id``, with the final turns the client did not get (``unsent``, after a
+        lost connection). A store that does not answer costs the stream nothing but that
         save: the client still gets the state itself."""
         if wait and self._saver is not None and not self._saver.done():
             self._unsaved = None  # superseded by this newer state
             with contextlib.suppress(Exception):
                 await self._saver
-        record = {"state": message["state"], "position": message["position"]}
+        # "final": the stream will save nothing later (ended, drained or lost), so a
+        # resume by id need not wait for a newer save.
+        record = {"state": message["state"], "position": message["position"],
+                  "final": message["type"] == "end", "unsent": unsent or [],
+                  "session": self.id}
         if await self._store("state", self.context.store.put_state(
                 self.resume_id, record, self.settings.state_ttl)):
             self.context.metrics.count("states_saved")

@@ -14,6 +14,7 @@
   const STOP_FALLBACK_MS = 1000;
   const RESEND_SECONDS = 60;   // audio kept to send again after a server drain
   const RESUME_CONTEXT_SECONDS = 15;  // of it sent before the resume point (start.context)
+  const LOST_RETRY_MS = 250;   // wait before reopening a stream whose connection was lost
 
   const state = {
     phase: "idle",             // idle | connecting | live | resuming | stopping | done | error
@@ -31,7 +32,7 @@
     capturedSeconds: 0,        // audio captured so far
     stopSent: false,
     resumeId: null,            // where the server saves this stream's state (ready.resume_id)
-    reconnects: 0,             // streams resumed after a server drain
+    reconnects: 0,             // streams resumed after a server drain or a lost connection
     attempt: 0,                // Start presses so far
   };
   window.streamerState = state;
@@ -253,6 +254,9 @@
       case "turn":
         colourOf(event.speaker);
         if (event.final) {
+          // A turn sent again after a lost connection may have come before it was lost.
+          if (event.replayed && state.finals.some((t) => t.start === event.start
+              && t.end === event.end && t.speaker === event.speaker)) break;
           state.finals.push(event);
           // the interim view of the next turn may come before this final one: keep it
           if (!(state.interim && state.interim.id > event.id)) state.interim = null;
@@ -310,6 +314,19 @@
 
   function onClose(event, opened) {
     state.closeCode = event.code;
+    if (event.code === 1006 && state.ready && state.resumeId && !resuming
+        && (state.phase === "live" || state.phase === "stopping")) {
+      // The connection was lost (no close handshake): the server saves the stream when it
+      // notices; resume it by id, capture going on, and send again from its offset.
+      streaming = false;
+      ws = null;
+      resuming = { state: null, position: 0, byState: false };
+      state.interim = null;
+      state.reconnects += 1;
+      setPhase(state.stopSent ? "stopping" : "resuming", "connection lost: resuming the stream…");
+      setTimeout(() => connect({ resume_id: state.resumeId }), LOST_RETRY_MS);
+      return;
+    }
     closeAudio();
     clearInterval(renderTimer);
     renderTimer = null;
