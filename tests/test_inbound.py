@@ -87,6 +87,13 @@ def test_the_context_comes_first_and_is_kept_out_of_the_queue() -> None:
     assert context.audio.seconds == pytest.approx((4100 * 25 - 100000) / 16000)
     assert inbound.audio.received == len(ramp) - 100000
     assert not inbound.audio.paused
+    # What the engine cannot use is not kept: whole frames from its last context_limit on.
+    inbound = _started(context=6.25, resume_id="0" * 32)
+    inbound.context_limit = 2 * 16000
+    actions = [inbound.receive(frame.tobytes(), 1.0) for frame in frames]
+    context = next(a for a in actions if isinstance(a, Context))
+    assert 2 * 16000 <= len(context.samples) < 2 * 16000 + 4100
+    assert np.array_equal(context.samples, ramp[100000 - len(context.samples):100000] / 32768)
 
 
 def test_a_stream_that_stops_inside_its_context_has_no_tail() -> None:

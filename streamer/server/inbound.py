@@ -76,7 +76,11 @@ class Inbound:
         self.decoder: PcmDecoder | None = None
         self._start_seen = False
         self._context: list[np.ndarray] = []  # the start.context audio received so far
+        self._context_kept = 0  # samples in self._context
         self._context_left = 0  # samples of it still to come
+        #: Most samples of a context that are kept (the engine uses no more): set by the
+        #: session once the engine exists, before any audio is read.
+        self.context_limit: int | None = None
 
     @property
     def started(self) -> bool:
@@ -129,13 +133,22 @@ class Inbound:
         samples = decoder.decode(frame)
         if self._context_left:
             taken = samples[:self._context_left]
-            self._context.append(taken)
+            self._keep_context(taken)
             self._context_left -= len(taken)
             if self._context_left:
                 return Audio(0.0)
             context, self._context = np.concatenate(self._context), []
             return Context(context, self._queue(samples[len(taken):], now))
         return self._queue(samples, now)
+
+    def _keep_context(self, samples: np.ndarray) -> None:
+        """Add to the context, keeping only its last ``context_limit`` samples: a client
+        may send more than the engine uses, and must not hold more memory for it."""
+        self._context.append(samples)
+        self._context_kept += len(samples)
+        limit = self.context_limit
+        while limit is not None and self._context_kept - len(self._context[0]) >= limit:
+            self._context_kept -= len(self._context.pop(0))
 
     def _queue(self, samples: np.ndarray, now: float) -> Audio:
         pressure = self.audio.add(samples, now)

@@ -287,6 +287,7 @@ class StreamSession:
         self.inbound.begin(request)
         engine = await self.context.run(self.context.new_engine, request.config)
         self.context.check_cost(engine.config)
+        self.inbound.context_limit = engine.context_limit
         sealed, offset, context = request.resume, request.offset, None
         if request.resume_id is not None:
             record = await self._final_record(request.resume_id)
