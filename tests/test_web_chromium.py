@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -300,6 +300,29 @@ def test_browser_page_streams_microphone_and_shows_turns(tmp_path: Path) -> None
         shutil.copy(screenshot, os.environ["STREAMER_KEEP_SCREENSHOT"])
 
 
+async def interrupted_page_stream(tones: Path, profile: Path, port: int, before: str,
+                                  cut: Callable[[], Awaitable[Any]], seconds: float
+                                  ) -> dict[str, Any]:
+    """The page at ``port`` streams ``tones`` as its microphone; once ``before`` (a page
+    expression) holds, ``cut()`` interrupts the stream; once the page has resumed it and
+    sent ``seconds`` of audio, Stop. Returns the page's state at the end."""
+    async with chromium(tones, profile) as page:
+        await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
+        await page.click("#start")
+        await page.wait_until(f"streamerState.phase === 'live' && {before}", 30)
+        await cut()
+        await page.wait_until("streamerState.reconnects === 1"
+                              " && streamerState.phase === 'live'"
+                              f" && streamerState.audioSeconds >= {seconds}", 40)
+        await page.click("#stop")
+        await page.wait_until("streamerState.end !== null", 30)
+        return await page.evaluate(
+            "JSON.parse(JSON.stringify({events: streamerState.events, error:"
+            " streamerState.error, phase: streamerState.phase, captured:"
+            " streamerState.capturedSeconds, finals: streamerState.finals}))")
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "no shared store"])
 def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
                                                                 shared: bool) -> None:
@@ -321,22 +344,9 @@ def test_the_page_resumes_its_stream_when_the_server_is_drained(tmp_path: Path,
     async def body(redis_url: str | None) -> dict[str, Any]:
         servers = await replicas(redis_url)
         try:
-            async with chromium(tones, profile) as page:
-                await page.call("Page.navigate", url=f"http://127.0.0.1:{servers[0].port}/")
-                await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
-                await page.click("#start")
-                await page.wait_until("streamerState.phase === 'live'"
-                                      " && streamerState.audioSeconds >= 5", 30)
-                await drain_the_busy_one(servers, 0)
-                await page.wait_until("streamerState.reconnects === 1"
-                                      " && streamerState.phase === 'live'"
-                                      " && streamerState.audioSeconds >= 12", 40)
-                await page.click("#stop")
-                await page.wait_until("streamerState.end !== null", 30)
-                return await page.evaluate(
-                    "JSON.parse(JSON.stringify({events: streamerState.events, error:"
-                    " streamerState.error, phase: streamerState.phase, captured:"
-                    " streamerState.capturedSeconds, finals: streamerState.finals}))")
+            return await interrupted_page_stream(
+                tones, profile, servers[0].port, "streamerState.audioSeconds >= 5",
+                lambda: drain_the_busy_one(servers, 0), 12)
         finally:
             for server in servers:
                 await server.shutdown()
@@ -387,22 +397,11 @@ def test_the_page_resumes_its_stream_after_a_lost_connection(tmp_path: Path) -> 
         server = DiarizationServer(fake_frontend(), ServerSettings())
         await server.start("127.0.0.1", 0)
         try:
-            async with chromium(tones, profile) as page:
-                await page.call("Page.navigate", url=f"http://127.0.0.1:{server.port}/")
-                await page.wait_for_event("Page.loadEventFired", 30 * TIMEOUT_FACTOR)
-                await page.click("#start")
-                await page.wait_until("streamerState.phase === 'live'"
-                                      " && streamerState.finals.length >= 1", 30)
+            async def cut() -> None:
                 next(iter(server.sessions)).connection.transport.abort()
-                await page.wait_until("streamerState.reconnects === 1"
-                                      " && streamerState.phase === 'live'"
-                                      " && streamerState.audioSeconds >= 14", 40)
-                await page.click("#stop")
-                await page.wait_until("streamerState.end !== null", 30)
-                return await page.evaluate(
-                    "JSON.parse(JSON.stringify({events: streamerState.events, error:"
-                    " streamerState.error, phase: streamerState.phase, captured:"
-                    " streamerState.capturedSeconds, finals: streamerState.finals}))")
+
+            return await interrupted_page_stream(
+                tones, profile, server.port, "streamerState.finals.length >= 1", cut, 14)
         finally:
             await server.shutdown()
 
