@@ -87,7 +87,14 @@ class BufferAnalysis:
 
 
 class FrontendStream(Protocol):
-    """Per-stream state of a front end (caches, recurrent states)."""
+    """Per-stream state of a front end (caches, recurrent states).
+
+    A stream whose analysis of audio depends on more than that audio (a recurrent
+    state) may also have ``resume_state() -> dict`` (JSON-ready, put in the engine's
+    state) and ``continue_from(resume_state, origin)``: a stream primed with the audio
+    context of the stream it continues, whose sample 0 is that stream's sample
+    ``origin``, then analyses it exactly as that stream did (see
+    :meth:`streamer.engine.StreamingDiarizer.prime`; the embedded preset's VAD)."""
 
     def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
         """Analyse ``buffer`` (16 kHz mono float32) whose first sample is at ``start``
