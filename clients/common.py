@@ -153,9 +153,12 @@ async def resume_lost(
     on_event: EventCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Reopen a stream whose connection was lost, by its ``resume_id``: the server saved
-    its state, audio context and the final turns it could not send (sent again, with
-    ``replayed``) when it noticed the loss; the audio is sent on from the position its
-    ``ready`` gives (``offset``)."""
+    its state and the final turns it could not send (sent again, with ``replayed``) when
+    it noticed the loss. The audio is sent again from the position its ``ready`` gives
+    (``offset``), after the :data:`RESUME_CONTEXT` seconds before it (``start.context``;
+    ``ready.context`` says how many the server expects), so that the resumed stream
+    decides as the lost one would have even when the server could only keep a periodic
+    save (it stopped without noticing the loss)."""
     ready: dict[str, Any] = {}
 
     def seen(event: dict[str, Any]) -> None:
@@ -166,9 +169,11 @@ async def resume_lost(
             on_event(event)
 
     async def send(ws: ClientConnection) -> None:
-        await send_from(float(ready.get("offset", 0.0)))(ws)
+        start = float(ready.get("offset", 0.0)) - float(ready.get("context", 0.0))
+        await send_from(round(max(0.0, start), 3))(ws)
 
-    return await _retrying(url, start_for(resume_id=resume_id), send, token, seen)
+    return await _retrying(url, start_for(resume_id=resume_id, context=RESUME_CONTEXT), send,
+                           token, seen)
 
 
 async def resume_stream(

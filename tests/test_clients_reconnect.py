@@ -194,5 +194,6 @@ def test_after_a_lost_connection_the_file_client_resumes_by_id() -> None:
     ends = [e for e in events if e["type"] == "end"]
     assert len(readies) == 2 and len(ends) == 1
     assert readies[1]["resume_id"] == readies[0]["resume_id"] and readies[1]["offset"] > 0
+    assert readies[1]["context"] == pytest.approx(min(15.0, readies[1]["offset"]))
     assert any(e.get("replayed") for e in events)
     assert_uncut_labels(events, uncut)

@@ -376,6 +376,52 @@ def test_after_a_lost_connection_a_resume_by_id_goes_on_as_if_uncut() -> None:
     assert after[-1]["type"] == "end" and after[-1]["position"] == pytest.approx(end, abs=0.01)
 
 
+def test_a_resume_by_id_from_a_periodic_save_goes_on_with_the_clients_context(
+        monkeypatch) -> None:
+    """A server that lost a stream without noticing (it stopped) left only a periodic
+    save: a resume by id waits briefly for a final one, then goes on from it, with the
+    client's ``context`` (capped at the saved position): the turns after the save are
+    the uncut stream's."""
+    context = 15.0
+    from streamer.server import session as session_module
+
+    async def unnoticed(self, outcome):
+        return outcome
+
+    monkeypatch.setattr(session_module.StreamSession, "_after_loss", unnoticed)
+    monkeypatch.setattr(session_module, "LOSS_WAIT", 0.3)
+
+    async def body():
+        async with running_server(state_save_interval=2.0) as server:
+            _, uncut = await whole_stream(server, LONG_TALK)
+            ws, ready = await open_stream(server)
+            await send_audio(ws, LONG_TALK[:int(13.2 * 16000)], stop=False)
+            while not any(e["type"] == "turn" and e["final"]
+                          for e in [json.loads(await ws.recv())]):
+                pass
+            await asyncio.sleep(0.5)
+            ws.transport.abort()
+            await asyncio.sleep(0.2)
+            ws2, again = await open_stream(server, resume_id=ready["resume_id"],
+                                           context=context)
+            first = int(round((again["offset"] - again.get("context", 0.0)) * 16000))
+            sender = asyncio.create_task(send_audio(ws2, LONG_TALK[first:]))
+            after = await read_all(ws2)
+            await sender
+            return uncut, again, after
+
+    uncut, again, after = run(body())
+    saved = again["offset"]
+    assert 4.0 <= saved <= 13.2 and not any(e.get("replayed") for e in after)
+    assert again["context"] == pytest.approx(min(context, saved))
+    end = len(LONG_TALK) / 16000
+    truth = frame_labels([as_turn(e) for e in finals_of(uncut)], end)
+    guess = frame_labels([as_turn(e) for e in finals_of(after)], end)
+    later = [i for i, label in enumerate(truth) if label and i * 0.01 >= saved + 0.5]
+    agree = sum(truth[i] == guess[i] for i in later) / len(later)
+    assert agree > 0.99
+
+
 def finals_of(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] == "turn" and e["final"]]
 

@@ -412,6 +412,7 @@ def test_the_page_resumes_its_stream_after_a_lost_connection(tmp_path: Path) -> 
     ends = [e for e in events if e["type"] == "end"]
     assert len(readies) == 2 and len(ends) == 1
     assert readies[1]["resume_id"] == readies[0]["resume_id"] and readies[1]["offset"] > 0
+    assert readies[1]["context"] == pytest.approx(min(15.0, readies[1]["offset"]))
     assert readies[1]["resumed"]
     # Nothing captured was lost: the stream's clock covers all of it.
     assert ends[0]["position"] == pytest.approx(state["captured"], abs=0.2)

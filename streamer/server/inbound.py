@@ -112,9 +112,13 @@ class Inbound:
 
     def begin(self, request: StartRequest) -> None:
         """The stream is set up for ``request``: audio in its format is accepted now, its
-        first ``request.context`` seconds as the context."""
+        first ``request.context`` seconds as the context (see :meth:`expect_context`)."""
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
-        self._context_left = int(round(request.context * SAMPLE_RATE))
+        self.expect_context(request.context)
+
+    def expect_context(self, seconds: float) -> None:
+        """The first ``seconds`` of audio are the context (before any audio is read)."""
+        self._context_left = int(round(seconds * SAMPLE_RATE))
 
     def tail(self) -> np.ndarray:
         """The decoder's last samples, once the input is over: audio to process, unless

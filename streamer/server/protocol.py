@@ -197,18 +197,19 @@ def warning_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def ready_message(session: str, request: StartRequest, models: Mapping[str, Any],
                   config: Mapping[str, Any], limits: Mapping[str, Any], resume_id: str,
-                  resumed: list[str] | None = None, offset: float = 0.0) -> dict[str, Any]:
+                  resumed: list[str] | None = None, offset: float = 0.0,
+                  context: float | None = None) -> dict[str, Any]:
     """The answer to ``start``; a resumed stream's (``resumed``: the speakers it starts
     with) or one with a clock offset also echoes ``resumed`` and ``offset``, and one that
-    sends a context, ``context``."""
+    sends a context, the seconds of it expected (``context``)."""
     ready = {"type": "ready", "session": session, "sample_rate": request.sample_rate,
              "encoding": request.encoding, "channels": request.channels,
              "models": dict(models), "config": dict(config), "limits": dict(limits),
              "resume_id": resume_id}
     if resumed is not None or offset:
         ready.update(resumed=list(resumed or []), offset=offset)
-    if request.context:
-        ready["context"] = request.context
+    if context is not None:
+        ready["context"] = context
     return ready
 
 

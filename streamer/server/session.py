@@ -289,6 +289,7 @@ class StreamSession:
         self.context.check_cost(engine.config)
         self.inbound.context_limit = engine.context_limit
         sealed, offset, context = request.resume, request.offset, None
+        cut = request.offset  # where the stream it continues was cut, if known
         if request.resume_id is not None:
             record = await self._final_record(request.resume_id)
             if record is None:
@@ -296,6 +297,7 @@ class StreamSession:
                                "saved by a server that does not share this one's store")
             sealed = record.get("state")
             offset = record.get("position", 0.0) if offset is None else offset
+            cut = record.get("position")
             self.resume_id = request.resume_id  # the continued stream saves in its place
             if not request.context:  # else the client sends its own
                 context = await self.context.store.get_context(request.resume_id)
@@ -309,13 +311,17 @@ class StreamSession:
                 raise BadState(str(error)) from None
         if context is not None:
             await self._prime(engine, context)
+        # A stream cut at ``cut`` seconds has no more audio before it to send.
+        before = request.context if not isinstance(cut, (int, float)) else \
+            max(0.0, min(request.context, float(cut)))
+        self.inbound.expect_context(before)
         self.engine = engine
         self.outbound.offset = offset or 0.0
         await self.sender.send(protocol.ready_message(
             self.id, request, self.context.describe(), engine.config.to_public_dict(),
             self.context.client_limits(), self.resume_id,
             resumed=None if sealed is None else [s.label for s in engine.speakers()],
-            offset=self.outbound.offset))
+            offset=self.outbound.offset, context=before if request.context else None))
         if request.resume_id is not None:
             # The final turns the stream it continues decided but could not send.
             for turn in record.get("unsent") or []:

@@ -324,7 +324,10 @@
       state.interim = null;
       state.reconnects += 1;
       setPhase(state.stopSent ? "stopping" : "resuming", "connection lost: resuming the stream…");
-      setTimeout(() => connect({ resume_id: state.resumeId }), LOST_RETRY_MS);
+      // The seconds before the resume point go first (start.context; ready.context says
+      // how many), in case the server could keep only a periodic save.
+      setTimeout(() => connect({ resume_id: state.resumeId, context: RESUME_CONTEXT_SECONDS }),
+                 LOST_RETRY_MS);
       return;
     }
     closeAudio();
