@@ -61,6 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="embedded", help="model preset (default embedded)")
     parser.add_argument("--context", action="store_true",
                         help="prime the resumed stream with the engine's audio context")
     parser.add_argument("--client-context", type=float, default=0.0, metavar="SECONDS",
@@ -70,7 +71,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    frontend = load_frontend("embedded")
+    frontend = load_frontend(args.preset)
     rng = np.random.default_rng(args.seed)
     total_same = total = 0.0
     for folder in args.folders:
