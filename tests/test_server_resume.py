@@ -348,13 +348,14 @@ def test_after_a_lost_connection_a_resume_by_id_goes_on_as_if_uncut() -> None:
             before = []
             while not any(e["type"] == "turn" and e["final"] for e in before):
                 before.append(json.loads(await ws.recv()))
-            ws.transport.abort()
+            ws.transport.abort()  # the network goes: no close frame, no stop
             # The resumed connection's audio goes on from where its ready says.
             ws2, again = await open_stream(server, resume_id=ready["resume_id"])
             start = int(round(again["offset"] * 16000))
             sender = asyncio.create_task(send_audio(ws2, LONG_TALK[start:]))
             after = await read_all(ws2)
             await sender
+            assert server.metrics.streams_lost == 1
             return uncut, before, again, after
 
     uncut, before, again, after = run(body())

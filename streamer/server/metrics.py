@@ -77,6 +77,7 @@ class ServerMetrics:
         self.turns_sent = 0
         self.sessions_issued = 0
         self.states_saved = 0
+        self.streams_lost = 0
         self.voiceprints_enrolled = 0
         self.feed_seconds = Histogram(LATENCY_BUCKETS)
         self.step_latency = Histogram(LATENCY_BUCKETS)
@@ -190,6 +191,9 @@ class ServerMetrics:
                        self.sessions_issued)
             add.metric("streamer_states_saved_total", "counter",
                        "Stream states saved for resume by resume_id.", self.states_saved)
+            add.metric("streamer_streams_lost_total", "counter",
+                       "Streams whose connection was lost mid-stream, finished and saved "
+                       "for resume by resume_id.", self.streams_lost)
             add.metric("streamer_voiceprints_enrolled_total", "counter",
                        "Voiceprints made by POST /v1/voiceprints.", self.voiceprints_enrolled)
             add.histogram("streamer_feed_duration_seconds",

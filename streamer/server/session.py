@@ -164,6 +164,7 @@ class StreamSession:
             logger.warning("session %s: state not saved after the connection was lost: %r",
                            self.id, failure)
             return outcome
+        self.context.metrics.count("streams_lost")
         return f"{outcome}; saved for resume at {end['position']:.1f} s"
 
     async def _finish(self, cause: StreamerError | None, going_away: bool = False,
