@@ -356,6 +356,13 @@ def test_after_a_lost_connection_a_resume_by_id_goes_on_as_if_uncut() -> None:
             after = await read_all(ws2)
             await sender
             assert server.metrics.streams_lost == 1
+            # A resumed stream lost before its own first save is saved too.
+            ws3, third = await open_stream(server, resume_id=ready["resume_id"])
+            ws3.transport.abort()
+            deadline = asyncio.get_running_loop().time() + 5
+            while server.metrics.streams_lost < 2:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
             return uncut, before, again, after
 
     uncut, before, again, after = run(body())

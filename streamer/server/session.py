@@ -88,6 +88,8 @@ class StreamSession:
         self._unsaved: dict[str, Any] | None = None
         #: Once the connection is lost: the events that could not be sent, in order.
         self._lost: list[dict[str, Any]] | None = None
+        #: The session whose saved state this one continues (a resume by id).
+        self._continues: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -153,7 +155,8 @@ class StreamSession:
             async with asyncio.timeout(LOSS_SAVE_TIMEOUT):
                 await self._drain()
                 saved = await self.context.store.get_state(self.resume_id)
-                if saved is not None and saved.get("session", self.id) != self.id:
+                if saved is not None and saved.get("session", self.id) not in (
+                        self.id, self._continues):
                     return f"{outcome}; resumed elsewhere already"
                 end = self._end_message()
                 await self._save_context(end["position"])
@@ -300,6 +303,7 @@ class StreamSession:
             offset = record.get("position", 0.0) if offset is None else offset
             cut = record.get("position")
             self.resume_id = request.resume_id  # the continued stream saves in its place
+            self._continues = record.get("session")
             if not request.context:  # else the client sends its own
                 context = await self.context.store.get_context(request.resume_id)
             if context is not None and context.get("position") != record.get("position"):
