@@ -16,7 +16,9 @@ def _started(max_pending: float = 5.0, max_stream_seconds: float = 0.0, **start)
     action = inbound.receive(json.dumps({"type": "start", "sample_rate": 16000, **start}), 0.0)
     assert isinstance(action, Start) and action.message["sample_rate"] == 16000
     assert not inbound.started
-    inbound.begin(protocol.parse_start(action.message))
+    request = protocol.parse_start(action.message)
+    inbound.begin(request)
+    inbound.expect_context(request.context)
     assert inbound.started
     return inbound
 

@@ -111,13 +111,12 @@ class Inbound:
             f"unknown message type {protocol.excerpt(parsed['type'])}")
 
     def begin(self, request: StartRequest) -> None:
-        """The stream is set up for ``request``: audio in its format is accepted now, its
-        first ``request.context`` seconds as the context (see :meth:`expect_context`)."""
+        """The stream is set up for ``request``: audio in its format is accepted now."""
         self.decoder = PcmDecoder(request.sample_rate, request.encoding, request.channels)
-        self.expect_context(request.context)
 
     def expect_context(self, seconds: float) -> None:
-        """The first ``seconds`` of audio are the context (before any audio is read)."""
+        """The first ``seconds`` of audio are the context (``start.context``, as many as
+        the stream had before its resume point); called before any audio is read."""
         self._context_left = int(round(seconds * SAMPLE_RATE))
 
     def tail(self) -> np.ndarray:
