@@ -300,8 +300,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         return ((f"{set_name}/" if len(sets) > 1 else "") + uri
                 + (f"@{shift:g}" if shift is not None else ""))
 
+    def over_all(set_name: str, uri: str) -> str:
+        return label(set_name, uri, None) + "@all"
+
+    several = len(shifts) > 1
     width = max([12] + [len(label(s.name, uri, shift)) for s in sets for uri in s.audio
-                        for shift in shifts] + [len(f"{s.name}/TOTAL") for s in sets])
+                        for shift in shifts] + [len(f"{s.name}/TOTAL") for s in sets]
+                + [len(over_all(s.name, uri)) for s in sets for uri in s.audio if several])
     oracle = args.oracle_tracking
     print(f"{'file':{width}s} {'DER':>6s} {'miss':>6s} {'FA':>6s} {'conf':>6s} "
           f"{'DER-ov':>7s} {'JER':>6s} {'spk':>4s} {'ref':>4s} {'RTF':>6s}"
@@ -321,10 +326,14 @@ def _run_eval(args: argparse.Namespace) -> int:
             if args.reference_count:
                 counted = dataclasses.replace(
                     config, num_speakers=max(1, len({s for _, _, s in reference})))
+            file_total, worst = Score(), None
             for shift in shifts:
                 score, usual = _score_start_point(frontend, counted, samples, reference,
                                                   eval_set.uem.get(uri), shift, oracle)
                 subtotal.add(score)
+                file_total.add(score)
+                if worst is None or score.der.der > worst[1]:
+                    worst = (shift, score.der.der)
                 entry = {"set": eval_set.name, "file": uri, "shift": shift, **score.to_dict()}
                 if usual is not None:
                     usual_subtotal.add(usual[0])
@@ -333,6 +342,14 @@ def _run_eval(args: argparse.Namespace) -> int:
                 print(_row(label(eval_set.name, uri, shift), score, width)
                       + extra(*(usual or (None, None))), flush=True)
                 document["files"].append(entry)
+            if several:
+                # The file over its start points, and the one it fared worst from: a
+                # tracker that holds must hold from every start point, not on average.
+                print(_row(over_all(eval_set.name, uri), file_total, width)
+                      + f"  worst {100 * worst[1]:.1f}% @{worst[0]:g}", flush=True)
+                document.setdefault("start_points", []).append(
+                    {"set": eval_set.name, "file": uri, **file_total.to_dict(),
+                     "worst": {"shift": worst[0], "der": worst[1]}})
         total.add(subtotal)
         usual_total.add(usual_subtotal)
         seeded_total += seeded_subtotal
@@ -345,15 +362,17 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(_row("TOTAL", total, width) + extra(usual_total, seeded_total))
     print("DER: no collar, overlapped speech scored; DER-ov: regions of overlapped reference "
           "speech excluded; JER: Jaccard error rate, mean over reference speakers; spk, ref: "
-          "speakers found and in the reference, in TOTAL rows the files where they agree; "
-          "RTF: compute time / audio time")
+          "speakers found and in the reference, in TOTAL (and @all) rows the runs where they "
+          "agree; RTF: compute time / audio time")
     if oracle:
         print("oracle tracking: the speaker memory starts with the file's reference "
               "speakers ('seeded': those with local speakers in their speech) and opens no "
               "other; 'usual': the DER of the usual run")
     if shifts != [None]:
         print("FILE@S: the file streamed from S seconds on, wrapping around (audio rotated "
-              "left by S s, reference and scored region alike)")
+              "left by S s, reference and scored region alike)"
+              + ("; FILE@all: the file over all its start points, with its worst DER and "
+                 "the start point of that" if several else ""))
     if args.json:
         if oracle:
             document["usual"] = usual_total.to_dict()

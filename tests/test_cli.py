@@ -175,7 +175,7 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
     files = ["one/whole@0", "one/whole@5.5", "two/part@0", "two/part@5.5"]
     assert [name for name in rows if "/" in name] == \
-        files[:2] + ["one/TOTAL"] + files[2:] + ["two/TOTAL"]
+        files[:2] + ["one/whole@all", "one/TOTAL"] + files[2:] + ["two/part@all", "two/TOTAL"]
     assert all(rows[name][-2] == "2" for name in files)  # reference speakers
     right = sum(rows[name][-3] == "2" for name in files)
     assert rows["TOTAL"][-2] == f"{right}/4"
@@ -199,6 +199,18 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     assert total["der"] == pytest.approx(
         sum(f["der"] * f["speech"] for f in data["files"]) / total["speech"])
     assert data["sets"]["two"]["files"] == 2 and data["shifts"] == [0.0, 5.5]
+
+    # each file over its start points: the DER of both together, and the worse of the two
+    for name, file_data in zip(["one/whole", "two/part"], data["start_points"]):
+        runs = [f for f in data["files"] if f"{f['set']}/{f['file']}" == name]
+        assert f"{file_data['set']}/{file_data['file']}" == name and file_data["files"] == 2
+        assert file_data["der"] == pytest.approx(
+            sum(f["der"] * f["speech"] for f in runs) / sum(f["speech"] for f in runs))
+        worst = max(runs, key=lambda f: f["der"])
+        assert file_data["worst"] == {"shift": worst["shift"], "der": worst["der"]}
+        row = rows[f"{name}@all"]
+        assert float(row[1].rstrip("%")) == pytest.approx(100 * file_data["der"], abs=0.051)
+        assert row[-3:] == ["worst", f"{100 * worst['der']:.1f}%", f"@{worst['shift']:g}"]
 
     # the old one-set form gives the unshifted figures, with rows named as the files
     old = streamer("eval", "--audio", str(one), "--rttm", str(one / "reference.rttm"),
