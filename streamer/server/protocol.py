@@ -151,12 +151,10 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
     if resume is not None and resume_id is not None:
         raise ProtocolError("give resume (a state) or resume_id, not both")
     offset = message.get("offset")
-    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
-                               or not math.isfinite(offset) or not 0 <= offset <= 1e9):
+    if offset is not None and not _is_seconds(offset, 1e9):
         raise ProtocolError(f"offset must be seconds >= 0, got {excerpt(offset)}")
     context = message.get("context", 0)
-    if isinstance(context, bool) or not isinstance(context, (int, float)) \
-            or not math.isfinite(context) or not 0 <= context <= MAX_CONTEXT_SECONDS:
+    if not _is_seconds(context, MAX_CONTEXT_SECONDS):
         raise ProtocolError(f"context must be seconds between 0 and {MAX_CONTEXT_SECONDS:g}, "
                             f"got {excerpt(context)}")
     if context and resume is None and resume_id is None:
@@ -166,6 +164,12 @@ def parse_start(message: Mapping[str, Any]) -> StartRequest:
                         config=config, resume=resume, resume_id=resume_id,
                         offset=None if offset is None else float(offset),
                         context=float(context))
+
+
+def _is_seconds(value: Any, most: float) -> bool:
+    """Whether ``value`` is a JSON number of seconds from 0 to ``most``."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and 0 <= value <= most)
 
 
 def close_code(error: StreamerError) -> int:
