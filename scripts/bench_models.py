@@ -198,9 +198,9 @@ def _tracking_streams(frontend, segmentation: ActiveSpeakers) -> None:
         def __init__(self, config) -> None:
             self.inner = make(config)
 
-        def analyze(self, buffer: np.ndarray, start: float):
+        def analyze(self, buffer: np.ndarray, start: float, speakers=None):
             segmentation.start = start
-            return self.inner.analyze(buffer, start)
+            return self.inner.analyze(buffer, start, speakers)
 
     frontend.stream = Stream
 

@@ -411,7 +411,9 @@ class StreamingDiarizer:
 
     def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:
         start = (end - len(buffer)) / self.sample_rate
-        analysis = yield from self._stream.analyze(buffer, start)
+        # The speakers told apart so far: a front end may keep them apart in the buffer.
+        speakers = self._memory.centroids if len(self._memory) else None
+        analysis = yield from self._stream.analyze(buffer, start, speakers)
         new = end - self._pitch.received
         if new > 0 and self.config.pitch_weight > 0 and analysis.pitch is None:
             self._pitch.push(buffer[len(buffer) - min(new, len(buffer)):])

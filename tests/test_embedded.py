@@ -130,6 +130,8 @@ def test_settings_are_validated():
         EmbeddedSettings(window=10)
     with pytest.raises(ValueError, match="hop"):
         EmbeddedSettings(hop=2.0, window=1.5)
+    with pytest.raises(ValueError, match="known_split"):
+        EmbeddedSettings(known_split=1.5)
 
 
 def test_first_interim_turn_follows_the_first_speech_within_a_second(frontend, two_voices):
@@ -247,3 +249,86 @@ def test_a_malformed_carried_vad_state_is_refused(frontend, two_voices):
         resumed.restore({**state, "frontend": broken})
         with pytest.raises(ConfigError, match="VAD state"):
             resumed.prime(two_voices[0][:16000 * 12])
+
+
+def _voice_windows(rng: np.random.Generator, centre: np.ndarray, count: int) -> np.ndarray:
+    """Unit windows about 0.1 (cosine) from ``centre``, as GE2E windows lie from their
+    voice's centroid."""
+    noise = rng.standard_normal((count, len(centre)))
+    noise *= 0.48 / np.linalg.norm(noise, axis=1, keepdims=True)
+    windows = centre + noise
+    return windows / np.linalg.norm(windows, axis=1, keepdims=True)
+
+
+def _close_speakers(rng: np.random.Generator) -> np.ndarray:
+    """Two unit centroids 0.056 apart: closer than their windows lie to them."""
+    a = rng.standard_normal(256)
+    a /= np.linalg.norm(a)
+    across = rng.standard_normal(256)
+    across -= (across @ a) * a
+    b = a + 0.35 * across / np.linalg.norm(across)
+    return np.stack([a, b / np.linalg.norm(b)])
+
+
+def test_a_buffer_keeps_apart_two_close_voices_the_stream_knows(frontend):
+    rng = np.random.default_rng(0)
+    speakers = _close_speakers(rng)
+    windows = np.concatenate([_voice_windows(rng, speakers[0], 8),
+                              _voice_windows(rng, speakers[1], 6)])
+    pitch = np.full(len(windows), np.nan)
+    stream = frontend.stream(StreamConfig(speech_threshold=0.5))
+    # One buffer's clustering alone cannot tell them apart ...
+    assert len(set(stream._cluster(windows, pitch))) == 1
+    # ... but given the stream's speakers, each voice is a local speaker of its own.
+    labels = stream._cluster(windows, pitch, speakers)
+    assert len(set(labels[:8])) == 1 and len(set(labels[8:])) == 1
+    assert labels[0] != labels[8]
+    off = EmbeddedFrontend(EmbeddedSettings(known_split=0.0), frontend.vad, frontend.encoder)
+    assert len(set(off.stream(StreamConfig(speech_threshold=0.5))._cluster(
+        windows, pitch, speakers))) == 1
+
+
+def test_one_voice_between_two_known_speakers_stays_one_local_speaker(frontend):
+    """A voice that two speakers share (counted twice) has windows nearest to each of
+    them, spread about the middle: its cluster is not split, so the double is not fed."""
+    rng = np.random.default_rng(1)
+    speakers = _close_speakers(rng)
+    middle = speakers.sum(axis=0) / np.linalg.norm(speakers.sum(axis=0))
+    windows = _voice_windows(rng, middle, 14)
+    nearest = np.argmax(windows @ speakers.T, axis=1)
+    assert min(np.bincount(nearest, minlength=2)) >= 3  # both speakers are candidates
+    stream = frontend.stream(StreamConfig(speech_threshold=0.5))
+    assert len(set(stream._cluster(windows, np.full(14, np.nan), speakers))) == 1
+
+
+def test_too_few_windows_near_a_second_speaker_do_not_split(frontend):
+    rng = np.random.default_rng(2)
+    speakers = _close_speakers(rng)
+    windows = np.concatenate([_voice_windows(rng, speakers[0], 10),
+                              _voice_windows(rng, speakers[1], 2)])
+    stream = frontend.stream(StreamConfig(speech_threshold=0.5))
+    assert len(set(stream._cluster(windows, np.full(12, np.nan), speakers))) == 1
+
+
+def test_the_engine_gives_the_front_end_the_speakers_it_knows(frontend, two_voices):
+    audio, _ = two_voices
+    calls: list = []  # per buffer: the speakers given, and the engine's at that time
+    make = frontend.stream
+
+    class Recording:
+        def __init__(self, config):
+            self.inner = make(config)
+
+        def analyze(self, buffer, start, speakers=None):
+            calls.append((speakers, engine._memory.centroids))
+            return self.inner.analyze(buffer, start, speakers)
+
+    recorded = EmbeddedFrontend(frontend.settings, frontend.vad, frontend.encoder)
+    recorded.stream = Recording
+    engine = StreamingDiarizer(recorded, StreamConfig())
+    engine.feed(audio)
+    engine.flush()
+    assert calls[0][0] is None
+    given = [(speakers, known) for speakers, known in calls if speakers is not None]
+    assert given and all(np.array_equal(speakers, known) for speakers, known in given)
+    assert len(given[-1][0]) == len(engine.speakers()) == 2

@@ -209,7 +209,7 @@ def _crashing_frontend():
     make_stream = frontend.stream
 
     class Crashing:
-        def analyze(self, buffer, start):
+        def analyze(self, buffer, start, speakers=None):
             raise RuntimeError("model exploded")
 
     frontend.stream = lambda config: (Crashing() if config.max_speakers == 7

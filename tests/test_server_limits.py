@@ -229,9 +229,9 @@ def _slow_frontend(delay: float):
         inner = make_stream(config)
 
         class Slow:
-            def analyze(self, buffer, start):
+            def analyze(self, buffer, start, speakers=None):
                 time.sleep(delay)
-                return inner.analyze(buffer, start)
+                return inner.analyze(buffer, start, speakers)
 
         return Slow()
 

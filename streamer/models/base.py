@@ -96,9 +96,15 @@ class FrontendStream(Protocol):
     ``origin``, then analyses it exactly as that stream did (see
     :meth:`streamer.engine.StreamingDiarizer.prime`; the embedded preset's VAD)."""
 
-    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
+    def analyze(self, buffer: np.ndarray, start: float, speakers: np.ndarray | None = None
+                ) -> Steps[BufferAnalysis]:
         """Analyse ``buffer`` (16 kHz mono float32) whose first sample is at ``start``
         seconds from stream start (negative while the buffer is left-padded).
+        ``speakers`` holds the stream's speakers so far as unit-norm centroids of its
+        embeddings, ``(speakers, dim)`` (``None``: none yet): a front end whose local
+        speakers come from clustering may use them to keep apart voices the stream has
+        already told apart (the embedded preset); one whose local speakers come from a
+        segmentation model ignores them.
 
         Buffers arrive in time order; consecutive buffers overlap. The analysis asks for
         its model calls by yielding them (:mod:`streamer.models.calls`): run it with

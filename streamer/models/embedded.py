@@ -7,6 +7,10 @@ windows inside it are clustered into local speakers (agglomerative, average link
 cluster whose windows fall into two tight pitch groups far apart is two voices and is
 split (GE2E holds some distinct voices closer than one voice's windows, while one real
 voice's pitch moves more than such groups allow; see :func:`streamer.pitch.two_voices`).
+A cluster is also split between two of the stream's known speakers (given by the engine)
+when its windows fall clearly on either side of them (:meth:`EmbeddedStream._split_known`):
+voices the stream has already told apart stay apart even where one buffer's clustering
+would merge them.
 A frame belongs to the local speakers of the windows that cover it, and a local
 speaker's embedding is the mean of its windows' embeddings. The pitch track (every
 10 ms) also goes to the engine with each buffer.
@@ -59,6 +63,10 @@ class EmbeddedSettings:
             more, each within ``split_spread`` semitones (standard deviation); 0
             ``split_gap`` never splits.
         split_voiced: Seconds of voiced frames a window needs for its pitch to count.
+        known_split: A window cluster is split between two known speakers of the stream
+            when at least ``min_windows`` of its windows lie nearer each, and each group
+            lies on average at least this fraction of the two speakers' distance nearer
+            its own speaker (see :meth:`EmbeddedStream._split_known`); 0 never splits.
     """
 
     window: float = 1.5
@@ -72,6 +80,7 @@ class EmbeddedSettings:
     split_gap: float = 4.0
     split_spread: float = 1.0
     split_voiced: float = 0.3
+    known_split: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window <= 6.0:
@@ -91,6 +100,8 @@ class EmbeddedSettings:
             raise ValueError("split_gap must be >= 0, split_spread > 0 and split_voiced in "
                              f"(0, window], got {self.split_gap}, {self.split_spread}, "
                              f"{self.split_voiced}")
+        if not 0.0 <= self.known_split <= 1.0:
+            raise ValueError(f"known_split must be between 0 and 1, got {self.known_split}")
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be average, complete, single or weighted, "
                              f"got {self.linkage!r}")
@@ -360,7 +371,8 @@ class EmbeddedStream:
             del self.window_pitch[stop]  # kept for exactly the windows embedded
 
     # -------------------------------------------------------------- per buffer
-    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
+    def analyze(self, buffer: np.ndarray, start: float, speakers: np.ndarray | None = None
+                ) -> Steps[BufferAnalysis]:
         end = yield from self._take_new(buffer, start)
         yield from self._embed_windows(end)
         begin = max(0, end - len(buffer))
@@ -375,7 +387,8 @@ class EmbeddedStream:
                                   np.zeros((0, VoiceEncoder.dimension), np.float32), timing,
                                   probs)
         embeddings = np.stack([self.windows[s] for s in stops])
-        labels = self._cluster(embeddings, np.array([self.window_pitch[s] for s in stops]))
+        labels = self._cluster(embeddings, np.array([self.window_pitch[s] for s in stops]),
+                               speakers)
         count = labels.max() + 1
         centers = (np.arange(first, first + len(probs)) + 0.5) * VAD_CHUNK
         membership = self._membership(centers, stops, labels, count)
@@ -390,12 +403,17 @@ class EmbeddedStream:
         return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence,
                               pitch)
 
-    def _cluster(self, embeddings: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    def _cluster(self, embeddings: np.ndarray, pitch: np.ndarray,
+                 speakers: np.ndarray | None = None) -> np.ndarray:
         """Local speaker index of each window: agglomerative clustering; windows of
         clusters too small to be a speaker (often windows that straddle a turn change)
         are folded into the nearest large cluster; then clusters are split where their
-        windows' ``pitch`` medians are two voices."""
-        return self._split_voices(self._fold(embeddings), pitch)
+        windows' ``pitch`` medians are two voices, and where they hold two of the known
+        ``speakers``."""
+        labels = self._split_voices(self._fold(embeddings), pitch)
+        if speakers is None:
+            return labels
+        return self._split_known(labels, embeddings, speakers)
 
     def _fold(self, embeddings: np.ndarray) -> np.ndarray:
         if len(embeddings) == 1:
@@ -428,6 +446,39 @@ class EmbeddedStream:
             higher = two_voices(pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST)
             if higher is not None:
                 labels[members[higher]] = labels.max() + 1
+        return labels
+
+    def _split_known(self, labels: np.ndarray, embeddings: np.ndarray,
+                     speakers: np.ndarray) -> np.ndarray:
+        """Each cluster that holds two of the stream's known ``speakers`` (unit centroids,
+        ``(speakers, dim)``) becomes two, up to ``max_local`` clusters.
+
+        A cluster holds speakers a and b, the two that are nearest to most of its windows,
+        when each is nearest to at least ``min_windows`` windows and the windows fall
+        clearly on either side: on the axis from b to a, ``w·a - w·b``, the windows
+        nearer a lie on average at least ``known_split`` × the speakers' distance
+        ``1 - a·b`` on a's side, and those nearer b as far on b's side. Windows of two
+        voices that the stream has told apart sit near ± that distance; windows of one
+        voice that two speakers share (a voice counted twice) spread around 0, so such a
+        cluster is left whole and does not keep the second speaker alive."""
+        s = self.settings
+        if s.known_split <= 0 or len(speakers) < 2:
+            return labels
+        labels = labels.copy()
+        similarity = embeddings @ speakers.T
+        nearest = np.argmax(similarity, axis=1)
+        for cluster in range(labels.max() + 1):
+            if labels.max() + 1 >= s.max_local:
+                break
+            members = np.flatnonzero(labels == cluster)
+            counts = np.bincount(nearest[members], minlength=len(speakers))
+            a, b = np.argsort(-counts, kind="stable")[:2]
+            if counts[b] < s.min_windows:
+                continue
+            side = similarity[members, a] - similarity[members, b]
+            reach = s.known_split * (1.0 - float(speakers[a] @ speakers[b]))
+            if side[side > 0].mean() >= reach and -side[side < 0].mean() >= reach:
+                labels[members[side < 0]] = labels.max() + 1
         return labels
 
     def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,

@@ -105,7 +105,9 @@ class SegmentationEmbeddingStream:
         inputs = self.responses.update(chunk, round(start * self.frontend.sample_rate))
         return ModelCall("segmentation_responses", tuple(x[None] for x in inputs))
 
-    def analyze(self, buffer: np.ndarray, start: float) -> Steps[BufferAnalysis]:
+    def analyze(self, buffer: np.ndarray, start: float, speakers: np.ndarray | None = None
+                ) -> Steps[BufferAnalysis]:
+        # The segmentation model tells local speakers apart itself: known speakers unused.
         f = self.frontend
         chunk = np.ascontiguousarray(buffer, np.float32)[None]
         activations = np.asarray((yield self._segmentation_call(chunk[0], start)),
