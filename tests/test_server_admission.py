@@ -288,8 +288,10 @@ class SharedSegmentation(FakeSegmentation):
 def test_a_device_busy_with_other_processes_refuses_newcomers_the_own_rules_miss() -> None:
     # The stream's own work is 0.01 s per 0.5 s step, 2 % of the scheduler: the
     # scheduler rule would admit dozens. But other processes keep the device busy (for
-    # 0.2-0.6 s at a time, 0.02 s apart), so this process's ticks wait for it: the tick
-    # rule sees that.
+    # 0.2-0.4 s at a time, 0.02 s apart), so this process's ticks wait for it: the tick
+    # rule sees that, once its window holds MIN_TICK_TIMES ticks. Holds of up to 0.6 s
+    # let too few ticks into a 6 s window now and then (the rule then does not judge),
+    # so the holds are shorter and the window longer.
     device = SharedDevice()
     frontend = SegmentationEmbeddingFrontend(SharedSegmentation(device, 0.01),
                                              FakeEmbedding(), name="shared", delta_new=0.5)
@@ -298,12 +300,13 @@ def test_a_device_busy_with_other_processes_refuses_newcomers_the_own_rules_miss
         async with running_server(frontend, cpus=1, max_load=0, max_lag=0, max_busy=0.9,
                                   max_tick=0.2) as server:
             admission = server.context.admission
-            admission.window = 6.0
-            device.start(held=(0.2, 0.6), gap=0.02)
+            admission.window = 10.0
+            device.start(held=(0.2, 0.4), gap=0.02)
             try:
                 streams = [asyncio.create_task(_real_time_stream(server, delay))
                            for delay in (0, 0.2, 0.35)]
-                await asyncio.sleep(scaled(7.0))
+                # Real time, not scaled: the streams' 13 s of audio must still be playing.
+                await asyncio.sleep(11.0)
                 busy, tick = admission.busy(), admission.tick_time()
                 admission.max_tick = 0
                 own = admission.refusal(streams=3)
