@@ -27,7 +27,7 @@ import binascii
 import math
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -432,21 +432,29 @@ class EmbeddedStream:
         remap[kept] = np.arange(len(kept))
         return remap[labels]
 
+    def _split_each(self, labels: np.ndarray,
+                    part: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+        """Each cluster for which ``part(members)`` (window indices) gives a mask of its
+        members becomes two, the masked members the new one, up to ``max_local``
+        clusters; ``None`` leaves the cluster whole."""
+        labels = labels.copy()
+        for cluster in range(labels.max() + 1):
+            if labels.max() + 1 >= self.settings.max_local:
+                break
+            members = np.flatnonzero(labels == cluster)
+            second = part(members)
+            if second is not None:
+                labels[members[second]] = labels.max() + 1
+        return labels
+
     def _split_voices(self, labels: np.ndarray, pitch: np.ndarray) -> np.ndarray:
         """Each cluster whose windows' pitch shows two voices becomes two, up to
         ``max_local`` clusters (the windows without a pitch stay with the first)."""
         s = self.settings
         if s.split_gap <= 0:
             return labels
-        labels = labels.copy()
-        for cluster in range(labels.max() + 1):
-            if labels.max() + 1 >= s.max_local:
-                break
-            members = np.flatnonzero(labels == cluster)
-            higher = two_voices(pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST)
-            if higher is not None:
-                labels[members[higher]] = labels.max() + 1
-        return labels
+        return self._split_each(labels, lambda members: two_voices(
+            pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST))
 
     def _split_known(self, labels: np.ndarray, embeddings: np.ndarray,
                      speakers: np.ndarray) -> np.ndarray:
@@ -464,22 +472,21 @@ class EmbeddedStream:
         s = self.settings
         if s.known_split <= 0 or len(speakers) < 2:
             return labels
-        labels = labels.copy()
         similarity = embeddings @ speakers.T
         nearest = np.argmax(similarity, axis=1)
-        for cluster in range(labels.max() + 1):
-            if labels.max() + 1 >= s.max_local:
-                break
-            members = np.flatnonzero(labels == cluster)
+
+        def nearer_b(members: np.ndarray) -> np.ndarray | None:
             counts = np.bincount(nearest[members], minlength=len(speakers))
             a, b = np.argsort(-counts, kind="stable")[:2]
             if counts[b] < s.min_windows:
-                continue
+                return None
             side = similarity[members, a] - similarity[members, b]
             reach = s.known_split * (1.0 - float(speakers[a] @ speakers[b]))
             if side[side > 0].mean() >= reach and -side[side < 0].mean() >= reach:
-                labels[members[side < 0]] = labels.max() + 1
-        return labels
+                return side < 0
+            return None
+
+        return self._split_each(labels, nearer_b)
 
     def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,
                     count: int) -> np.ndarray:
