@@ -18,6 +18,11 @@ YOUNG_RADIUS = 0.5
 #: A displaced local speaker (see :meth:`CentroidMemory.assign`) is another voice only if
 #: it lies at least this fraction of ``delta_new`` from the speaker it was kept from.
 DISPLACED_DISTANCE = 0.4
+#: Pitch may carry a local speaker past ``delta_new`` to a new speaker only while the
+#: local speaker speaks firmly and its pitch is steady: a spread of at most this many
+#: semitones. A voice read at a steady pitch keeps it from turn to turn; a lively voice's
+#: pitch moves with its turns, so its pitch is no sign of another voice.
+STEADY_PITCH = 3.0
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -178,11 +183,19 @@ class CentroidMemory:
         if pitch is None:
             pitch = np.full((count, 3), np.nan)
         pitch = np.asarray(pitch, np.float64)
+        voices = distances
         distances = distances + pitch_penalty(pitch[:, :2], self.pitches(), self.pitch_weight,
                                               self.pitch_margin)
         room = self.max_speakers - known
         can_update = np.asarray(can_update, bool)
-        nearest = distances.min(axis=1) if known else np.full(count, np.inf)
+        firm = np.zeros(count, bool) if firm is None else np.asarray(firm, bool)
+        if known:
+            # Whether a local speaker is far enough to be another voice: its pitch counts
+            # only where it speaks firmly at a steady pitch (see STEADY_PITCH).
+            steady = firm & (pitch[:, 1] <= STEADY_PITCH)
+            nearest = np.where(steady, distances.min(axis=1), voices.min(axis=1))
+        else:
+            nearest = np.full(count, np.inf)
         if 0 < known < self.min_speakers:
             radii = np.array([self.radius(k) for k in range(known)])
             cost_new = radii[distances.argmin(axis=1)] * reluctance
@@ -210,9 +223,7 @@ class CentroidMemory:
                                                                    distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
                 result[row] = self._open(embeddings[row], pitch[row])
-        if firm is None:
-            firm = np.zeros(count, bool)
-        self._follow_displaced(result, distances, np.asarray(firm, bool) & can_update,
+        self._follow_displaced(result, distances, firm & can_update,
                                embeddings, pitch, reluctance)
         return result
 

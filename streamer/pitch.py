@@ -36,11 +36,12 @@ MIN_RMS = 1e-3
 MIN_SPREAD = 0.3
 #: Fewest voiced estimates for a pitch estimate of a speaker: fewer give medians too noisy
 #: to set voices apart. The engine takes one estimate per model frame of a local speaker,
-#: so this asks for 60 voiced frames: about 1 s of voiced speech at pyannote's 17 ms
-#: frames, 1.9 s at the embedded preset's 32 ms. Taking every 10 ms estimate instead (0.6
-#: s) gives low, rough voices a pitch, but also splits real speakers whose pitch moves
-#: between buffers more than their spread within one.
-MIN_VOICED = 60
+#: so this asks for 40 voiced frames: about 0.7 s of voiced speech at pyannote's 17 ms
+#: frames, 1.3 s at the embedded preset's 32 ms, which low, rough voices (voiced in a
+#: fifth of their speech) reach in a buffer where they speak 6 s or more. Taking every
+#: 10 ms estimate instead (0.4 s) splits real speakers whose pitch moves between buffers
+#: more than their spread within one.
+MIN_VOICED = 40
 
 
 def yin(audio: np.ndarray) -> np.ndarray:

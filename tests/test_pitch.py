@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.clustering import CentroidMemory
+from streamer.clustering import STEADY_PITCH, CentroidMemory
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
@@ -85,13 +85,33 @@ def test_the_memory_opens_a_speaker_for_a_voice_of_another_pitch() -> None:
     same = np.eye(4)[:1]
     low, high = np.array([[0.0, 0.5, 200.0]]), np.array([[7.0, 0.5, 200.0]])
     with_pitch = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=0.2)
-    assert with_pitch.assign(same, [True], pitch=low).tolist() == [0]
-    assert with_pitch.assign(same, [True], pitch=high).tolist() == [1]
-    assert with_pitch.assign(same, [True], pitch=low).tolist() == [0]
+    assert with_pitch.assign(same, [True], pitch=low, firm=[True]).tolist() == [0]
+    assert with_pitch.assign(same, [True], pitch=high, firm=[True]).tolist() == [1]
+    assert with_pitch.assign(same, [True], pitch=low, firm=[True]).tolist() == [0]
     assert with_pitch.pitches()[:, 0].tolist() == [0.0, 7.0]
     without = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=0.0)
     for pitch in (low, high, low):
-        assert without.assign(same, [True], pitch=pitch).tolist() == [0]
+        assert without.assign(same, [True], pitch=pitch, firm=[True]).tolist() == [0]
+
+
+def test_pitch_opens_a_speaker_only_for_a_firm_voice_at_a_steady_pitch() -> None:
+    same = np.eye(4)[:1]
+    low = np.array([[0.0, 0.5, 200.0]])
+    # 7 semitones above the speaker: far beyond the margin in units of either spread.
+    brief, lively = np.array([[7.0, 0.5, 200.0]]), np.array([[12.0, STEADY_PITCH + 1, 200.0]])
+    memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=0.2)
+    assert memory.assign(same, [True], pitch=low, firm=[True]).tolist() == [0]
+    # Too short to count (not firm), or a pitch that moves as a lively voice's does: the
+    # same embedding is no new speaker; its pitch keeps it off the speaker (unassigned).
+    assert memory.assign(same, [True], pitch=brief, firm=[False]).tolist() == [-1]
+    assert memory.assign(same, [True], pitch=brief).tolist() == [-1]
+    assert memory.assign(same, [True], pitch=lively, firm=[True]).tolist() == [-1]
+    assert len(memory) == 1
+    # Firm at a steady pitch: another voice.
+    assert memory.assign(same, [True], pitch=brief, firm=[True]).tolist() == [1]
+    # An embedding beyond delta_new is a new speaker whatever its pitch.
+    far = np.eye(4)[1:2]
+    assert memory.assign(far, [True], pitch=lively, firm=[False]).tolist() == [2]
 
 
 class _TurnSegmentation:
