@@ -16,7 +16,7 @@ from streamer.cliargs import (add_model_arguments, add_stream_arguments, config_
 from streamer.config import StreamConfig
 from streamer.errors import StreamerError
 from streamer.results import JSON_FORMATS
-from streamer.audio import SAMPLE_RATE
+from streamer.audio import SAMPLE_RATE, clip_samples
 
 logger = logging.getLogger("streamer")
 
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "and wraps around (audio rotated left, reference and UEM "
                                "alike); repeat it or give a list, e.g. --shift 0,0.9,3.3 "
                                "(0: as recorded)")
+    evaluate.add_argument("--gain", action="append", type=_gain_list, default=[],
+                          metavar="DB",
+                          help="score each file at an input level DB decibels from its "
+                               "own (samples scaled, clipped to full scale as a hot input "
+                               "is), as microphones set quieter or louder would give it; "
+                               "repeat it or give a list, e.g. --gain=-6,0,6 (with '=': a "
+                               "list that starts with a minus sign); with --shift, "
+                               "every start point at every level")
     evaluate.add_argument("--reference-count", action="store_true",
                           help="give each file num_speakers = its reference's speaker "
                                "count, as a user who knows it would (scores the count "
@@ -235,6 +243,16 @@ def _shift_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
 
 
+def _gain_list(text: str) -> list[float]:
+    try:
+        gains = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of decibels: {text!r}") from None
+    if any(not -60.0 <= gain <= 60.0 for gain in gains):
+        raise argparse.ArgumentTypeError(f"gains are decibels within ±60, got {text!r}")
+    return gains
+
+
 def _eval_sets(args: argparse.Namespace) -> list:
     from streamer.evaluation import load_eval_set
 
@@ -258,9 +276,10 @@ def _eval_sets(args: argparse.Namespace) -> list:
 
 
 def _score_start_point(frontend, config, samples, reference: list, uem: list | None,
-                       shift: float | None, oracle: bool = False):
+                       shift: float | None, oracle: bool = False, gain: float | None = None):
     """Diarize ``samples`` as a stream that starts ``shift`` seconds into them (``None``:
-    as recorded) and score it against the reference moved alike. Returns the score and,
+    as recorded), ``gain`` dB louder (``None``: as recorded), and score it against the
+    reference moved alike. Returns the score and,
     with ``oracle`` (:mod:`streamer.oracle`: the score is then the oracle tracking's),
     the usual run's score and the number of reference speakers seeded."""
     from streamer.engine import diarize_array
@@ -268,6 +287,8 @@ def _score_start_point(frontend, config, samples, reference: list, uem: list | N
     from streamer.oracle import CHUNK, diarize_with_oracle
 
     duration = len(samples) / SAMPLE_RATE
+    if gain is not None:
+        samples = clip_samples(samples * 10.0 ** (gain / 20.0))
     if shift is not None:
         samples, applied = rotate_samples(samples, shift)
         reference = rotate_segments(reference, applied, duration)
@@ -293,19 +314,24 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     sets = _eval_sets(args)
     shifts = list(dict.fromkeys(s for group in args.shift for s in group)) or [None]
+    gains = list(dict.fromkeys(g for group in args.gain for g in group)) or [None]
+    runs = [(shift, gain) for shift in shifts for gain in gains]
     config = config_from_args(args)
     frontend = frontend_from_args(args)
 
-    def label(set_name: str, uri: str, shift: float | None) -> str:
-        return ((f"{set_name}/" if len(sets) > 1 else "") + uri
-                + (f"@{shift:g}" if shift is not None else ""))
+    def condition(shift: float | None, gain: float | None) -> str:
+        return ((f"@{shift:g}" if shift is not None else "")
+                + (f"@{gain:+g}dB" if gain is not None else ""))
+
+    def label(set_name: str, uri: str, run: tuple[float | None, float | None]) -> str:
+        return (f"{set_name}/" if len(sets) > 1 else "") + uri + condition(*run)
 
     def over_all(set_name: str, uri: str) -> str:
-        return label(set_name, uri, None) + "@all"
+        return label(set_name, uri, (None, None)) + "@all"
 
-    several = len(shifts) > 1
-    width = max([12] + [len(label(s.name, uri, shift)) for s in sets for uri in s.audio
-                        for shift in shifts] + [len(f"{s.name}/TOTAL") for s in sets]
+    several = len(runs) > 1
+    width = max([12] + [len(label(s.name, uri, run)) for s in sets for uri in s.audio
+                        for run in runs] + [len(f"{s.name}/TOTAL") for s in sets]
                 + [len(over_all(s.name, uri)) for s in sets for uri in s.audio if several])
     oracle = args.oracle_tracking
     print(f"{'file':{width}s} {'DER':>6s} {'miss':>6s} {'FA':>6s} {'conf':>6s} "
@@ -327,29 +353,30 @@ def _run_eval(args: argparse.Namespace) -> int:
                 counted = dataclasses.replace(
                     config, num_speakers=max(1, len({s for _, _, s in reference})))
             file_total, worst = Score(), None
-            for shift in shifts:
+            for shift, gain in runs:
                 score, usual = _score_start_point(frontend, counted, samples, reference,
-                                                  eval_set.uem.get(uri), shift, oracle)
+                                                  eval_set.uem.get(uri), shift, oracle, gain)
                 subtotal.add(score)
                 file_total.add(score)
                 if worst is None or score.der.der > worst[1]:
-                    worst = (shift, score.der.der)
-                entry = {"set": eval_set.name, "file": uri, "shift": shift, **score.to_dict()}
+                    worst = ((shift, gain), score.der.der)
+                entry = {"set": eval_set.name, "file": uri, "shift": shift, "gain": gain,
+                         **score.to_dict()}
                 if usual is not None:
                     usual_subtotal.add(usual[0])
                     seeded_subtotal += usual[1]
                     entry.update(usual=usual[0].to_dict(), seeded=usual[1])
-                print(_row(label(eval_set.name, uri, shift), score, width)
+                print(_row(label(eval_set.name, uri, (shift, gain)), score, width)
                       + extra(*(usual or (None, None))), flush=True)
                 document["files"].append(entry)
             if several:
-                # The file over its start points, and the one it fared worst from: a
-                # tracker that holds must hold from every start point, not on average.
+                # The file over its start points (and levels), and the one it fared worst
+                # from: a tracker that holds must hold from every one, not on average.
                 print(_row(over_all(eval_set.name, uri), file_total, width)
-                      + f"  worst {100 * worst[1]:.1f}% @{worst[0]:g}", flush=True)
+                      + f"  worst {100 * worst[1]:.1f}% {condition(*worst[0])}", flush=True)
                 document.setdefault("start_points", []).append(
                     {"set": eval_set.name, "file": uri, **file_total.to_dict(),
-                     "worst": {"shift": worst[0], "der": worst[1]}})
+                     "worst": {"shift": worst[0][0], "gain": worst[0][1], "der": worst[1]}})
         total.add(subtotal)
         usual_total.add(usual_subtotal)
         seeded_total += seeded_subtotal
@@ -370,13 +397,17 @@ def _run_eval(args: argparse.Namespace) -> int:
               "other; 'usual': the DER of the usual run")
     if shifts != [None]:
         print("FILE@S: the file streamed from S seconds on, wrapping around (audio rotated "
-              "left by S s, reference and scored region alike)"
-              + ("; FILE@all: the file over all its start points, with its worst DER and "
-                 "the start point of that" if several else ""))
+              "left by S s, reference and scored region alike)")
+    if gains != [None]:
+        print("FILE@GdB: the file G dB louder than recorded (clipped to full scale)")
+    if several:
+        print("FILE@all: the file over all its start points and levels, with its worst "
+              "DER and where that was")
     if args.json:
         if oracle:
             document["usual"] = usual_total.to_dict()
         document.update(total=total.to_dict(), shifts=shifts if shifts != [None] else [],
+                        gains=gains if gains != [None] else [],
                         reference_count=args.reference_count, oracle_tracking=oracle,
                         model=frontend.describe(), config=config.to_dict())
         with open(args.json, "w", encoding="utf-8") as out:

@@ -207,7 +207,8 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
         assert file_data["der"] == pytest.approx(
             sum(f["der"] * f["speech"] for f in runs) / sum(f["speech"] for f in runs))
         worst = max(runs, key=lambda f: f["der"])
-        assert file_data["worst"] == {"shift": worst["shift"], "der": worst["der"]}
+        assert file_data["worst"] == {"shift": worst["shift"], "gain": None,
+                                      "der": worst["der"]}
         row = rows[f"{name}@all"]
         assert float(row[1].rstrip("%")) == pytest.approx(100 * file_data["der"], abs=0.051)
         assert row[-3:] == ["worst", f"{100 * worst['der']:.1f}%", f"@{worst['shift']:g}"]
@@ -243,8 +244,37 @@ def test_eval_oracle_tracking_prints_the_usual_der_next_to_it(tmp_path):
     assert all(f["der"] <= f["usual"]["der"] + 0.02 for f in data["files"])
 
 
+def test_eval_scores_each_file_at_several_input_levels(tmp_path):
+    one = eval_set(tmp_path / "one", None, uem=True)
+    document = tmp_path / "scores.json"
+    result = streamer("eval", str(one), "--gain=-60,0", "--shift", "0,5.5", "--json",
+                      str(document))
+    plain = streamer("eval", str(one), "--shift", "0,5.5")
+    assert result.returncode == 0 and plain.returncode == 0, result.stderr + plain.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+    plain_rows = {line.split()[0]: line.split() for line in plain.stdout.splitlines() if line}
+    runs = ["whole@0@-60dB", "whole@0@+0dB", "whole@5.5@-60dB", "whole@5.5@+0dB"]
+    assert [name for name in rows if name.startswith("whole")] == runs + ["whole@all"]
+    # At the recorded level the runs are the plain ones; 60 dB down they are not (the
+    # voice activity detector hears less of the speech): the gain is applied.
+    for shift in ("0", "5.5"):
+        assert rows[f"whole@{shift}@+0dB"][1:-1] == plain_rows[f"whole@{shift}"][1:-1]
+        assert rows[f"whole@{shift}@-60dB"][1:7] != rows[f"whole@{shift}@+0dB"][1:7]
+    data = json.loads(document.read_text())
+    assert data["gains"] == [-60.0, 0.0] and data["shifts"] == [0.0, 5.5]
+    assert [(f["shift"], f["gain"]) for f in data["files"]] == \
+        [(0.0, -60.0), (0.0, 0.0), (5.5, -60.0), (5.5, 0.0)]
+    worst = max(data["files"], key=lambda f: f["der"])
+    assert data["start_points"][0]["worst"] == {"shift": worst["shift"],
+                                                "gain": worst["gain"], "der": worst["der"]}
+    assert data["start_points"][0]["files"] == 4
+    assert rows["whole@all"][-1] == f"@{worst['shift']:g}@{worst['gain']:+g}dB"
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "nothing to evaluate"),
+    (("--gain", "1,x", "."), "not a list of decibels"),
+    (("--gain=-80", "."), "within ±60"),
     (("--rttm", "ref.rttm"), "--rttm and --uem describe --audio"),
     ((".",), "has no reference.rttm"),
     (("--shift", "1,x", "."), "not a list of seconds"),
