@@ -49,7 +49,10 @@ class CentroidMemory:
     Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the voiced-frame
     weighted mean of its local speakers' median pitch and of their squared spreads. A
     local speaker whose pitch is far from a speaker's, in units of both spreads, is that
-    much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``).
+    much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``). Pitch may
+    make a local speaker a new speaker only where it speaks ``firm``ly at a steady pitch
+    (``STEADY_PITCH``); elsewhere only its embedding's distance decides whether it is
+    another voice.
 
     Voices closer than ``delta_new`` are told apart by the buffers themselves: when a
     buffer's clustering finds two voices and the one-to-one assignment gives their nearest
