@@ -174,8 +174,8 @@ class CentroidMemory:
         ``reluctance`` scales the cost of a new speaker. ``pitch`` ``(rows, 3)``: each
         local speaker's pitch median, spread and voiced frames
         (:func:`streamer.pitch.pitch_of`; NaN median: unknown). ``firm`` marks the local
-        speakers that speak long enough for a displaced one to count (see the class);
-        ``None``: none does. Call it once per buffer, in order."""
+        speakers that speak long enough for a displaced one, or for one's pitch, to make a
+        new speaker (see the class); ``None``: none does. Call it once per buffer, in order."""
         count = len(embeddings)
         result = np.full(count, -1, dtype=int)
         if count == 0:

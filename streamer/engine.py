@@ -46,7 +46,8 @@ RESUME_RELUCTANCE = 1.5
 #: this over the step), so that a voice held close to another by the embeddings still
 #: gets its own label (see streamer.clustering.CentroidMemory) ...
 DISPLACED_SECONDS = 4.0
-#: ... and only while it speaks for at least this fraction of the buffer.
+#: ... and only while it speaks for at least this fraction of the buffer (as pitch makes
+#: a new speaker only of a local speaker that speaks this much).
 FIRM_SPEECH = 0.3
 
 

@@ -221,15 +221,19 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     assert old_rows["whole"][1:-1] == rows["one/whole@0"][1:-1]
 
 
+def eval_rows(*args: str) -> dict[str, list[str]]:
+    """The printed rows of ``streamer eval ARGS``, by their first column."""
+    result = streamer("eval", *args)
+    assert result.returncode == 0, result.stderr
+    return {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+
+
 def test_eval_oracle_tracking_prints_the_usual_der_next_to_it(tmp_path):
     one = eval_set(tmp_path / "one", None, uem=True)
     document = tmp_path / "scores.json"
-    oracle = streamer("eval", str(one), "--oracle-tracking", "--shift", "0,5.5", "--json",
-                      str(document))
-    plain = streamer("eval", str(one), "--shift", "0,5.5")
-    assert oracle.returncode == 0 and plain.returncode == 0, oracle.stderr + plain.stderr
-    rows = {line.split()[0]: line.split() for line in oracle.stdout.splitlines() if line}
-    plain_rows = {line.split()[0]: line.split() for line in plain.stdout.splitlines() if line}
+    rows = eval_rows(str(one), "--oracle-tracking", "--shift", "0,5.5", "--json",
+                     str(document))
+    plain_rows = eval_rows(str(one), "--shift", "0,5.5")
     assert rows["file"][-2:] == ["usual", "seeded"]
     for name in ("whole@0", "whole@5.5"):
         assert rows[name][-1] == "2"  # both reference speakers seeded
@@ -247,12 +251,8 @@ def test_eval_oracle_tracking_prints_the_usual_der_next_to_it(tmp_path):
 def test_eval_scores_each_file_at_several_input_levels(tmp_path):
     one = eval_set(tmp_path / "one", None, uem=True)
     document = tmp_path / "scores.json"
-    result = streamer("eval", str(one), "--gain=-60,0", "--shift", "0,5.5", "--json",
-                      str(document))
-    plain = streamer("eval", str(one), "--shift", "0,5.5")
-    assert result.returncode == 0 and plain.returncode == 0, result.stderr + plain.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
-    plain_rows = {line.split()[0]: line.split() for line in plain.stdout.splitlines() if line}
+    rows = eval_rows(str(one), "--gain=-60,0", "--shift", "0,5.5", "--json", str(document))
+    plain_rows = eval_rows(str(one), "--shift", "0,5.5")
     runs = ["whole@0@-60dB", "whole@0@+0dB", "whole@5.5@-60dB", "whole@5.5@+0dB"]
     assert [name for name in rows if name.startswith("whole")] == runs + ["whole@all"]
     # At the recorded level the runs are the plain ones; 60 dB down they are not (the

@@ -154,7 +154,11 @@ def streamer_serve_process(extra_args: list[str] | None = None) -> Iterator[str]
 
 @pytest.fixture(scope="module")
 def stream_url() -> Iterator[str]:
-    with streamer_serve_process([f"--token={TOKEN}"]) as base:  # a token may start with "-"
+    # These tests are about the client. The tick rule of admission (its own tests are in
+    # test_server_admission.py) paces newcomers once ticks near their limit, which a busy
+    # test machine reaches: it would refuse this module's streams, opened one after another.
+    # (`--token=` because a token may start with "-".)
+    with streamer_serve_process([f"--token={TOKEN}", "--max-tick", "0"]) as base:
         yield base.replace("http://", "ws://") + "/v1/stream"
 
 
