@@ -236,18 +236,19 @@ def _run_enroll(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- eval
-def _shift_list(text: str) -> list[float]:
+def _number_list(text: str, unit: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a list of {unit}: {text!r}") from None
+
+
+def _shift_list(text: str) -> list[float]:
+    return _number_list(text, "seconds")
 
 
 def _gain_list(text: str) -> list[float]:
-    try:
-        gains = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of decibels: {text!r}") from None
+    gains = _number_list(text, "decibels")
     if any(not -60.0 <= gain <= 60.0 for gain in gains):
         raise argparse.ArgumentTypeError(f"gains are decibels within ±60, got {text!r}")
     return gains

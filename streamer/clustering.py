@@ -186,7 +186,7 @@ class CentroidMemory:
         if pitch is None:
             pitch = np.full((count, 3), np.nan)
         pitch = np.asarray(pitch, np.float64)
-        voices = distances
+        by_embedding = distances
         distances = distances + pitch_penalty(pitch[:, :2], self.pitches(), self.pitch_weight,
                                               self.pitch_margin)
         room = self.max_speakers - known
@@ -196,7 +196,7 @@ class CentroidMemory:
             # Whether a local speaker is far enough to be another voice: its pitch counts
             # only where it speaks firmly at a steady pitch (see STEADY_PITCH).
             steady = firm & (pitch[:, 1] <= STEADY_PITCH)
-            nearest = np.where(steady, distances.min(axis=1), voices.min(axis=1))
+            nearest = np.where(steady, distances.min(axis=1), by_embedding.min(axis=1))
         else:
             nearest = np.full(count, np.inf)
         if 0 < known < self.min_speakers:
