@@ -27,7 +27,10 @@ FRAME = 800
 F0_MIN, F0_MAX = 60.0, 400.0
 _MIN_LAG = int(SAMPLE_RATE // F0_MAX)
 _MAX_LAG = int(math.ceil(SAMPLE_RATE / F0_MIN))
-_FFT = 1 << int(math.ceil(math.log2(2 * FRAME)))
+#: FFT length of the correlation. Only lags up to _MAX_LAG of the first FRAME - _MAX_LAG
+#: samples are needed, and those never reach past the frame, so a circular correlation
+#: over the frame's own length is already the linear one: no zero padding.
+_FFT = FRAME
 #: YIN's aperiodicity threshold: frames above it are unvoiced.
 APERIODICITY = 0.2
 #: Frames quieter than this RMS (about -60 dBFS) have no pitch.
@@ -44,6 +47,24 @@ MIN_SPREAD = 0.3
 MIN_VOICED = 40
 
 
+def difference_function(frames: np.ndarray) -> np.ndarray:
+    """YIN's difference function of each row of ``frames`` ``(count, FRAME)``:
+    ``d[tau] = sum_{j < FRAME - _MAX_LAG} (x[j] - x[j + tau])**2`` for lags 0 to
+    ``_MAX_LAG``, through one FFT correlation and running energies."""
+    frames = np.asarray(frames, np.float64)
+    width = FRAME - _MAX_LAG
+    spectrum = np.fft.rfft(frames, _FFT)
+    head = np.fft.rfft(frames[:, :width], _FFT)
+    correlation = np.fft.irfft(np.conj(head) * spectrum, _FFT)[:, :_MAX_LAG + 1]
+    energy = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames ** 2, axis=1)],
+                            axis=1)
+    lags = np.arange(_MAX_LAG + 1)
+    difference = energy[:, [width]] + energy[:, lags + width] - energy[:, lags] \
+        - 2 * correlation
+    difference[:, 0] = 0.0
+    return difference
+
+
 def yin(audio: np.ndarray) -> np.ndarray:
     """F0 in Hz of each full FRAME of ``audio`` taken every HOP samples (frame i covers
     ``audio[i * HOP: i * HOP + FRAME]``); NaN where unvoiced."""
@@ -52,17 +73,8 @@ def yin(audio: np.ndarray) -> np.ndarray:
     if count <= 0:
         return np.zeros(0)
     frames = np.lib.stride_tricks.sliding_window_view(audio, FRAME)[::HOP][:count]
-    width = FRAME - _MAX_LAG
-    # Difference function d(tau) = sum_{j < width} (x_j - x_{j+tau})^2 through one FFT
-    # correlation and running energies.
-    spectrum = np.fft.rfft(frames, _FFT)
-    head = np.fft.rfft(frames[:, :width], _FFT)
-    correlation = np.fft.irfft(np.conj(head) * spectrum, _FFT)[:, :_MAX_LAG + 1]
-    energy = np.concatenate([np.zeros((count, 1)), np.cumsum(frames ** 2, axis=1)], axis=1)
+    difference = difference_function(frames)
     lags = np.arange(_MAX_LAG + 1)
-    difference = energy[:, [width]] + energy[:, lags + width] - energy[:, lags] \
-        - 2 * correlation
-    difference[:, 0] = 0.0
     # Cumulative mean normalised difference.
     running = np.cumsum(difference[:, 1:], axis=1) / lags[1:]
     normalised = difference[:, 1:] / np.maximum(running, 1e-12)
@@ -88,7 +100,8 @@ def yin(audio: np.ndarray) -> np.ndarray:
                       where=np.abs(curvature) > 1e-12)
     period = _MIN_LAG + middle + np.clip(shift, -1.0, 1.0)
     f0 = SAMPLE_RATE / period
-    quiet = energy[:, width] < width * MIN_RMS ** 2
+    width = FRAME - _MAX_LAG
+    quiet = (frames[:, :width].astype(np.float64) ** 2).sum(axis=1) < width * MIN_RMS ** 2
     f0[(aperiodicity >= APERIODICITY) | quiet] = np.nan
     return f0
 

@@ -159,6 +159,12 @@ def test_padded_batches_of_windows_embed_like_single_windows():
     together = encoder.embed_padded(padded, np.array([150, 80, 113]))
     for index, window in enumerate(windows):
         np.testing.assert_allclose(together[index], encoder.embed(window[None])[0], atol=1e-5)
+        # One window alone (or windows of one length) take the unpacked path: its padding
+        # is left out all the same.
+        alone = encoder.embed_padded(padded[index:index + 1], np.array([len(window)]))
+        np.testing.assert_allclose(alone[0], together[index], atol=1e-5)
+    twice = encoder.embed_padded(padded[[1, 1]], np.array([80, 80]))
+    np.testing.assert_allclose(twice, together[[1, 1]], atol=1e-5)
 
 
 def test_huge_finite_samples_neither_raise_nor_end_the_stream(frontend, two_voices):

@@ -10,8 +10,8 @@ from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
 from streamer.models.frontend import SegmentationEmbeddingFrontend
-from streamer.pitch import (HOP, MIN_SPREAD, MIN_VOICED, PitchTrack, pitch_of, pitch_penalty,
-                            two_voices, yin)
+from streamer.pitch import (FRAME, HOP, MIN_SPREAD, MIN_VOICED, PitchTrack, difference_function,
+                            pitch_of, pitch_penalty, two_voices, yin)
 
 RATE = 16000
 
@@ -33,6 +33,17 @@ def test_yin_finds_the_pitch_of_a_harmonic_voice(f0: float) -> None:
     voiced = estimates[np.isfinite(estimates)]
     assert len(voiced) > 0.9 * len(estimates)
     assert np.median(voiced) == pytest.approx(f0, rel=0.01)
+
+
+def test_the_difference_function_is_the_direct_sum() -> None:
+    frames = np.random.default_rng(3).normal(0, 0.3, (4, FRAME))
+    frames[1] = voice(97.0, FRAME / RATE)
+    difference = difference_function(frames)
+    lags = difference.shape[1]
+    width = FRAME - (lags - 1)
+    direct = np.array([[((row[:width] - row[tau:tau + width]) ** 2).sum() for tau in range(lags)]
+                       for row in frames])
+    np.testing.assert_allclose(difference, direct, rtol=1e-9, atol=1e-9)
 
 
 def test_yin_finds_no_pitch_in_noise_or_silence() -> None:
