@@ -34,7 +34,8 @@ def add_model_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                        help="where torch models run (default %(default)s)")
     group.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                       help="torch, or ONNX Runtime for pyannote models (default %(default)s)")
+                       help="torch, or ONNX Runtime (exported once, cached): the pyannote models, CAM++ "
+                            "or the embedded preset's GE2E (default %(default)s)")
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="bf16 runs the WeSpeaker ResNet embedding model in bfloat16 "
                             "with torch: faster on CPUs with AMX and on GPUs, embeddings "

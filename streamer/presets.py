@@ -71,7 +71,7 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
                               "the embedded preset")
         from streamer.models.embedded import EmbeddedFrontend
 
-        return EmbeddedFrontend()
+        return EmbeddedFrontend(backend=backend)
     return _load_pyannote(segmentation or PRESETS[preset]["segmentation"],
                           embedding or PRESETS[preset]["embedding"], device, backend,
                           precision, hub, preset, compile)

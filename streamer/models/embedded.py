@@ -35,7 +35,8 @@ from streamer.linalg import LINKAGES, linkage_clusters
 from streamer.models.base import BufferAnalysis, FrameTiming
 from streamer.models.ge2e import HOP as MEL_HOP
 from streamer.models.calls import ModelCall, Models, Steps
-from streamer.models.ge2e import N_FFT, N_MELS, MelSpectrogram, VoiceEncoder, volume_gain
+from streamer.models.ge2e import (N_FFT, N_MELS, MelSpectrogram, OnnxVoiceEncoder, VoiceEncoder,
+                                  volume_gain)
 from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
 from streamer.audio import SAMPLE_RATE
@@ -146,11 +147,20 @@ class EmbeddedFrontend:
     detects_overlap = False
 
     def __init__(self, settings: EmbeddedSettings | None = None, vad: SileroVad | None = None,
-                 encoder: VoiceEncoder | None = None, mean: np.ndarray | None = None):
+                 encoder: VoiceEncoder | OnnxVoiceEncoder | None = None,
+                 mean: np.ndarray | None = None, backend: str = "torch"):
+        """``backend="onnx"`` runs GE2E in ONNX Runtime (:class:`OnnxVoiceEncoder`, the
+        ``onnx`` extra), a third faster on one stream's window; ``encoder`` (a torch one)
+        is then the network it exports."""
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.settings = settings or EmbeddedSettings()
         self.default_speech_threshold = self.settings.vad_threshold
         self.vad = vad or SileroVad()
         self.encoder = encoder or VoiceEncoder()
+        if backend == "onnx" and not isinstance(self.encoder, OnnxVoiceEncoder):
+            self.encoder = OnnxVoiceEncoder(self.encoder)
+        self.backend = "onnx" if isinstance(self.encoder, OnnxVoiceEncoder) else "torch"
         self.mean = (np.zeros(VoiceEncoder.dimension, np.float32) if mean is None
                      else np.asarray(mean, np.float32))
         self.mel = MelSpectrogram()
@@ -176,6 +186,7 @@ class EmbeddedFrontend:
             "embedding_dimension": VoiceEncoder.dimension,
             "window": self.settings.window,
             "hop": self.settings.hop,
+            "backend": self.backend,
         }
 
     def stream(self, config: Any) -> "EmbeddedStream":

@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,8 +66,10 @@ def graph_key(checkpoint: Path, kind: str) -> str:
 
 
 def export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
-           dynamic_axes: dict[str, dict[int, str]]) -> None:
-    """Export ``module(*inputs) -> output`` (named inputs, one output) with dynamic axes."""
+           dynamic_axes: dict[str, dict[int, str]],
+           edit: Callable[[Any], None] | None = None) -> None:
+    """Export ``module(*inputs) -> output`` (named inputs, one output) with dynamic axes;
+    ``edit`` changes the exported ``onnx.ModelProto`` in place before it is saved."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     module = module.eval().cpu()
     with warnings.catch_warnings(), torch.no_grad():
@@ -81,6 +83,13 @@ def export(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
             detail = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise ModelLoadError(f"ONNX export failed ({type(exc).__name__}: {detail}); "
                                  "use backend='torch'") from exc
+    if edit is not None:
+        import onnx
+
+        graph = onnx.load(str(tmp))
+        edit(graph)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp))
     os.replace(tmp, path)
     logger.info("exported ONNX graph %s", path)
 
@@ -116,13 +125,15 @@ class OnnxRunner:
 
 
 def onnx_runner(module: nn.Module, checkpoint: Path, kind: str, inputs: dict[str, torch.Tensor],
-                dynamic_axes: dict[str, dict[int, str]], device: torch.device) -> OnnxRunner:
+                dynamic_axes: dict[str, dict[int, str]], device: torch.device,
+                edit: Callable[[Any], None] | None = None) -> OnnxRunner:
     """Export ``module`` once (cached, keyed by checkpoint and ``kind``) and open it with
-    onnxruntime. ``inputs``: named example inputs; ``dynamic_axes``: as for torch.onnx."""
+    onnxruntime. ``inputs``: named example inputs; ``dynamic_axes``: as for torch.onnx;
+    ``edit``: see :func:`export` (``kind`` must change whenever it does)."""
     _import_onnxruntime()
     path = cache_dir() / f"{kind}-{graph_key(checkpoint, kind)}.onnx"
     if not path.is_file():
-        export(module, inputs, path, dynamic_axes)
+        export(module, inputs, path, dynamic_axes, edit)
     else:
         logger.debug("reusing ONNX graph %s", path)
     return OnnxRunner(path, device)

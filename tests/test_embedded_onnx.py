@@ -1,0 +1,89 @@
+"""The embedded preset with ``backend="onnx"``: GE2E exported once and run by ONNX Runtime."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.audio import load_audio
+from streamer.engine import diarize_array
+from streamer.models.embedded import EmbeddedFrontend
+from streamer.models.ge2e import OnnxVoiceEncoder, VoiceEncoder
+from streamer.presets import load_frontend
+
+from tests.paths import DATA
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def torch_frontend() -> EmbeddedFrontend:
+    return EmbeddedFrontend()
+
+
+@pytest.fixture(scope="module")
+def onnx_frontend(torch_frontend: EmbeddedFrontend, cache: Path) -> EmbeddedFrontend:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STREAMER_ONNX_CACHE", str(cache))
+        return EmbeddedFrontend(torch_frontend.settings, torch_frontend.vad,
+                                torch_frontend.encoder, backend="onnx")
+
+
+def test_onnx_encoder_embeds_padded_batches_as_torch_does(torch_frontend, onnx_frontend):
+    """Rows of one length, of mixed lengths (each row's own last frame ends it, as with
+    torch's packed sequences) and of one frame; an empty batch."""
+    assert isinstance(onnx_frontend.encoder, OnnxVoiceEncoder)
+    encoder = torch_frontend.encoder
+    rng = np.random.default_rng(3)
+    mels = np.abs(rng.normal(size=(3, 150, 40))).astype(np.float32)
+    for lengths in ([150, 150, 150], [150, 61, 7], [1, 1, 1], [40, 40, 40]):
+        lengths = np.array(lengths)
+        expected = encoder.embed_padded(mels, lengths)
+        got = onnx_frontend.encoder.embed_padded(mels, lengths)
+        assert got.shape == (3, VoiceEncoder.dimension)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Padding past a row's length is not read: other values there change nothing.
+    noisy = mels.copy()
+    noisy[1, 61:] = 50.0
+    np.testing.assert_allclose(onnx_frontend.encoder.embed_padded(noisy, np.array([150, 61, 7])),
+                               encoder.embed_padded(mels, np.array([150, 61, 7])), atol=1e-5)
+    assert onnx_frontend.encoder.embed_padded(mels[:0], np.zeros(0, int)).shape == (0, 256)
+
+
+def test_onnx_backend_diarizes_as_torch_does(torch_frontend, onnx_frontend):
+    audio = load_audio(DATA / "two_voices.wav")
+    expected, _ = diarize_array(torch_frontend, audio, chunk=0.5)
+    got, _ = diarize_array(onnx_frontend, audio, chunk=0.5)
+    assert len({turn.speaker for turn in expected}) == 2
+    assert [(t.speaker, round(t.start, 2), round(t.end, 2)) for t in got] == \
+        [(t.speaker, round(t.start, 2), round(t.end, 2)) for t in expected]
+    assert onnx_frontend.describe()["backend"] == "onnx"
+    assert torch_frontend.describe()["backend"] == "torch"
+
+
+def test_the_exported_graph_is_cached(onnx_frontend, cache: Path):
+    graphs = sorted(cache.glob("ge2e-*.onnx"))
+    assert len(graphs) == 1
+    written = graphs[0].stat().st_mtime_ns
+    again = load_frontend("embedded", backend="onnx")
+    assert again.backend == "onnx"
+    assert sorted(cache.glob("ge2e-*.onnx")) == graphs
+    assert graphs[0].stat().st_mtime_ns == written
+
+
+def test_unknown_backend_is_refused(torch_frontend):
+    with pytest.raises(ValueError, match="backend"):
+        EmbeddedFrontend(torch_frontend.settings, torch_frontend.vad, torch_frontend.encoder,
+                         backend="tensorrt")
