@@ -69,6 +69,9 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         if compile:
             raise ConfigError("--compile applies to the pyannote embedding models, not to "
                               "the embedded preset")
+        if device == "cuda":
+            raise ConfigError("--device cuda applies to the pyannote presets: the embedded "
+                              "preset's small models run on the CPU")
         from streamer.models.embedded import EmbeddedFrontend
 
         return EmbeddedFrontend(backend=backend)

@@ -384,6 +384,8 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
         assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
     result = streamer("diarize", str(audio), "--precision", "bf16")
     assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr
+    result = streamer("diarize", str(audio), "--device", "cuda")
+    assert result.returncode == 2 and "--device cuda applies to the pyannote" in result.stderr
 
 
 def test_diarize_writes_the_overlap_aware_diarization_with_pyannote_models(tmp_path):
