@@ -15,17 +15,7 @@ from streamer.presets import load_frontend
 from tests.paths import DATA
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(cache))
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("onnx_cache_env")]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +24,9 @@ def torch_frontend() -> EmbeddedFrontend:
 
 
 @pytest.fixture(scope="module")
-def onnx_frontend(torch_frontend: EmbeddedFrontend, cache: Path) -> EmbeddedFrontend:
+def onnx_frontend(torch_frontend: EmbeddedFrontend, onnx_cache: Path) -> EmbeddedFrontend:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STREAMER_ONNX_CACHE", str(cache))
+        patch.setenv("STREAMER_ONNX_CACHE", str(onnx_cache))
         return EmbeddedFrontend(torch_frontend.settings, torch_frontend.vad,
                                 torch_frontend.encoder, backend="onnx")
 
@@ -73,13 +63,13 @@ def test_onnx_backend_diarizes_as_torch_does(torch_frontend, onnx_frontend):
     assert torch_frontend.describe()["backend"] == "torch"
 
 
-def test_the_exported_graph_is_cached(onnx_frontend, cache: Path):
-    graphs = sorted(cache.glob("ge2e-*.onnx"))
+def test_the_exported_graph_is_cached(onnx_frontend, onnx_cache: Path):
+    graphs = sorted(onnx_cache.glob("ge2e-*.onnx"))
     assert len(graphs) == 1
     written = graphs[0].stat().st_mtime_ns
     again = load_frontend("embedded", backend="onnx")
     assert again.backend == "onnx"
-    assert sorted(cache.glob("ge2e-*.onnx")) == graphs
+    assert sorted(onnx_cache.glob("ge2e-*.onnx")) == graphs
     assert graphs[0].stat().st_mtime_ns == written
 
 

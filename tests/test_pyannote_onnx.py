@@ -13,17 +13,7 @@ from streamer.models.pyannote import load_embedding, load_segmentation  # noqa: 
 from streamer.models.pyannote.onnx import cache_dir  # noqa: E402
 from tests.checkpoints import write_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(cache))
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("onnx_cache_env")]
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +78,13 @@ def test_onnx_resnet_runs_only_where_the_weights_matter(checkpoints: dict[str, P
     np.testing.assert_allclose(cropped, torch_model(audio, weights), atol=1e-4 * scale)
 
 
-def test_exported_graph_is_cached_and_reused(checkpoints: dict[str, Path], cache: Path) -> None:
+def test_exported_graph_is_cached_and_reused(checkpoints: dict[str, Path], onnx_cache: Path) -> None:
     first = load_embedding(checkpoints["xvector"], backend="onnx")
-    graphs = sorted(cache.glob("embedding-*.onnx"))
+    graphs = sorted(onnx_cache.glob("embedding-*.onnx"))
     assert graphs and all(p.stat().st_size > 0 for p in graphs)
     stamps = {p: p.stat().st_mtime_ns for p in graphs}
     second = load_embedding(checkpoints["xvector"], backend="onnx")
-    assert {p: p.stat().st_mtime_ns for p in cache.glob("embedding-*.onnx")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in onnx_cache.glob("embedding-*.onnx")} == stamps
     audio = _audio(1, 3.0)
     np.testing.assert_array_equal(first(audio), second(audio))
-    assert not list(cache.glob("*.tmp"))
+    assert not list(onnx_cache.glob("*.tmp"))
