@@ -95,6 +95,13 @@ def volume_gain(samples: np.ndarray) -> float:
     return float(10 ** (change / 20)) if change > 0 else 1.0
 
 
+def _project(linear: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """The LSTM's last hidden state ``(batch, 256)`` -> L2-normalised embeddings (the
+    tail shared by the torch encoder and the graph exported for ONNX Runtime)."""
+    embeddings = torch.relu(linear(hidden))
+    return embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
 class VoiceEncoder(nn.Module):
     """Mel frames ``(batch, frames, 40)`` -> L2-normalised 256-d embeddings."""
 
@@ -117,8 +124,7 @@ class VoiceEncoder(nn.Module):
     @torch.inference_mode()
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.lstm(mels)
-        embeddings = torch.relu(self.linear(hidden[-1]))
-        return embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return _project(self.linear, hidden[-1])
 
     def embed(self, mels: np.ndarray) -> np.ndarray:
         """numpy ``(batch, frames, 40)`` -> ``(batch, 256)``."""
@@ -141,9 +147,7 @@ class VoiceEncoder(nn.Module):
                 inputs, torch.as_tensor(lengths, dtype=torch.int64), batch_first=True,
                 enforce_sorted=False)
             _, (hidden, _) = self.lstm(packed)
-        embeddings = torch.relu(self.linear(hidden[-1]))
-        embeddings = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        return embeddings.numpy()
+        return _project(self.linear, hidden[-1]).numpy()
 
 
 class _EmbeddingGraph(nn.Module):
@@ -155,8 +159,7 @@ class _EmbeddingGraph(nn.Module):
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.lstm(mels)
-        embeddings = torch.relu(self.linear(hidden[-1]))
-        return embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return _project(self.linear, hidden[-1])
 
 
 def _take_lengths(graph: Any) -> None:
