@@ -479,11 +479,13 @@ class StreamingDiarizer:
         end_frame = self._policy.decided_until(self._buffer.received, end_sample, final)
         if end_frame <= self._aggregator.first:
             return []
+        # The frames after the decided ones are seen too: a change of speaker among
+        # them may move to a pause among the decided frames (TurnPolicy.decide).
+        ahead, ahead_speech = self._aggregator.peek(self._aggregator.available)
         first, columns, speech = self._aggregator.commit(end_frame)
         activations, count = columns[:, :-1], columns[:, -1]
         missing = max(end_frame - first - len(speech), 0)
-        labels = np.concatenate([self._policy.labels(activations, speech, commit=True,
-                                                     known=len(self._memory) > 0),
+        labels = np.concatenate([self._policy.decide(ahead[:, :-1], ahead_speech, len(speech)),
                                  np.full(missing, -1)])
         events: list[Event] = self._record(self._policy.turns.push(labels))
         if self.config.outputs:

@@ -1,8 +1,9 @@
 """Exclusive speaker turns from a stream of per-frame speaker activations.
 
 :class:`TurnPolicy` decides which frames are final (the latency cut), labels each frame
-with one speaker, and keeps the interim view of the open turn; :class:`TurnBuilder` turns
-the labels into turns.
+with one speaker (moving a change of speaker next to a pause to the pause,
+:func:`snap_changes`), and keeps the interim view of the open turn; :class:`TurnBuilder`
+turns the labels into turns.
 
 Frames arrive in order, each labelled with one speaker index or -1 (no speech). A turn is
 a stretch of one speaker: gaps of at most ``min_off`` frames between two stretches of the
@@ -142,6 +143,40 @@ class TurnBuilder:
         return False, consumed
 
 
+def snap_changes(labels: np.ndarray, reach: int, previous: int = -1) -> np.ndarray:
+    """``labels`` (speaker per frame, -1: no speech) with each change of speaker that
+    happens without a pause moved to a pause at most ``reach`` frames away, when the
+    speaker on the far side of that pause is the same as next to it:
+
+    - ``A - A B`` (a pause ``-``, then a short stretch of A before B takes over): the
+      short A stretch becomes B;
+    - ``A B - B``: the short B stretch before the pause becomes A.
+
+    When both apply, the nearer pause wins. ``previous`` is the speaker of the last
+    speech frame before ``labels`` (-1: none), for a pause at their start."""
+    labels = np.array(labels, int)
+    runs = _runs(labels, 0)
+    speakers = [previous] + [speaker for speaker, _, _ in runs]  # speakers[i + 1] is run i
+
+    def speaker(index: int) -> int | None:
+        return speakers[index + 1] if -1 <= index < len(runs) else None
+
+    for index in range(len(runs) - 1):
+        a, start, change = runs[index]
+        b, _, end = runs[index + 1]
+        if a < 0 or b < 0 or a == b:
+            continue
+        late = change - start if speaker(index - 1) == -1 and speaker(index - 2) == a else None
+        early = end - change if speaker(index + 2) == -1 and speaker(index + 3) == b else None
+        late = late if late is not None and late <= reach else None
+        early = early if early is not None and early <= reach else None
+        if late is not None and (early is None or late <= early):
+            labels[start:change] = b
+        elif early is not None:
+            labels[change:end] = a
+    return labels
+
+
 def _runs(labels: np.ndarray, offset: int) -> list[tuple[int, int, int]]:
     if len(labels) == 0:
         return []
@@ -156,6 +191,14 @@ def _runs(labels: np.ndarray, offset: int) -> list[tuple[int, int, int]]:
 #: turn, so it is kept short (two of the embedded preset's 0.1 s frames; docs/PROTOCOL.md
 #: has the trade-off).
 MIN_INTERIM = 0.15
+
+
+#: A change of speaker at most this far from a pause, in seconds, moves to the pause
+#: (:func:`snap_changes`). People take turns at pauses more often than not, while the
+#: embeddings that tell the speakers apart each see a window of audio around a frame
+#: (1.5 s for the embedded preset), so where one voice takes over from another the
+#: frames near the change follow the wrong voice for a while.
+CHANGE_REACH = 0.5
 
 
 class TurnPolicy:
@@ -179,6 +222,7 @@ class TurnPolicy:
         self.latency_samples = int(round(latency * sample_rate))
         self.speech_threshold = speech_threshold
         self.min_interim = max(min_on, MIN_INTERIM)
+        self.reach = int(round(CHANGE_REACH / resolution))
         self.turns = TurnBuilder(resolution, min_on, min_off, label)
         self.reset()
 
@@ -210,36 +254,45 @@ class TurnPolicy:
         return min(frames, int(math.floor((end - self.latency_samples) / self.sample_rate
                                           / self.resolution)))
 
-    def labels(self, activations: np.ndarray, speech: np.ndarray, commit: bool,
-               known: bool) -> np.ndarray:
+    def decide(self, activations: np.ndarray, speech: np.ndarray, count: int
+               ) -> np.ndarray:
+        """Final labels of the first ``count`` frames of ``activations`` and ``speech``
+        (see :meth:`_label`), which may run on to the newest frame: the frames after
+        ``count`` are not decided, but a change of speaker next to a pause among them
+        moves to that pause (:data:`CHANGE_REACH`, :func:`snap_changes`)."""
+        labels = snap_changes(self._label(activations, speech, self._hold), self.reach,
+                              self._hold)[:count]
+        spoken = labels[labels >= 0]
+        if len(spoken):
+            self._hold = int(spoken[-1])
+        return labels
+
+    def _label(self, activations: np.ndarray, speech: np.ndarray, hold: int) -> np.ndarray:
         """Per frame, the most active global speaker, or -1 where nobody speaks.
 
         Speech that no global speaker claims (e.g. a voice too short to embed) goes to
-        the speaker of the previous speech frame, so it is not lost. In the interim view
-        (``commit=False``), speech before any speaker is ``known`` is shown as the first
-        speaker to come, so the first interim turn follows the first speech at once."""
+        the speaker of the previous speech frame, ``hold`` before the first one, so it is
+        not lost."""
         labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
         is_speech = speech >= self.speech_threshold
         unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
         labels[~is_speech] = -1
-        hold = self._hold
-        if not commit and hold < 0 and not known:
-            hold = 0
         for index in np.flatnonzero(is_speech):
             if unclaimed[index]:
                 labels[index] = hold
             else:
                 hold = labels[index]
-        if commit:
-            self._hold = hold
         return labels
 
     def interim(self, activations: np.ndarray, speech: np.ndarray, known: bool
                 ) -> list[Turn]:
         """The interim view after the undecided frames (``activations``, ``speech``):
         the open turn once it lasts ``min_interim``; returned when it changed."""
-        turn = self.turns.preview(self.labels(activations, speech, commit=False,
-                                              known=known))
+        # Speech before any speaker is known shows as the first speaker to come, so the
+        # first interim turn follows the first speech at once.
+        hold = 0 if self._hold < 0 and not known else self._hold
+        labels = snap_changes(self._label(activations, speech, hold), self.reach, self._hold)
+        turn = self.turns.preview(labels)
         shown = turn is not None and turn.duration >= self.min_interim
         self.view = turn if shown else None
         if not shown or turn == self._last_interim:

@@ -81,6 +81,22 @@ def test_embedded_preset_separates_two_synthetic_voices(frontend, two_voices):
         assert after.start >= before.end
 
 
+def test_speaker_changes_land_in_the_pauses_between_turns(frontend, two_voices):
+    # The voices take turns at pauses of 0.3-0.9 s. The GE2E windows (1.5 s) that see a
+    # new voice's first words also see the previous one, so without moving changes to
+    # the pause the first 0.2 s of a turn went to the previous speaker.
+    samples, reference = two_voices
+    turns, _ = diarize_array(frontend, samples)
+    result = der_components(reference, [(t.start, t.end, t.speaker) for t in turns])
+    assert result.confusion == pytest.approx(0.0, abs=0.02), result
+    changes = [(before.end, after.start) for before, after in zip(turns, turns[1:])
+               if before.speaker != after.speaker]
+    pauses = [(first[1], second[0]) for first, second in zip(reference, reference[1:])]
+    assert len(changes) == len(pauses)
+    for (end, start), (silent, voiced) in zip(changes, pauses):
+        assert silent - 0.1 <= end <= start <= voiced + 0.1
+
+
 def test_known_number_of_speakers_is_respected(frontend, two_voices):
     # num_speakers has pyannote's meaning: exactly that many once both voices have spoken
     samples, reference = two_voices
