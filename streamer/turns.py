@@ -166,13 +166,12 @@ def snap_changes(labels: np.ndarray, reach: int, previous: int = -1) -> np.ndarr
         b, _, end = runs[index + 1]
         if a < 0 or b < 0 or a == b:
             continue
-        late = change - start if speaker(index - 1) == -1 and speaker(index - 2) == a else None
-        early = end - change if speaker(index + 2) == -1 and speaker(index + 3) == b else None
-        late = late if late is not None and late <= reach else None
-        early = early if early is not None and early <= reach else None
-        if late is not None and (early is None or late <= early):
+        late, early = change - start, end - change  # frames to the pause before / after
+        back = late <= reach and speaker(index - 1) == -1 and speaker(index - 2) == a
+        on = early <= reach and speaker(index + 2) == -1 and speaker(index + 3) == b
+        if back and (not on or late <= early):
             labels[start:change] = b
-        elif early is not None:
+        elif on:
             labels[change:end] = a
     return labels
 
