@@ -33,9 +33,10 @@ def add_model_arguments(parser: argparse.ArgumentParser,
                             "packaged:campplus")
     group.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                        help="where torch models run (default %(default)s)")
-    group.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    group.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                        help="torch, or ONNX Runtime (exported once, cached): the pyannote models, CAM++ "
-                            "or the embedded preset's GE2E (default %(default)s)")
+                            "or the embedded preset's GE2E; auto (default): ONNX Runtime for "
+                            "the embedded preset where it is installed, torch for the others")
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="bf16 runs the WeSpeaker ResNet embedding model in bfloat16 "
                             "with torch: faster on CPUs with AMX and on GPUs, embeddings "
@@ -91,11 +92,12 @@ def segmentation_from_args(args: argparse.Namespace) -> Any:
     if preset_of(args) == "embedded":
         return frontend_from_args(args)  # refuses the pyannote-only flags too
     from streamer.models.pyannote import load_segmentation
-    from streamer.presets import PRESETS
+    from streamer.presets import PRESETS, pyannote_backend
 
     _set_threads(args)
     return load_segmentation(args.segmentation or PRESETS[preset_of(args)]["segmentation"],
-                             device=args.device, backend=args.backend, **hub_options(args))
+                             device=args.device, backend=pyannote_backend(args.backend),
+                             **hub_options(args))
 
 
 def embedding_from_args(args: argparse.Namespace) -> tuple[Any, str]:
@@ -104,11 +106,11 @@ def embedding_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     if preset_of(args) == "embedded":
         return frontend_from_args(args), "embedded"
     from streamer.models.pyannote import load_embedding
-    from streamer.presets import PRESETS
+    from streamer.presets import PRESETS, pyannote_backend
 
     _set_threads(args)
     source = args.embedding or PRESETS[preset_of(args)]["embedding"]
-    return load_embedding(source, device=args.device, backend=args.backend,
+    return load_embedding(source, device=args.device, backend=pyannote_backend(args.backend),
                           precision=getattr(args, "precision", "fp32"),
                           **hub_options(args)), source
 

@@ -55,7 +55,7 @@ class Pipeline:
     """
 
     def __init__(self, preset: str | None = None, *, segmentation: str | None = None,
-                 embedding: str | None = None, device: str = "cpu", backend: str = "torch",
+                 embedding: str | None = None, device: str = "cpu", backend: str = "auto",
                  precision: str = "fp32", compile: bool = False,
                  frontend: Frontend | None = None,
                  config: StreamConfig | Mapping[str, Any] | None = None, **hub: Any):

@@ -1,6 +1,7 @@
 """Model presets: which front end a stream runs, and where its weights come from."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -32,18 +33,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEVICES = ("cpu", "cuda", "auto")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 def load_frontend(preset: str | None = None, segmentation: str | None = None,
                   embedding: str | None = None, device: str = "cpu",
-                  backend: str = "torch", precision: str = "fp32", compile: bool = False,
+                  backend: str = "auto", precision: str = "fp32", compile: bool = False,
                   **hub: Any) -> Frontend:
     """Load the models of a preset once; the result is shared by every stream.
 
     ``segmentation`` / ``embedding`` (a file, a folder, ``hf:<repo id>`` or
     ``packaged:<name>``, see :mod:`streamer.models.packaged`) select pyannote-style models
     and imply ``preset="pyannote"``; the missing one takes the preset's default.
+    ``backend="auto"`` (the default) runs the embedded preset's GE2E in ONNX Runtime where
+    its packages import and the export works, and in torch otherwise (the same
+    diarization, ONNX Runtime's LSTM is faster on one stream's window and on a batch of
+    streams); the pyannote presets run in torch unless ``backend="onnx"`` is given.
     ``precision="bf16"`` runs the pyannote embedding model in bfloat16 (torch backend).
     ``compile=True`` runs its trunk through ``torch.compile``, compiled here on a chunk of
     the segmentation's length (see :func:`streamer.models.pyannote.load_embedding`).
@@ -59,7 +64,9 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     from streamer.models.pyannote.device import check_precision
 
-    check_precision(precision, backend)
+    if preset != "embedded":
+        backend = pyannote_backend(backend)
+    check_precision(precision, pyannote_backend(backend))
     if preset == "embedded":
         if segmentation or embedding:
             raise ConfigError("--segmentation/--embedding need the pyannote preset")
@@ -72,12 +79,38 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         if device == "cuda":
             raise ConfigError("--device cuda applies to the pyannote presets: the embedded "
                               "preset's small models run on the CPU")
-        from streamer.models.embedded import EmbeddedFrontend
-
-        return EmbeddedFrontend(backend=backend)
+        return _load_embedded(backend)
     return _load_pyannote(segmentation or PRESETS[preset]["segmentation"],
                           embedding or PRESETS[preset]["embedding"], device, backend,
                           precision, hub, preset, compile)
+
+
+def pyannote_backend(backend: str) -> str:
+    """The backend that ``backend`` means for the pyannote models: ``auto`` is torch."""
+    return "torch" if backend == "auto" else backend
+
+
+def onnx_available() -> bool:
+    """Whether ONNX Runtime and the ONNX exporter's package can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def _load_embedded(backend: str) -> Frontend:
+    from streamer.models.embedded import EmbeddedFrontend
+
+    if backend != "auto":
+        return EmbeddedFrontend(backend=backend)
+    frontend = EmbeddedFrontend()
+    if not onnx_available():
+        logger.info("onnx/onnxruntime not installed: GE2E runs in torch")
+        return frontend
+    try:
+        # The torch encoder's weights are what the graph is exported from.
+        return EmbeddedFrontend(frontend.settings, frontend.vad, frontend.encoder,
+                                backend="onnx")
+    except ModelLoadError as error:
+        logger.warning("GE2E stays in torch: %s", error)
+        return frontend
 
 
 def _load_pyannote(segmentation: str, embedding: str, device: str, backend: str,

@@ -1,6 +1,7 @@
 """Shared test set-up."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,19 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The embedded preset exports GE2E to ONNX by default: the front ends, servers and
+    CLIs the tests start export into a cache of the session, never the user's."""
+    previous = os.environ.get("STREAMER_ONNX_CACHE")
+    os.environ["STREAMER_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx-session"))
+    yield
+    if previous is None:
+        os.environ.pop("STREAMER_ONNX_CACHE", None)
+    else:
+        os.environ["STREAMER_ONNX_CACHE"] = previous
 
 
 @pytest.fixture(scope="module")

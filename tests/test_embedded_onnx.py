@@ -1,16 +1,23 @@
 """The embedded preset with ``backend="onnx"``: GE2E exported once and run by ONNX Runtime."""
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from streamer import presets
 from streamer.audio import load_audio
+from streamer.cliargs import add_model_arguments, frontend_from_args
+from streamer.errors import ModelLoadError
+from streamer.models.pyannote import onnx as onnx_export
 from streamer.engine import diarize_array
 from streamer.models.embedded import EmbeddedFrontend
 from streamer.models.ge2e import OnnxVoiceEncoder, VoiceEncoder
-from streamer.presets import load_frontend
+from streamer.presets import load_frontend, pyannote_backend
 
 from tests.paths import DATA
 
@@ -77,3 +84,39 @@ def test_unknown_backend_is_refused(torch_frontend):
     with pytest.raises(ValueError, match="backend"):
         EmbeddedFrontend(torch_frontend.settings, torch_frontend.vad, torch_frontend.encoder,
                          backend="tensorrt")
+
+
+def test_auto_backend_runs_ge2e_in_onnx_runtime(onnx_cache: Path, monkeypatch):
+    """``auto`` (the default of load_frontend, the Pipeline and the CLI) gives the embedded
+    preset ONNX Runtime where it is installed; the pyannote presets stay in torch."""
+    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(onnx_cache))
+    frontend = load_frontend("embedded")
+    assert isinstance(frontend.encoder, OnnxVoiceEncoder)
+    assert frontend.describe()["backend"] == "onnx"
+    assert load_frontend("embedded", backend="torch").backend == "torch"
+    assert pyannote_backend("auto") == "torch"
+    assert pyannote_backend("onnx") == "onnx"
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert parser.parse_args([]).backend == "auto"
+    assert frontend_from_args(parser.parse_args([])).backend == "onnx"
+
+
+def test_auto_backend_falls_back_to_torch(monkeypatch, caplog):
+    """Without onnxruntime, or when the export fails, ``auto`` runs GE2E in torch (an
+    explicit ``onnx`` still fails with what to install)."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(presets, "onnx_available", lambda: False)
+    assert load_frontend("embedded").backend == "torch"
+    with pytest.raises(ModelLoadError, match="pip install onnx onnxruntime"):
+        load_frontend("embedded", backend="onnx")
+    monkeypatch.undo()
+
+    def failing(*args, **kwargs):
+        raise ModelLoadError("ONNX export failed (RuntimeError: no)")
+
+    monkeypatch.setattr(onnx_export, "onnx_runner", failing)
+    with caplog.at_level(logging.WARNING, logger="streamer.presets"):
+        frontend = load_frontend("embedded")
+    assert frontend.backend == "torch"
+    assert "ONNX export failed" in caplog.text
