@@ -48,8 +48,8 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY streamer/ streamer/
-# redis: shared state across replicas (--redis-url); hub: hf:REPO model sources;
-# add onnx for --backend onnx.
+# redis: shared state across replicas (--redis-url); hub: hf:REPO model sources.
+# ONNX Runtime comes with the package: the embedded preset's default backend.
 ARG EXTRAS=redis,hub
 RUN pip install --no-cache-dir "./[${EXTRAS}]"
 
