@@ -36,7 +36,8 @@ def add_model_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                        help="torch, or ONNX Runtime (exported once, cached): the pyannote models, CAM++ "
                             "or the embedded preset's GE2E; auto (default): ONNX Runtime for "
-                            "the embedded preset where it is installed, torch for the others")
+                            "the packaged presets (embedded; accurate on the CPU in fp32), "
+                            "torch for models given as sources")
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="bf16 runs the WeSpeaker ResNet embedding model in bfloat16 "
                             "with torch: faster on CPUs with AMX and on GPUs, embeddings "

@@ -45,10 +45,12 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
     ``segmentation`` / ``embedding`` (a file, a folder, ``hf:<repo id>`` or
     ``packaged:<name>``, see :mod:`streamer.models.packaged`) select pyannote-style models
     and imply ``preset="pyannote"``; the missing one takes the preset's default.
-    ``backend="auto"`` (the default) runs the embedded preset's GE2E in ONNX Runtime where
-    its packages import and the export works, and in torch otherwise (the same
-    diarization, ONNX Runtime's LSTM is faster on one stream's window and on a batch of
-    streams); the pyannote presets run in torch unless ``backend="onnx"`` is given.
+    ``backend="auto"`` (the default) runs the packaged models in ONNX Runtime on the CPU:
+    the embedded preset's GE2E, and the accurate preset's segmentation-3.0 and CAM++ in
+    fp32 without ``compile``; both diarize as with torch, faster. It runs them in torch
+    where ONNX Runtime is not installed or the export fails (with a warning), and runs
+    models given as sources (the pyannote preset, or ``segmentation``/``embedding``), on
+    CUDA, in bf16 or compiled, in torch.
     ``precision="bf16"`` runs the pyannote embedding model in bfloat16 (torch backend).
     ``compile=True`` runs its trunk through ``torch.compile``, compiled here on a chunk of
     the segmentation's length (see :func:`streamer.models.pyannote.load_embedding`).
@@ -64,8 +66,6 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     from streamer.models.pyannote.device import check_precision
 
-    if preset != "embedded":
-        backend = pyannote_backend(backend)
     check_precision(precision, pyannote_backend(backend))
     if preset == "embedded":
         if segmentation or embedding:
@@ -80,13 +80,28 @@ def load_frontend(preset: str | None = None, segmentation: str | None = None,
             raise ConfigError("--device cuda applies to the pyannote presets: the embedded "
                               "preset's small models run on the CPU")
         return _load_embedded(backend)
-    return _load_pyannote(segmentation or PRESETS[preset]["segmentation"],
-                          embedding or PRESETS[preset]["embedding"], device, backend,
-                          precision, hub, preset, compile)
+    sources = (segmentation or PRESETS[preset]["segmentation"],
+               embedding or PRESETS[preset]["embedding"])
+    if backend == "auto":
+        backend = "torch"
+        if (preset == "accurate" and not (segmentation or embedding) and precision == "fp32"
+                and not compile and _on_cpu(device) and onnx_available()):
+            try:
+                return _load_pyannote(*sources, device, "onnx", precision, hub, preset)
+            except ModelLoadError as error:
+                logger.warning("the %s preset runs in torch: %s", preset, error)
+    return _load_pyannote(*sources, device, backend, precision, hub, preset, compile)
+
+
+def _on_cpu(device: str) -> bool:
+    from streamer.models.pyannote.device import resolve_device
+
+    return resolve_device(device).type == "cpu"
 
 
 def pyannote_backend(backend: str) -> str:
-    """The backend that ``backend`` means for the pyannote models: ``auto`` is torch."""
+    """The backend that ``backend`` means for pyannote models loaded on their own
+    (segmentation or embedding tasks): ``auto`` is torch."""
     return "torch" if backend == "auto" else backend
 
 

@@ -13,6 +13,8 @@ from streamer.evaluation import der_components, rotate_samples, rotate_segments
 from streamer.models.base import embedding_identity
 from streamer.models.campplus import CampPlusEmbedding, load_campplus
 from streamer.models.packaged import PACKAGED, packaged_path
+from streamer import presets
+from streamer.models.pyannote import onnx as onnx_export
 from streamer.presets import load_frontend
 from streamer.rttm import read_rttm
 from tests.paths import DATA, EVAL, SAMPLE
@@ -165,3 +167,34 @@ def test_onnx_backend_runs_the_network_in_onnx_runtime_with_the_same_embeddings(
     chunks = (0.1 * rng.standard_normal((2, 160000))).astype(np.float32)
     weights = rng.random((2, 589)).astype(np.float32)
     assert _cosines(frontend.embedding(chunks, weights), campplus(chunks, weights)).min() > 0.99999
+
+
+def test_auto_backend_runs_the_packaged_models_in_onnx_runtime(tmp_path, monkeypatch,
+                                                                caplog):
+    """The default backend gives the accurate preset ONNX Runtime for both packaged models
+    on the CPU; the same models given as sources (the pyannote preset) stay in torch, and
+    so does the accurate preset without ONNX Runtime or when the export fails."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path))
+    frontend = load_frontend("accurate")
+    assert frontend.segmentation.describe()["backend"] == "onnx"
+    assert frontend.embedding.describe()["backend"] == "onnx"
+    assert load_frontend("accurate", backend="torch").embedding.describe()["backend"] == "torch"
+    given = load_frontend("pyannote", segmentation="packaged:segmentation-3.0",
+                          embedding="packaged:campplus")
+    assert given.segmentation.describe()["backend"] == "torch"
+    assert given.embedding.describe()["backend"] == "torch"
+    monkeypatch.setattr(presets, "onnx_available", lambda: False)
+    assert load_frontend("accurate").embedding.describe()["backend"] == "torch"
+    monkeypatch.undo()
+    monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path / "fresh"))
+
+    def failing(*args, **kwargs):
+        raise ModelLoadError("ONNX export failed (RuntimeError: no)")
+
+    monkeypatch.setattr(onnx_export, "onnx_runner", failing)
+    with caplog.at_level("WARNING", logger="streamer.presets"):
+        fallback = load_frontend("accurate")
+    assert fallback.segmentation.describe()["backend"] == "torch"
+    assert fallback.embedding.describe()["backend"] == "torch"
+    assert "ONNX export failed" in caplog.text
