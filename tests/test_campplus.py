@@ -158,7 +158,6 @@ def test_accurate_preset_finds_the_two_speakers_of_sample_from_any_start(accurat
 
 def test_onnx_backend_runs_the_network_in_onnx_runtime_with_the_same_embeddings(
         campplus, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
     monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path))
     frontend = load_frontend("accurate", backend="onnx")
     assert frontend.embedding.describe()["backend"] == "onnx"
@@ -174,7 +173,6 @@ def test_auto_backend_runs_the_packaged_models_in_onnx_runtime(tmp_path, monkeyp
     """The default backend gives the accurate preset ONNX Runtime for both packaged models
     on the CPU; the same models given as sources (the pyannote preset) stay in torch, and
     so does the accurate preset without ONNX Runtime or when the export fails."""
-    pytest.importorskip("onnxruntime")
     monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path))
     frontend = load_frontend("accurate")
     assert frontend.segmentation.describe()["backend"] == "onnx"

@@ -382,6 +382,9 @@ def test_diarize_with_pyannote_checkpoints_from_disk(tmp_path):
         assert result.returncode == 0, result.stderr
         out = json.loads(document.read_text())
         assert out["segments"], out  # the random model's ~0.45 activations pass 0.3
+        model = out["model"]
+        assert model["preset"] == "pyannote" and model["embedding_precision"] == precision
+        assert model["segmentation"] == str(seg.parent) and model["embedding"] == str(emb)
     result = streamer("diarize", str(audio), "--precision", "bf16")
     assert result.returncode == 2 and "--precision bf16 applies to the pyannote" in result.stderr
     result = streamer("diarize", str(audio), "--device", "cuda")

@@ -21,7 +21,6 @@ from streamer.presets import load_frontend, pyannote_backend
 
 from tests.paths import DATA
 
-pytest.importorskip("onnxruntime")
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("onnx_cache_env")]
 
 

@@ -64,7 +64,10 @@ def test_final_turns_never_change_and_interims_precede_their_final():
             seen_final[event.id] = event
         else:
             assert event.id not in seen_final, "an interim update came after its final turn"
-    assert sorted(seen_final) == list(range(len(seen_final)))
+    assert sorted(seen_final) == list(range(5))  # one final turn per stretch of one voice
+    interims = {event.id for event in events if not event.final}
+    assert interims == set(seen_final), "every final turn is shown as an interim one first"
+
 
 
 def test_silence_gives_no_turns():

@@ -6,12 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-pytest.importorskip("onnx", reason="onnx is not installed")
-
-from streamer.models.pyannote import load_embedding, load_segmentation  # noqa: E402
-from streamer.models.pyannote.onnx import cache_dir  # noqa: E402
-from tests.checkpoints import write_checkpoint  # noqa: E402
+from streamer.models.pyannote import load_embedding, load_segmentation
+from streamer.models.pyannote.onnx import cache_dir
+from tests.checkpoints import write_checkpoint
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("onnx_cache_env")]
 

@@ -33,14 +33,8 @@ def _onnx_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     monkeypatch.setenv("STREAMER_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx"))
 
 
-def _skip_without_onnxruntime(backend: str) -> None:
-    if backend == "onnx":
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_segmentation_3_powerset_parity(backend: str) -> None:
-    _skip_without_onnxruntime(backend)
     ref = _reference("segmentation-3.0")
     model = load_segmentation(PARITY / "segmentation-3.0", backend=backend)
     assert isinstance(model, SegmentationModel)
@@ -59,7 +53,6 @@ def test_segmentation_3_powerset_parity(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_segmentation_2_multilabel_parity(backend: str) -> None:
-    _skip_without_onnxruntime(backend)
     ref = _reference("segmentation-2")
     model = load_segmentation(PARITY / "segmentation-2" / "pytorch_model.bin", backend=backend)
     assert not model.powerset and model.mapping is None
@@ -85,7 +78,6 @@ def test_frame_timing_matches_notes(name: str) -> None:
 @pytest.mark.parametrize("name,dimension", [("wespeaker-resnet34", 256),
                                             ("xvector-sincnet", 512)])
 def test_embedding_parity(name: str, dimension: int, backend: str) -> None:
-    _skip_without_onnxruntime(backend)
     ref = _reference(name)
     model = load_embedding(PARITY / name, backend=backend)
     assert isinstance(model, EmbeddingModel)
@@ -124,7 +116,6 @@ def test_streaming_filter_reuse_parity(name: str, backend: str) -> None:
     """A rolling buffer over the two reference inputs played back to back, moved by 0.5 s:
     the steps that reuse the previous step's filterbank work give the reference outputs
     where the buffer is a reference input, and the full computation's outputs elsewhere."""
-    _skip_without_onnxruntime(backend)
     ref = _reference(name)
     model = load_segmentation(PARITY / name, backend=backend)
     assert model.reuses_filter_responses

@@ -35,6 +35,7 @@ def test_starts_come_within_a_step_and_ends_long_before_the_final_turn() -> None
         ("SPEAKER_00", 0.0), ("SPEAKER_01", 4.0), ("SPEAKER_00", 7.5)]
     for position, event in starts:  # within one 0.5 s step (plus the chunk) of the speech
         assert position - event.time <= 0.6 + 1e-9
+    assert [e.turn for _, e in ends] == [e.turn for _, e in starts]  # one end per start
     for position, event in ends[:-1]:  # the last one ends with the stream
         final_at, final = finals[event.turn]
         assert event.time == pytest.approx(final.end, abs=0.05)
@@ -115,4 +116,7 @@ def test_a_real_server_sends_speaker_changes() -> None:
     assert changes[0] == {"type": "speaker_start", "turn": 0, "speaker": "SPEAKER_00",
                           "time": 0.0}
     assert [e["type"] for e in changes].count("speaker_start") == 3
-    assert all("retracted" in e for e in changes if e["type"] == "speaker_end")
+    ends = [e for e in changes if e["type"] == "speaker_end"]
+    assert [e["turn"] for e in ends] == [e["turn"] for e in changes
+                                         if e["type"] == "speaker_start"]
+    assert all(e["retracted"] is False for e in ends)

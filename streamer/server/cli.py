@@ -71,6 +71,7 @@ def apply_environment(parser: argparse.ArgumentParser,
     value is not an error of every ``streamer`` command: :func:`main` reports it."""
     environ = os.environ if environ is None else environ
     problems = []
+    sources: dict[str, tuple[str, Any]] = {}
     for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator
         options = [o for o in action.option_strings if o.startswith("--")]
         if not options or action.dest in _NOT_FROM_ENV or isinstance(
@@ -82,9 +83,22 @@ def apply_environment(parser: argparse.ArgumentParser,
             continue
         try:
             action.default = _env_value(action, raw)
+            sources[action.dest] = (name, action.default)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
             problems.append(f"{name}={raw!r}: {error}")
-    parser.set_defaults(env_problems=problems)
+    parser.set_defaults(env_problems=problems, env_sources=sources)
+
+
+def _naming_source(error: ValueError, args: argparse.Namespace) -> str:
+    """``error`` of a setting, naming the environment variable its value came from:
+    a setting's error starts with the setting's name, and a value that the command line
+    did not override is the variable's."""
+    message = str(error)
+    field = message.split(" ", 1)[0]
+    name, value = getattr(args, "env_sources", {}).get(field, (None, None))
+    if name is None or getattr(args, field, None) != value:
+        return message
+    return f"{name}: {message}"
 
 
 def _env_value(action: argparse.Action, raw: str) -> Any:
@@ -225,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
         port = resolve_port(args.port)
         processes = process_count(getattr(args, "processes", 1))
     except ValueError as error:
-        logger.error("bad setting: %s", error)
+        logger.error("bad setting: %s", _naming_source(error, args))
         return 2
     if processes > 1:
         return serve_processes(args, processes, port)
