@@ -547,8 +547,8 @@ def test_variables_mean_what_the_flags_mean(deployment: dict[str, Any],
         monkeypatch.setenv(name, value)
     by_env = vars(parse_serve(container_command(container)))
     problems = by_env.pop("env_problems", [])
-    by_env.pop("env_sources", None)  # which variables gave a value: no setting
-    for bookkeeping in ("env_problems", "env_sources"):
+    for bookkeeping in ("env_problems", "env_sources"):  # how values were read, no setting
+        by_env.pop(bookkeeping, None)
         by_flags.pop(bookkeeping, None)
     assert not problems, problems
     assert by_env == by_flags

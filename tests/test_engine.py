@@ -69,7 +69,6 @@ def test_final_turns_never_change_and_interims_precede_their_final():
     assert interims == set(seen_final), "every final turn is shown as an interim one first"
 
 
-
 def test_silence_gives_no_turns():
     engine = StreamingDiarizer(fake_frontend())
     events = run(engine, np.zeros(16000 * 12, np.float32))
