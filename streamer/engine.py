@@ -485,7 +485,8 @@ class StreamingDiarizer:
         first, columns, speech = self._aggregator.commit(end_frame)
         activations, count = columns[:, :-1], columns[:, -1]
         missing = max(end_frame - first - len(speech), 0)
-        labels = np.concatenate([self._policy.decide(ahead[:, :-1], ahead_speech, len(speech)),
+        labels = np.concatenate([self._policy.decide(ahead[:, :-1], ahead_speech, len(speech),
+                                                     known=len(self._memory) > 0),
                                  np.full(missing, -1)])
         events: list[Event] = self._record(self._policy.turns.push(labels))
         if self.config.outputs:

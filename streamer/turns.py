@@ -253,13 +253,16 @@ class TurnPolicy:
         return min(frames, int(math.floor((end - self.latency_samples) / self.sample_rate
                                           / self.resolution)))
 
-    def decide(self, activations: np.ndarray, speech: np.ndarray, count: int
-               ) -> np.ndarray:
+    def decide(self, activations: np.ndarray, speech: np.ndarray, count: int,
+               known: bool = True) -> np.ndarray:
         """Final labels of the first ``count`` frames of ``activations`` and ``speech``
         (see :meth:`_label`), which may run on to the newest frame: the frames after
         ``count`` are not decided, but a change of speaker next to a pause among them
-        moves to that pause (:data:`CHANGE_REACH`, :func:`snap_changes`)."""
-        labels = snap_changes(self._label(activations, speech, self._hold), self.reach,
+        moves to that pause (:data:`CHANGE_REACH`, :func:`snap_changes`). Without
+        ``known`` speakers, speech that none claims is the first speaker's, as the interim
+        view shows it (:meth:`interim`): a voice too short to embed is not lost."""
+        hold = 0 if self._hold < 0 and not known else self._hold
+        labels = snap_changes(self._label(activations, speech, hold), self.reach,
                               self._hold)[:count]
         spoken = labels[labels >= 0]
         if len(spoken):
@@ -270,12 +273,16 @@ class TurnPolicy:
         """Per frame, the most active global speaker, or -1 where nobody speaks.
 
         Speech that no global speaker claims (e.g. a voice too short to embed) goes to
-        the speaker of the previous speech frame, ``hold`` before the first one, so it is
-        not lost."""
+        the speaker of the previous speech frame, so it is not lost; before the first one,
+        to ``hold`` (the last speaker committed), or where there is none (-1) to the first
+        speaker that claims speech after it."""
         labels = np.argmax(activations, axis=1) if len(activations) else np.zeros(0, int)
         is_speech = speech >= self.speech_threshold
         unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
         labels[~is_speech] = -1
+        claimed = np.flatnonzero(is_speech & ~unclaimed)
+        if hold < 0 and len(claimed):
+            hold = int(labels[claimed[0]])
         for index in np.flatnonzero(is_speech):
             if unclaimed[index]:
                 labels[index] = hold

@@ -141,6 +141,18 @@ def test_a_voice_too_short_to_embed_is_not_made_a_new_speaker():
     assert turns[-1].end == pytest.approx(2.2, abs=0.05)
 
 
+def test_a_stream_whose_only_voice_is_too_short_to_embed_still_gets_its_final_turn():
+    # No speaker can be opened, but the speech was shown as SPEAKER_00 in the interim
+    # view: the final turn keeps it rather than losing it.
+    audio = tone_conversation([(None, 1.0), (A, 0.3), (None, 2.0)])
+    engine = StreamingDiarizer(fake_frontend())
+    events = run(engine, audio)
+    assert len(engine.speakers()) <= 1
+    assert [(t.speaker, round(t.start, 1), round(t.end, 1)) for t in finals(events)] == [
+        ("SPEAKER_00", 1.0, 1.3)]
+    assert [t.speaker for t in events if not t.final] == ["SPEAKER_00"]
+
+
 def test_max_speakers_caps_the_number_of_labels():
     audio = tone_conversation(CONVERSATION)
     turns = finals(run(StreamingDiarizer(fake_frontend(), StreamConfig(max_speakers=1)), audio))

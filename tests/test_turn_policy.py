@@ -28,6 +28,21 @@ def test_unclaimed_speech_goes_to_the_previous_speaker_and_is_remembered() -> No
     assert policy.decide(np.zeros((1, 2)), np.array([0.9]), 1).tolist() == [0]
 
 
+def test_speech_before_any_speaker_is_claimed_goes_to_the_first_speaker_claimed() -> None:
+    policy = _policy()
+    activations = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.9], [0.8, 0.0]])
+    labels = policy.decide(activations, np.full(4, 0.9), 4)
+    assert labels.tolist() == [1, 1, 1, 0]
+
+
+def test_speech_that_no_speaker_ever_claims_is_the_first_speaker_s_not_lost() -> None:
+    # A stream whose only voice is too short to embed: its speech is final all the same,
+    # as the interim view showed it (SPEAKER_00).
+    policy = _policy()
+    labels = policy.decide(np.zeros((3, 2)), np.array([0.9, 0.9, 0.1]), 3, known=False)
+    assert labels.tolist() == [0, 0, -1]
+
+
 def test_interim_view_waits_for_min_interim_and_is_sent_once() -> None:
     policy = _policy()
     speaking = np.tile([[0.0, 0.9]], (1, 1))
