@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "speakers that match one are named after it")
     diarize.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(diarize)
-    add_stream_arguments(diarize)
+    add_stream_arguments(diarize, file_mode=True)
     diarize.set_defaults(run=_run_diarize)
 
     evaluate = commands.add_parser(
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="OUT", help="write every figure (per file, per "
                                                         "set, total) as JSON")
     add_model_arguments(evaluate)
-    add_stream_arguments(evaluate)
+    add_stream_arguments(evaluate, file_mode=True)
     evaluate.set_defaults(run=_run_eval)
 
     bench = commands.add_parser("bench", help="compute time of one step of one stream")

@@ -59,10 +59,15 @@ def add_model_arguments(parser: argparse.ArgumentParser,
     return group
 
 
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+def add_stream_arguments(parser: argparse.ArgumentParser, file_mode: bool = False) -> None:
+    """The stream settings; ``file_mode``: the command diarizes whole files, where the
+    default latency is the buffer's duration (see :class:`streamer.engine.StreamingDiarizer`)."""
     group = parser.add_argument_group("stream")
     group.add_argument("--latency", type=float, default=None,
-                       help="seconds between audio and its final decision (default 2.0)")
+                       help="seconds between audio and its final decision (default: the "
+                            "buffer's duration, as nobody waits for a file's turns; 2 gives "
+                            "the turns of a live stream)" if file_mode else
+                       "seconds between audio and its final decision (default 2.0)")
     group.add_argument("--step", type=float, default=None, help="buffer step in seconds (0.5)")
     group.add_argument("--num-speakers", type=int, default=None, help="known speaker count")
     group.add_argument("--min-speakers", type=int, default=None, help="lower bound")

@@ -198,11 +198,16 @@ class StreamConfig:
         return values
 
     def resolve(self, chunk_duration: float, delta_new: float, speech_threshold: float,
-                identity_threshold: float = 0.0, pitch_weight: float = 0.0
-                ) -> "StreamConfig":
-        """Fill the model-dependent defaults and check the fields against each other."""
+                identity_threshold: float = 0.0, pitch_weight: float = 0.0,
+                file_mode: bool = False) -> "StreamConfig":
+        """Fill the model-dependent defaults and check the fields against each other.
+        ``file_mode``: the whole signal is at hand, so an unset ``latency`` is the
+        buffer's ``duration`` (see :class:`streamer.engine.StreamingDiarizer`)."""
         duration = self.duration if self.duration is not None else chunk_duration
-        latency = self.latency if self.latency is not None else min(DEFAULT_LATENCY, duration)
+        if self.latency is not None:
+            latency = self.latency
+        else:
+            latency = duration if file_mode else min(DEFAULT_LATENCY, duration)
         _check_latency(latency, self.step, duration)
         values = self.to_dict()
         values.update(

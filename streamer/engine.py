@@ -59,15 +59,23 @@ def state_identity(frontend: Frontend) -> dict:
 
 
 class StreamingDiarizer:
-    """Diarizes one stream of 16 kHz mono float32 samples, incrementally."""
+    """Diarizes one stream of 16 kHz mono float32 samples, incrementally.
 
-    def __init__(self, frontend: Frontend, config: StreamConfig | None = None):
+    ``file_mode``: the whole signal is at hand (a file, an array) and nobody waits for
+    its turns, so an unset ``config.latency`` is the buffer's duration instead of
+    ``DEFAULT_LATENCY``: each frame is decided once every buffer that covers it has been
+    matched, by which time the speakers of the stream are better known (a voice met in
+    later buffers has its own label by then). A stream fed live keeps ``DEFAULT_LATENCY``;
+    a file diarized with ``latency=2.0`` gives exactly the turns of that live stream."""
+
+    def __init__(self, frontend: Frontend, config: StreamConfig | None = None, *,
+                 file_mode: bool = False):
         self.frontend = frontend
         self.sample_rate = frontend.sample_rate
         self.config = (config or StreamConfig()).resolve(
             frontend.chunk_duration, frontend.default_delta_new,
             frontend.default_speech_threshold,
-            frontend.default_identity_threshold, frontend.default_pitch_weight)
+            frontend.default_identity_threshold, frontend.default_pitch_weight, file_mode)
         c = self.config
         if c.known_speakers:
             check_models(c.known_speakers, embedding_identity(frontend))
@@ -557,7 +565,7 @@ def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
                ) -> tuple[list[Turn], list[Region], StreamingDiarizer]:
     """Like :func:`diarize_chunks`, also returning the final regions of the opt-in
     ``config.outputs``: ``(turns, regions, engine)``."""
-    engine = StreamingDiarizer(frontend, config)
+    engine = StreamingDiarizer(frontend, config, file_mode=True)
     turns, regions = run_engine(engine, chunks, progress)
     return turns, regions, engine
 

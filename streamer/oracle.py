@@ -39,11 +39,12 @@ Reference = list[tuple[float, float, str]]
 
 
 class _Recorder(StreamingDiarizer):
-    """An engine that keeps every buffer's local speakers: ``(start seconds, analysis)``."""
+    """An engine in file mode (as ``streamer eval`` runs files) that keeps every buffer's
+    local speakers: ``(start seconds, analysis)``."""
 
     def __init__(self, frontend: Frontend, config: StreamConfig | None = None):
         self.buffers: list[tuple[float, BufferAnalysis]] = []
-        super().__init__(frontend, config)
+        super().__init__(frontend, config, file_mode=True)
 
     def _to_global(self, analysis: BufferAnalysis, first_sample: int):
         self.buffers.append((first_sample / self.sample_rate, analysis))
@@ -116,7 +117,7 @@ def diarize_with_oracle(frontend: Frontend, samples: np.ndarray, reference: Refe
         return usual, usual, 0
     seeded = dataclasses.replace(config, num_speakers=None, min_speakers=1,
                                  max_speakers=len(centroids))
-    engine = StreamingDiarizer(frontend, seeded)
+    engine = StreamingDiarizer(frontend, seeded, file_mode=True)
     engine.restore(oracle_state(frontend, centroids.values()))
     return _stream(engine, samples), usual, len(centroids)
 

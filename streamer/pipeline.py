@@ -90,7 +90,8 @@ class Pipeline:
         ``max_speakers`` bound it. Being a stream, the engine cannot name a speaker before
         that speaker has spoken enough to be embedded (see the README). Other keyword
         arguments override :class:`StreamConfig` fields for this call (e.g.
-        ``latency=5.0``). ``hook`` is called as audio is processed:
+        ``latency=2.0`` for the turns a live stream gives: by default a whole file's
+        frames are decided after the whole buffer, see the README). ``hook`` is called as audio is processed:
         ``hook("diarization", None, file=..., total=seconds, completed=seconds)``
         (see :class:`ProgressHook`).
 

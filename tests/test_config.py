@@ -55,3 +55,9 @@ def test_resolve_fills_model_defaults_and_keeps_overrides():
             resolved.speech_threshold) == (10.0, 2.0, 0.7, 0.3)
     custom = StreamConfig(delta_new=0.2, latency=3.0).resolve(10.0, 0.7, 0.3)
     assert (custom.delta_new, custom.latency) == (0.2, 3.0)
+
+
+def test_file_mode_decides_after_the_whole_buffer_unless_a_latency_is_given():
+    assert StreamConfig().resolve(10.0, 0.7, 0.3, file_mode=True).latency == 10.0
+    assert StreamConfig(duration=6.0).resolve(10.0, 0.7, 0.3, file_mode=True).latency == 6.0
+    assert StreamConfig(latency=3.0).resolve(10.0, 0.7, 0.3, file_mode=True).latency == 3.0

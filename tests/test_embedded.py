@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamer.audio import load_audio
-from streamer.config import StreamConfig
+from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.evaluation import der_components
@@ -131,7 +131,7 @@ def test_silence_and_noise_give_no_turns(frontend):
 
 def test_streams_do_not_share_state(frontend, two_voices):
     samples = two_voices[0]
-    alone, _ = diarize_array(frontend, samples)
+    alone, _ = diarize_array(frontend, samples, StreamConfig(latency=DEFAULT_LATENCY))
     first, second = StreamingDiarizer(frontend), StreamingDiarizer(frontend)
     interleaved: list = []
     for offset in range(0, len(samples), 4000):

@@ -120,6 +120,19 @@ def test_final_decisions_wait_for_latency():
         assert decided[0].end == pytest.approx(4.0, abs=0.05)
 
 
+def test_file_mode_decides_later_and_with_the_live_latency_gives_the_live_turns():
+    audio = tone_conversation(CONVERSATION)
+    in_file, engine = diarize_array(fake_frontend(), audio, chunk=0.1)
+    assert engine.config.latency == engine.config.duration
+    live = finals(run(StreamingDiarizer(fake_frontend()), audio, chunk=1600))
+    assert live and live[0].end < 5.0  # the live stream decided turns as audio came
+    as_live, engine = diarize_array(fake_frontend(), audio, StreamConfig(latency=2.0),
+                                    chunk=0.1)
+    assert engine.config.latency == 2.0
+    assert as_live == live
+    assert len({t.speaker for t in in_file}) == 2
+
+
 def test_min_duration_on_drops_blips_and_min_duration_off_bridges_gaps():
     audio = tone_conversation([(B, 2.0), (A, 2.0), (None, 0.3), (A, 2.0), (B, 0.2), (None, 2.0),
                                (A, 1.0)])

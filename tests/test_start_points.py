@@ -13,6 +13,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from streamer.audio import PcmDecoder, load_audio
+from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.evaluation import der_components
 from streamer.events import Turn
@@ -26,8 +27,10 @@ pytestmark = [
 
 SPEAKERS = 2
 # a resampled input is the same conversation: its DER may differ from the 16 kHz one only
-# by what the resampling filters change at turn edges
-RATE_DER_TOLERANCE = 0.02
+# by what the resampling filters change at turn edges, and by whether a voice's first
+# short turn (0.7 s here: 2.7 % of the scored speech) comes before or after it is told
+# apart from the other voice
+RATE_DER_TOLERANCE = 0.03
 
 
 @pytest.fixture(scope="module", params=["embedded", "accurate"])
@@ -45,8 +48,17 @@ def sample() -> tuple[np.ndarray, list[Segment], list[tuple[float, float]]]:
 
 @pytest.fixture(scope="module")
 def as_recorded(frontend, sample) -> list[Turn]:
-    """Final turns of the file as recorded, fed in 0.5 s chunks."""
-    turns, _ = diarize_array(frontend, sample[0], chunk=0.5)
+    """Final turns of the file as recorded, fed in 0.5 s chunks to a live stream (the
+    default latency, as the streams of these tests have)."""
+    turns, _ = diarize_array(frontend, sample[0], StreamConfig(latency=DEFAULT_LATENCY),
+                             chunk=0.5)
+    return turns
+
+
+@pytest.fixture(scope="module")
+def in_file_mode(frontend, sample) -> list[Turn]:
+    """Final turns of the file as recorded, in file mode (its latency: the buffer's)."""
+    turns, _ = diarize_array(frontend, sample[0])
     return turns
 
 
@@ -105,7 +117,7 @@ def test_pcm_at_high_rates_through_the_stream_decoder(frontend, sample, as_recor
 
 
 @pytest.mark.parametrize("rate", [44100, 48000])
-def test_wav_files_at_high_rates_in_file_mode(frontend, sample, as_recorded, rate, tmp_path):
+def test_wav_files_at_high_rates_in_file_mode(frontend, sample, in_file_mode, rate, tmp_path):
     from streamer.cli import main
 
     samples, reference, uem = sample
@@ -115,7 +127,7 @@ def test_wav_files_at_high_rates_in_file_mode(frontend, sample, as_recorded, rat
     assert main(["diarize", str(wav), "--rttm", str(rttm), "--no-progress",
                  "--preset", frontend.name]) == 0
     turns = read_rttm(rttm).get("sample", [])
-    check_like_16k(turns, as_recorded, reference, uem, f"{rate} Hz wav")
+    check_like_16k(turns, in_file_mode, reference, uem, f"{rate} Hz wav")
 
 
 def check_like_16k(turns: list[Segment], as_recorded: list[Turn], reference: list[Segment],
