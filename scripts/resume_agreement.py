@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from streamer.audio import load_audio
+from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_chunks
 from streamer.presets import load_frontend
 
@@ -38,8 +39,9 @@ def labels_on_grid(turns, start: float, end: float, step: float = 0.01) -> np.nd
 def agreement(frontend, samples: np.ndarray, cut: int, context: bool = False,
               client_context: float = 0.0) -> tuple[float, float]:
     chunks = lambda x: (x[i: i + 8000] for i in range(0, len(x), 8000))  # noqa: E731
-    whole, _ = diarize_chunks(frontend, chunks(samples))
-    _, first = diarize_chunks(frontend, chunks(samples[:cut]))
+    live = StreamConfig(latency=DEFAULT_LATENCY)  # the streams a server resumes are live
+    whole, _ = diarize_chunks(frontend, chunks(samples), live)
+    _, first = diarize_chunks(frontend, chunks(samples[:cut]), live)
     state = json.loads(json.dumps(first.state()))  # as it travels
     resumed = StreamingDiarizer(frontend)
     resumed.restore(state)
