@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streamer.audio import load_audio
+from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.calls import ModelCall, run_direct, run_together
 from streamer.models.embedded import EmbeddedFrontend
@@ -191,11 +192,12 @@ def embedded() -> EmbeddedFrontend:
 def test_real_streams_batched_together_give_file_mode_turns(embedded) -> None:
     """Three streams of the embedded preset, from different start points and fed in
     different chunk sizes, driven through one scheduler: every model pass but the first
-    serves several streams, and each stream's turns equal file mode's."""
+    serves several streams, and each stream's turns equal file mode's at the same latency."""
     audio = load_audio(str(AUDIO))
     signals = [np.roll(audio, shift) for shift in (0, 16000 * 3, 16000 * 7)]
     chunks = (8000, 3200, 12000)
-    expected = [[t.to_dict() for t in diarize_array(embedded, s)[0]] for s in signals]
+    live = StreamConfig(latency=DEFAULT_LATENCY)  # file mode at a live stream's latency
+    expected = [[t.to_dict() for t in diarize_array(embedded, s, live)[0]] for s in signals]
     passes: list[tuple[str, int]] = []
     scheduler = TickScheduler(embedded.models, min_tick=0.02,
                               on_batch=lambda name, streams, rows, s: passes.append(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from streamer.audio import SAMPLE_RATE, load_audio
+from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.events import Turn
 from streamer.models.embedded import EmbeddedFrontend
@@ -90,7 +91,7 @@ def test_an_engine_fed_as_outbound_says_decides_as_file_mode() -> None:
             sent += outbound.fed(len(action.samples), events, engine.position).messages
     sent += outbound.messages(engine.flush())
     finals = [m for m in sent if m["type"] == "turn" and m["final"]]
-    expected, _ = diarize_array(frontend, samples)
+    expected, _ = diarize_array(frontend, samples, StreamConfig(latency=DEFAULT_LATENCY))
     assert len(expected) >= 4
     assert [(m["start"], m["end"], m["speaker"]) for m in finals] == \
         [(t.to_dict()["start"], t.to_dict()["end"], t.speaker) for t in expected]

@@ -31,12 +31,15 @@ def frontend(request):
 
 def test_sample_wav_through_the_server_equals_file_mode(frontend) -> None:
     """The embedded preset, and the packaged segmentation-3.0 + CAM++ one, behind the
-    websocket: the same final turns as file mode, with sample.wav's two speakers."""
+    websocket: the same final turns as file mode at the live latency, with sample.wav's two
+    speakers."""
     from streamer.audio import load_audio
+    from streamer.config import DEFAULT_LATENCY, StreamConfig
     from streamer.engine import diarize_array
 
     audio = load_audio(SAMPLE)
-    expected, _ = diarize_array(frontend, audio)
+    # file mode at the live latency (file mode's own default decides later)
+    expected, _ = diarize_array(frontend, audio, StreamConfig(latency=DEFAULT_LATENCY))
     expected_turns = [(t.speaker, round(t.start, 3), round(t.end, 3)) for t in expected]
 
     async def body():
@@ -70,14 +73,16 @@ def test_concurrent_streams_share_model_passes_and_keep_file_mode_turns() -> Non
     import numpy as np
 
     from streamer.audio import load_audio
+    from streamer.config import DEFAULT_LATENCY, StreamConfig
     from streamer.engine import diarize_array
     from streamer.presets import load_frontend
 
     frontend = load_frontend("embedded")
     audio = load_audio(SAMPLE)
     signals = [np.roll(audio, 16000 * shift) for shift in (0, 5, 11)]
+    live = StreamConfig(latency=DEFAULT_LATENCY)  # file mode at the live latency
     expected = [[(t.speaker, round(t.start, 3), round(t.end, 3))
-                 for t in diarize_array(frontend, signal)[0]] for signal in signals]
+                 for t in diarize_array(frontend, signal, live)[0]] for signal in signals]
 
     async def body():
         async with running_server(frontend, min_tick=0.05) as server:
