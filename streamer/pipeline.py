@@ -91,7 +91,8 @@ class Pipeline:
         that speaker has spoken enough to be embedded (see the README). Other keyword
         arguments override :class:`StreamConfig` fields for this call (e.g.
         ``latency=2.0`` for the turns a live stream gives: by default a whole file's
-        frames are decided after the whole buffer, see the README). ``hook`` is called as audio is processed:
+        frames are decided after the whole buffer, see the README). ``hook`` is called
+        as audio is processed:
         ``hook("diarization", None, file=..., total=seconds, completed=seconds)``
         (see :class:`ProgressHook`).
 

@@ -261,13 +261,18 @@ class TurnPolicy:
         moves to that pause (:data:`CHANGE_REACH`, :func:`snap_changes`). Without
         ``known`` speakers, speech that none claims is the first speaker's, as the interim
         view shows it (:meth:`interim`): a voice too short to embed is not lost."""
-        hold = 0 if self._hold < 0 and not known else self._hold
-        labels = snap_changes(self._label(activations, speech, hold), self.reach,
-                              self._hold)[:count]
+        labels = snap_changes(self._label(activations, speech, self._first_hold(known)),
+                              self.reach, self._hold)[:count]
         spoken = labels[labels >= 0]
         if len(spoken):
             self._hold = int(spoken[-1])
         return labels
+
+    def _first_hold(self, known: bool) -> int:
+        """The speaker of unclaimed speech before any claimed frame: the last one
+        committed; before any, with no speaker known yet, the first speaker to come (so
+        the first turn follows the first speech at once and is not lost), else none."""
+        return 0 if self._hold < 0 and not known else self._hold
 
     def _label(self, activations: np.ndarray, speech: np.ndarray, hold: int) -> np.ndarray:
         """Per frame, the most active global speaker, or -1 where nobody speaks.
@@ -280,9 +285,10 @@ class TurnPolicy:
         is_speech = speech >= self.speech_threshold
         unclaimed = is_speech & (activations.max(axis=1, initial=0) <= 0)
         labels[~is_speech] = -1
-        claimed = np.flatnonzero(is_speech & ~unclaimed)
-        if hold < 0 and len(claimed):
-            hold = int(labels[claimed[0]])
+        if hold < 0:
+            claimed = np.flatnonzero(is_speech & ~unclaimed)
+            if len(claimed):
+                hold = int(labels[claimed[0]])
         for index in np.flatnonzero(is_speech):
             if unclaimed[index]:
                 labels[index] = hold
@@ -294,10 +300,8 @@ class TurnPolicy:
                 ) -> list[Turn]:
         """The interim view after the undecided frames (``activations``, ``speech``):
         the open turn once it lasts ``min_interim``; returned when it changed."""
-        # Speech before any speaker is known shows as the first speaker to come, so the
-        # first interim turn follows the first speech at once.
-        hold = 0 if self._hold < 0 and not known else self._hold
-        labels = snap_changes(self._label(activations, speech, hold), self.reach, self._hold)
+        labels = snap_changes(self._label(activations, speech, self._first_hold(known)),
+                              self.reach, self._hold)
         turn = self.turns.preview(labels)
         shown = turn is not None and turn.duration >= self.min_interim
         self.view = turn if shown else None
