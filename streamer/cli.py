@@ -21,6 +21,18 @@ from streamer.audio import SAMPLE_RATE, clip_samples
 logger = logging.getLogger("streamer")
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second value would silently replace the
+    first (a second ``--audio`` set would not be scored), so it is refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} is given twice: it names one set; give the "
+                         "other sets as folders (streamer eval DIR ...), each with its "
+                         "reference.rttm")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamer", description="Real-time speaker diarization: who speaks when.")
@@ -68,11 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("sets", nargs="*", metavar="DIR",
                           help="evaluation set: a folder of audio files with reference.rttm "
                                "(and reference.uem, optional)")
-    evaluate.add_argument("--audio", metavar="DIR", help="one more set: a folder of audio "
-                                                         "files scored against --rttm")
-    evaluate.add_argument("--rttm", metavar="REF", help="reference RTTM of --audio")
-    evaluate.add_argument("--uem", metavar="UEM", help="scored regions of --audio (default: "
-                                                       "whole files)")
+    evaluate.add_argument("--audio", metavar="DIR", action=_Once,
+                          help="one more set: a folder of audio files scored against --rttm "
+                               "(once; other sets are folders given as DIR)")
+    evaluate.add_argument("--rttm", metavar="REF", action=_Once,
+                          help="reference RTTM of --audio")
+    evaluate.add_argument("--uem", metavar="UEM", action=_Once,
+                          help="scored regions of --audio (default: whole files)")
     evaluate.add_argument("--shift", action="append", type=_shift_list, default=[],
                           metavar="SECONDS",
                           help="score each file as a stream that starts SECONDS into it "

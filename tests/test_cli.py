@@ -221,6 +221,17 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     assert old_rows["whole"][1:-1] == rows["one/whole@0"][1:-1]
 
 
+def test_eval_refuses_a_second_audio_set_rather_than_dropping_one(tmp_path):
+    one = eval_set(tmp_path / "one", None, uem=True)
+    for option in ("--audio", "--rttm", "--uem"):
+        args = ["--audio", str(one), "--rttm", str(one / "reference.rttm")]
+        args += [option, str(one / "reference.uem" if option == "--uem" else one)] * 2
+        result = streamer("eval", *args)
+        assert result.returncode == 2, (option, result.stdout)
+        assert f"{option} is given twice" in result.stderr
+        assert "TOTAL" not in result.stdout
+
+
 def eval_rows(*args: str) -> dict[str, list[str]]:
     """The printed rows of ``streamer eval ARGS``, by their first column."""
     result = streamer("eval", *args)
