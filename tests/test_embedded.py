@@ -13,6 +13,7 @@ from streamer.errors import AudioFormatError, ConfigError
 from streamer.evaluation import der_components
 from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings
 from streamer.models.ge2e import MelSpectrogram, volume_gain
+from streamer.models.noisefloor import chunk_energies
 from streamer.models.silero import SileroVad, packaged_weights
 from streamer.rttm import read_rttm
 
@@ -148,6 +149,36 @@ def test_settings_are_validated():
         EmbeddedSettings(hop=2.0, window=1.5)
     with pytest.raises(ValueError, match="known_split"):
         EmbeddedSettings(known_split=1.5)
+    with pytest.raises(ValueError, match="floor_margin"):
+        EmbeddedSettings(floor_margin=-1)
+
+
+def _with_background(samples: np.ndarray, level_db: float = -50.0) -> np.ndarray:
+    """``samples`` (voices over digital silence) over a steady background noise."""
+    noise = np.random.default_rng(0).standard_normal(len(samples)) * 10 ** (level_db / 20)
+    return (samples + noise).astype(np.float32)
+
+
+def test_the_vad_hangover_into_the_background_is_not_speech(two_voices):
+    """Over a steady background, Silero's probability stays up after each phrase: those
+    frames are false alarm. The background level trims them, and nothing audible above
+    the background is trimmed."""
+    samples, reference = two_voices
+    noisy = _with_background(samples)
+    false_alarm = {}
+    for margin in (0.0, 3.0):
+        engine = StreamingDiarizer(EmbeddedFrontend(EmbeddedSettings(floor_margin=margin)))
+        turns = engine.feed(noisy) + engine.flush()
+        result = der_components(reference, [(t.start, t.end, t.speaker) for t in turns])
+        false_alarm[margin] = result.false_alarm / result.total
+        stream = engine._stream
+        held = slice(stream.probs_start, stream.probs_start + len(stream.probs))
+        trimmed = stream.quiet & (stream.probs >= stream.threshold)
+        voice = chunk_energies(samples, 512)[held] > -50.0 + 10
+        assert not (trimmed & voice).any()
+        assert trimmed.any() == (margin > 0)
+    assert false_alarm[0.0] > 0.015
+    assert false_alarm[3.0] < 0.7 * false_alarm[0.0]
 
 
 def test_first_interim_turn_follows_the_first_speech_within_a_second(frontend, two_voices):
@@ -218,13 +249,15 @@ def test_stream_state_does_not_grow_with_the_stream(frontend, two_voices):
     assert len(stream.mels) * 160 <= kept and len(stream.windows) <= kept / 8000
 
 
-@pytest.mark.parametrize("snapshot", [False, True])
-def test_a_primed_resume_continues_the_vad_and_windows_exactly(frontend, two_voices, snapshot):
+@pytest.mark.parametrize("snapshot, background", [(False, False), (True, False), (True, True)])
+def test_a_primed_resume_continues_the_vad_and_windows_exactly(frontend, two_voices, snapshot,
+                                                              background):
     """A stream resumed with its state and audio context (from ``end``, or from a
     ``snapshot`` mid-step) analyses the audio after the cut exactly as the uncut stream:
     the state carries the VAD's recurrent state and probabilities, which Silero's memory
-    would otherwise make differ for seconds. Without them, they differ."""
-    samples = two_voices[0]
+    would otherwise make differ for seconds, and the background level with the frames it
+    trims. Without them, they differ."""
+    samples = _with_background(two_voices[0]) if background else two_voices[0]
     cut = int(17.3 * 16000) + 123  # inside a turn, off the step and VAD grids
 
     def feed(engine, audio):
@@ -240,7 +273,7 @@ def test_a_primed_resume_continues_the_vad_and_windows_exactly(frontend, two_voi
     state = first.state()
     assert state["frontend"]["samples"] == (cut if not snapshot else first._stream.received)
     feed(uncut, samples[cut:cut + 4 * 16000])
-    probs, windows = {}, {}
+    probs, quiet, windows = {}, {}, {}
     for carried in (True, False):
         resumed = StreamingDiarizer(frontend)
         resumed.restore({**state, "frontend": state["frontend"] if carried else None})
@@ -251,11 +284,13 @@ def test_a_primed_resume_continues_the_vad_and_windows_exactly(frontend, two_voi
         stream = resumed._stream
         at = (stream.probs_start * 512 + origin) // 512 - uncut._stream.probs_start
         probs[carried] = (uncut._stream.probs[at:at + len(stream.probs)], stream.probs)
+        quiet[carried] = (uncut._stream.quiet[at:at + len(stream.quiet)], stream.quiet)
         later = [stop for stop in stream.windows if stop + origin > cut]
         assert later
         windows[carried] = [(uncut._stream.windows[stop + origin], stream.windows[stop])
                             for stop in later]
-    assert np.array_equal(*probs[True])
+    assert np.array_equal(*probs[True]) and np.array_equal(*quiet[True])
+    assert quiet[True][0].any()
     assert all(np.array_equal(a, b) for a, b in windows[True])
     assert not np.array_equal(*probs[False])
 
@@ -266,11 +301,35 @@ def test_a_malformed_carried_vad_state_is_refused(frontend, two_voices):
     first.flush()
     state = first.state()
     for broken in ({**state["frontend"], "hidden": "AAAA"}, {**state["frontend"], "probs": 5},
-                   {**state["frontend"], "samples": 10}):
+                   {**state["frontend"], "samples": 10}, {**state["frontend"], "floor": "AAA="},
+                   {**state["frontend"], "quiet": state["frontend"]["probs"]},
+                   {**state["frontend"], "floor_phase": -1},
+                   {**state["frontend"], "floor_level": "loud"}):
         resumed = StreamingDiarizer(frontend)
         resumed.restore({**state, "frontend": broken})
         with pytest.raises(ConfigError, match="VAD state"):
             resumed.prime(two_voices[0][:16000 * 12])
+
+
+def test_a_state_saved_without_the_background_level_still_resumes(frontend, two_voices):
+    """States saved before the background level was carried resume: the level is
+    measured afresh from the cut, the VAD continues exactly."""
+    samples = _with_background(two_voices[0])
+    first = StreamingDiarizer(frontend)
+    first.feed(samples[:16000 * 12])
+    state = first.state()
+    older = {k: v for k, v in state["frontend"].items() if not k.startswith(("floor", "quiet"))}
+    resumed = StreamingDiarizer(frontend)
+    resumed.restore({**state, "frontend": older})
+    resumed.prime(samples[:16000 * 12])
+    turns = resumed.feed(samples[16000 * 12:]) + resumed.flush()
+    assert turns and resumed._stream.floor.level is not None
+    uncut = StreamingDiarizer(frontend)
+    uncut.feed(samples)
+    uncut.flush()
+    stream, origin = resumed._stream, 16000 * 12 - resumed.context_used(16000 * 12)
+    at = (stream.probs_start * 512 + origin) // 512 - uncut._stream.probs_start
+    assert np.array_equal(uncut._stream.probs[at:at + len(stream.probs)], stream.probs)
 
 
 def _voice_windows(rng: np.random.Generator, centre: np.ndarray, count: int) -> np.ndarray:

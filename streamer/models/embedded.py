@@ -11,9 +11,12 @@ A cluster is also split between two of the stream's known speakers (given by the
 when its windows fall clearly on either side of them (:meth:`EmbeddedStream._split_known`):
 voices the stream has already told apart stay apart even where one buffer's clustering
 would merge them.
-A frame belongs to the local speakers of the windows that cover it, and a local
-speaker's embedding is the mean of its windows' embeddings. The pitch track (every
-10 ms) also goes to the engine with each buffer.
+A frame belongs to the local speakers of the windows that cover it, and it is speech
+where the VAD says so and its energy lies above the stream's background (the VAD's
+probability stays up for a while after each phrase; see :mod:`streamer.models.noisefloor`;
+windows are embedded over the VAD's own speech frames). A local speaker's embedding is
+the mean of its windows' embeddings. The pitch track (every 10 ms) also goes to the
+engine with each buffer.
 
 GE2E embeddings are compared as they are (cosine). They are non-negative, so distances
 between any two voices are small (same speaker ~0.2, different ~0.35 on 1.5 s windows):
@@ -39,6 +42,8 @@ from streamer.models.ge2e import (N_FFT, N_MELS, MelSpectrogram, OnnxVoiceEncode
                                   volume_gain)
 from streamer.models.silero import CHUNK as VAD_CHUNK
 from streamer.models.silero import SileroVad
+from streamer.models.noisefloor import BLOCK as FLOOR_BLOCK
+from streamer.models.noisefloor import NoiseFloor, chunk_energies
 from streamer.audio import SAMPLE_RATE
 from streamer.pitch import HOP as PITCH_HOP
 from streamer.pitch import PitchTrack, pitch_of, two_voices
@@ -68,6 +73,10 @@ class EmbeddedSettings:
             when at least ``min_windows`` of its windows lie nearer each, and each group
             lies on average at least this fraction of the two speakers' distance nearer
             its own speaker (see :meth:`EmbeddedStream._split_known`); 0 never splits.
+        floor_margin: A VAD frame whose energy is less than this many dB above the
+            stream's background is not speech, whatever the VAD says (its hangover after
+            each phrase; see :mod:`streamer.models.noisefloor`); 0 keeps every frame the
+            VAD finds. Windows are embedded over the VAD's own speech frames.
     """
 
     window: float = 1.5
@@ -82,6 +91,7 @@ class EmbeddedSettings:
     split_spread: float = 1.0
     split_voiced: float = 0.3
     known_split: float = 0.3
+    floor_margin: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window <= 6.0:
@@ -103,6 +113,8 @@ class EmbeddedSettings:
                              f"{self.split_voiced}")
         if not 0.0 <= self.known_split <= 1.0:
             raise ValueError(f"known_split must be between 0 and 1, got {self.known_split}")
+        if not 0.0 <= self.floor_margin <= 30.0:
+            raise ValueError(f"floor_margin must be between 0 and 30 dB, got {self.floor_margin}")
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be average, complete, single or weighted, "
                              f"got {self.linkage!r}")
@@ -226,6 +238,8 @@ class EmbeddedStream:
         self.vad_state = frontend.vad.new_state()
         self.probs = np.zeros(0, np.float32)  # one per 32 ms VAD frame, from frame
         self.probs_start = 0  # index self.probs_start on
+        self.quiet = np.zeros(0, bool)  # per VAD frame as probs: at the background level
+        self.floor = NoiseFloor(self.settings.floor_margin)
         self.audio = np.zeros(0, np.float32)  # kept from sample index self.audio_start
         self.audio_start = 0
         self.received = 0
@@ -248,62 +262,90 @@ class EmbeddedStream:
         analyse that audio as this one did: the VAD's recurrent state now, and the VAD
         probabilities this stream still holds (from its VAD chunk ``probs_from``).
         Silero's recurrent state remembers for many seconds, so a VAD run afresh over the
-        context would not give the same probabilities. JSON-ready."""
+        context would not give the same probabilities; and the background level now, with
+        the frames it marked (:mod:`streamer.models.noisefloor`). JSON-ready."""
+        history, level, phase = self.floor.state()
         return {"samples": int(self.received), "probs_from": int(self.probs_start),
+                "floor_level": level, "floor_phase": phase,
                 **{key: _pack(values) for key, values in (
                     ("probs", self.probs), ("hidden", self.vad_state.hidden),
-                    ("cell", self.vad_state.cell))}}
+                    ("cell", self.vad_state.cell), ("quiet", self.quiet),
+                    ("floor", history))}}
 
     def continue_from(self, carried: Any, origin: int) -> None:
         """Continue the stream whose :meth:`resume_state` is ``carried``; this stream's
         sample 0 is that stream's sample ``origin`` (a multiple of the VAD chunk: the
         start of the context it is primed with). The VAD probabilities it holds replace
         those computed over the context, and its recurrent state takes over where it was
-        taken.
+        taken. The background level takes over there too; a state saved before the
+        level was carried (no ``floor``) starts it afresh.
 
         Raises:
             ValueError: ``carried`` is not a state of this front end."""
         try:
             cut, first = carried["samples"], carried["probs_from"]
             probs, hidden, cell = (_unpack(carried[key]) for key in ("probs", "hidden", "cell"))
+            floor = NoiseFloor(self.settings.floor_margin)
+            if "floor" in carried:
+                quiet = _unpack(carried["quiet"])
+                floor.restore(_unpack(carried["floor"]), carried["floor_level"],
+                              carried["floor_phase"])
+            else:
+                quiet = np.zeros(len(probs))
+                floor.phase = cut // VAD_CHUNK % FLOOR_BLOCK if type(cut) is int else 0
         except (KeyError, TypeError, ValueError, binascii.Error) as error:
             raise ValueError(f"the VAD state does not fit: {error}") from None
         hidden_size = self.vad_state.hidden.size
         if type(cut) is not int or type(first) is not int or first < 0 or probs.ndim != 1 \
                 or (first + len(probs)) * VAD_CHUNK > cut \
                 or not ((probs >= 0) & (probs <= 1)).all() or hidden.shape != (hidden_size,) \
+                or quiet.shape != probs.shape or not np.isin(quiet, (0.0, 1.0)).all() \
                 or cell.shape != (hidden_size,) or not np.isfinite(hidden).all() \
                 or not np.isfinite(cell).all() or origin % VAD_CHUNK or origin > cut:
             raise ValueError("the VAD state does not fit")
         self._carried = {"first": first - origin // VAD_CHUNK, "probs": probs.astype(np.float32),
+                         "quiet": quiet.astype(bool), "floor": floor,
                          "end": cut - origin,
                          "hidden": hidden.astype(np.float32).reshape(self.vad_state.hidden.shape),
                          "cell": cell.astype(np.float32).reshape(self.vad_state.cell.shape)}
 
-    def _vad(self, samples: np.ndarray) -> Steps[np.ndarray]:
-        """VAD probabilities of the chunks ``samples`` complete. A resumed stream takes the
-        carried probabilities over its own up to the point where the carried recurrent
-        state was taken, and that state from there."""
+    def _vad(self, samples: np.ndarray) -> Steps[tuple[np.ndarray, np.ndarray]]:
+        """VAD probabilities of the chunks ``samples`` complete, and which of them lie at
+        the background level (:meth:`_at_floor`). A resumed stream takes the carried
+        probabilities and marks over its own up to the point where the carried recurrent
+        state was taken, and that state and the carried background level from there."""
+        done = self.probs_start + len(self.probs)  # index of the first new chunk
         carried = self._carried
         if carried is None:
-            return (yield from self.frontend.vad.process_steps(self.vad_state, samples))
+            probs = yield from self.frontend.vad.process_steps(self.vad_state, samples)
+            return probs, self._at_floor(probs, done)
         before = max(0, min(len(samples), carried["end"] - self.received))
         probs = np.array((yield from self.frontend.vad.process_steps(self.vad_state,
                                                                      samples[:before])))
-        done = self.probs_start + len(self.probs)  # index of probs[0]
+        quiet = self._at_floor(probs, done)
         lo = max(carried["first"], done)
         hi = min(carried["first"] + len(carried["probs"]), done + len(probs))
         if hi > lo:
-            probs[lo - done:hi - done] = carried["probs"][lo - carried["first"]:
-                                                         hi - carried["first"]]
+            taken = slice(lo - carried["first"], hi - carried["first"])
+            probs[lo - done:hi - done] = carried["probs"][taken]
+            quiet[lo - done:hi - done] = carried["quiet"][taken]
         if self.received + before < carried["end"]:
-            return probs
+            return probs, quiet
         self.vad_state.hidden, self.vad_state.cell = carried["hidden"], carried["cell"]
+        self.floor = carried["floor"]
         self._carried = None
         if before == len(samples):
-            return probs
+            return probs, quiet
         later = yield from self.frontend.vad.process_steps(self.vad_state, samples[before:])
-        return np.concatenate([probs, later])
+        return (np.concatenate([probs, later]),
+                np.concatenate([quiet, self._at_floor(later, done + len(probs))]))
+
+    def _at_floor(self, probs: np.ndarray, first: int) -> np.ndarray:
+        """Which of the chunks from index ``first`` on (VAD ``probs``, audio received)
+        lie at the stream's background level."""
+        start = first * VAD_CHUNK - self.audio_start
+        audio = self.audio[start:start + len(probs) * VAD_CHUNK]
+        return self.floor.trim(chunk_energies(audio, VAD_CHUNK), np.asarray(probs))
 
     # -------------------------------------------------------------- incremental state
     def _take_new(self, buffer: np.ndarray, start: float) -> Steps[int]:
@@ -311,10 +353,12 @@ class EmbeddedStream:
         new = end - self.received
         if new > 0:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
-            probs = yield from self._vad(samples)
-            self.probs = np.concatenate([self.probs, probs])
-            self.pitch.push(samples)
+            # The audio first: the VAD's chunks are measured on it (_at_floor).
             self.audio = np.concatenate([self.audio, samples])
+            probs, quiet = yield from self._vad(samples)
+            self.probs = np.concatenate([self.probs, probs])
+            self.quiet = np.concatenate([self.quiet, quiet])
+            self.pitch.push(samples)
             self.received = end
         self._update_mels()
         return end
@@ -375,6 +419,7 @@ class EmbeddedStream:
             drop = keep_from // VAD_CHUNK - self.probs_start
             if drop > 0:
                 self.probs = self.probs[drop:]
+                self.quiet = self.quiet[drop:]
                 self.probs_start += drop
             self.pitch.forget(keep_from // PITCH_HOP)
         for stop in [s for s in self.windows if s < buffer_start]:
@@ -389,7 +434,9 @@ class EmbeddedStream:
         begin = max(0, end - len(buffer))
         self._forget(begin)
         first, last = int(np.ceil(begin / VAD_CHUNK)), end // VAD_CHUNK
-        probs = self.probs[first - self.probs_start:last - self.probs_start]
+        held = slice(first - self.probs_start, last - self.probs_start)
+        # Speech is what the VAD finds above the background level.
+        probs = np.where(self.quiet[held], np.float32(0), self.probs[held])
         timing = FrameTiming(first * VAD_CHUNK / SAMPLE_RATE - start, VAD_CHUNK / SAMPLE_RATE,
                              VAD_CHUNK / SAMPLE_RATE)
         stops = np.array(sorted(s for s in self.windows if s > begin), dtype=np.int64)
