@@ -151,6 +151,26 @@ def test_settings_are_validated():
         EmbeddedSettings(known_split=1.5)
     with pytest.raises(ValueError, match="floor_margin"):
         EmbeddedSettings(floor_margin=-1)
+    with pytest.raises(ValueError, match="window_threshold"):
+        EmbeddedSettings(window_threshold=0)
+
+
+def test_the_speech_threshold_leaves_the_windows_embeddings_alone(two_voices):
+    """How much of the VAD's output counts as speech (``vad_threshold``) and which frames
+    the windows embed (``window_threshold``) are set apart: the clustering's thresholds
+    hold for embeddings over the latter."""
+    samples = _with_background(two_voices[0][:16000 * 20])
+    streams, spoken = {}, {}
+    for vad_threshold in (0.1, 0.9):
+        engine = StreamingDiarizer(EmbeddedFrontend(EmbeddedSettings(
+            vad_threshold=vad_threshold)))
+        turns = engine.feed(samples) + engine.flush()
+        streams[vad_threshold] = engine._stream
+        spoken[vad_threshold] = sum(t.duration for t in turns)
+    low, high = streams[0.1], streams[0.9]
+    assert low.windows.keys() == high.windows.keys()
+    assert all(np.array_equal(low.windows[k], high.windows[k]) for k in low.windows)
+    assert spoken[0.1] > spoken[0.9] > 0
 
 
 def _with_background(samples: np.ndarray, level_db: float = -50.0) -> np.ndarray:

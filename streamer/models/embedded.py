@@ -62,7 +62,12 @@ class EmbeddedSettings:
             buffer.
         max_local: Most local speakers per buffer.
         min_windows: Fewest windows a cluster needs to be a local speaker.
-        vad_threshold: Silero probability from which a frame is speech.
+        vad_threshold: Silero probability from which a frame is speech (the stream's
+            ``speech_threshold`` unless it sets one). Low, because the VAD's hangover
+            after each phrase is trimmed at the background level (``floor_margin``).
+        window_threshold: Silero probability from which a frame is fed to its windows'
+            GE2E embeddings (and counts towards ``min_speech``): the window clustering's
+            thresholds are tuned on embeddings of these frames.
         linkage: Agglomerative linkage of the window clustering (scipy method name).
         split_gap, split_spread: A window cluster is split in two when its windows' pitch
             medians form two groups whose means are ``split_gap`` semitones apart or
@@ -85,7 +90,8 @@ class EmbeddedSettings:
     local_threshold: float = 0.31
     max_local: int = 4
     min_windows: int = 3
-    vad_threshold: float = 0.15
+    vad_threshold: float = 0.1
+    window_threshold: float = 0.15
     linkage: str = "average"
     split_gap: float = 4.0
     split_spread: float = 1.0
@@ -106,6 +112,8 @@ class EmbeddedSettings:
             raise ValueError(f"max_local must be between 1 and 10, got {self.max_local}")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if not 0.0 < self.window_threshold < 1.0:
+            raise ValueError(f"window_threshold must be in (0, 1), got {self.window_threshold}")
         if not (0.0 <= self.split_gap and 0.0 < self.split_spread
                 and 0.0 < self.split_voiced <= self.window):
             raise ValueError("split_gap must be >= 0, split_spread > 0 and split_voiced in "
@@ -385,7 +393,7 @@ class EmbeddedStream:
             start = max(0, stop - self.window_samples)
             lo_vad, hi_vad = start // VAD_CHUNK, stop // VAD_CHUNK
             speech = self.probs[lo_vad - self.probs_start:hi_vad - self.probs_start]
-            speech = speech >= self.threshold
+            speech = speech >= self.settings.window_threshold
             if speech.sum() * VAD_CHUNK < self.settings.min_speech * SAMPLE_RATE:
                 continue
             mel_index = np.arange(start // MEL_HOP,

@@ -395,7 +395,7 @@ def _ge2e(frontend: EmbeddedFrontend, chunk: np.ndarray) -> np.ndarray:
     if not len(probs):
         raise NotEmbeddable(f"an excerpt of {len(chunk) / SAMPLE_RATE:.3f} s is shorter than "
                             f"the voice activity detector needs ({VAD_CHUNK / SAMPLE_RATE:.3f} s)")
-    speech = probs >= frontend.default_speech_threshold
+    speech = probs >= frontend.settings.window_threshold  # the frames a stream's windows see
     seconds, need = speech.sum() * VAD_CHUNK / SAMPLE_RATE, frontend.settings.min_speech
     if seconds < need:
         found = "no speech found" if not seconds else f"only {seconds:.2f} s of speech found"
