@@ -21,8 +21,9 @@ import numpy as np
 
 #: VAD probability below which a chunk is surely background.
 QUIET = 0.05
-#: Percentile of the background chunks' energies taken as the floor.
-PERCENTILE = 10.0
+#: Percentile of the background chunks' energies taken as the floor (the nearest rank
+#: below it).
+PERCENTILE = 10
 #: Background chunks kept: the latest minute's worth of 32 ms chunks.
 HISTORY = 1875
 #: Background chunks needed before anything is trimmed (a second's worth).
@@ -61,7 +62,8 @@ class NoiseFloor:
         start = 0
         while start < len(energies):
             if self.phase == 0:
-                self.level = (float(np.percentile(self.history, PERCENTILE))
+                rank = (len(self.history) - 1) * PERCENTILE // 100
+                self.level = (float(np.partition(self.history, rank)[rank])
                               if len(self.history) >= LEAST else None)
             stop = min(len(energies), start + BLOCK - self.phase)
             part, chance = energies[start:stop], probs[start:stop]
