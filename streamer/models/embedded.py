@@ -300,7 +300,6 @@ class EmbeddedStream:
                               carried["floor_phase"])
             else:
                 quiet = np.zeros(len(probs))
-                floor.phase = cut // VAD_CHUNK % FLOOR_BLOCK if type(cut) is int else 0
         except (KeyError, TypeError, ValueError, binascii.Error) as error:
             raise ValueError(f"the VAD state does not fit: {error}") from None
         hidden_size = self.vad_state.hidden.size
@@ -311,6 +310,8 @@ class EmbeddedStream:
                 or cell.shape != (hidden_size,) or not np.isfinite(hidden).all() \
                 or not np.isfinite(cell).all() or origin % VAD_CHUNK or origin > cut:
             raise ValueError("the VAD state does not fit")
+        if "floor" not in carried:  # measured afresh, on the same block grid
+            floor.phase = cut // VAD_CHUNK % FLOOR_BLOCK
         self._carried = {"first": first - origin // VAD_CHUNK, "probs": probs.astype(np.float32),
                          "quiet": quiet.astype(bool), "floor": floor,
                          "end": cut - origin,
