@@ -206,7 +206,7 @@ def _run_diarize(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             try:
                 turns, regions, engine = run_file(frontend, audio, config, chunk=5.0,
-                                                  progress=update)
+                                                  progress=update, passes=args.passes)
             finally:
                 close()
             elapsed = time.perf_counter() - started
@@ -291,12 +291,15 @@ def _eval_sets(args: argparse.Namespace) -> list:
 
 
 def _score_start_point(frontend, config, samples, reference: list, uem: list | None,
-                       shift: float | None, oracle: bool = False, gain: float | None = None):
+                       shift: float | None, oracle: bool = False, gain: float | None = None,
+                       passes: int = 1):
     """Diarize ``samples`` as a stream that starts ``shift`` seconds into them (``None``:
     as recorded), ``gain`` dB louder (``None``: as recorded), and score it against the
     reference moved alike. Returns the score and,
     with ``oracle`` (:mod:`streamer.oracle`: the score is then the oracle tracking's),
-    the usual run's score and the number of reference speakers seeded."""
+    the usual run's score and the number of reference speakers seeded (the seeded run
+    is one pass: its speakers are known from the start).
+    ``passes``: how many times the file is streamed (see :func:`streamer.engine.run_passes`)."""
     from streamer.engine import diarize_array
     from streamer.evaluation import rotate_samples, rotate_segments, rotate_uem, score_file
     from streamer.oracle import CHUNK, diarize_with_oracle
@@ -312,8 +315,10 @@ def _score_start_point(frontend, config, samples, reference: list, uem: list | N
     usual = seeded = None
     if oracle:
         turns, usual, seeded = diarize_with_oracle(frontend, samples, reference, config)
+        if passes > 1:
+            usual, _ = diarize_array(frontend, samples, config, chunk=CHUNK, passes=passes)
     else:
-        turns, _ = diarize_array(frontend, samples, config, chunk=CHUNK)
+        turns, _ = diarize_array(frontend, samples, config, chunk=CHUNK, passes=passes)
     elapsed = time.perf_counter() - started
 
     def score(found: list) -> Any:
@@ -370,7 +375,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             file_total, worst = Score(), None
             for shift, gain in runs:
                 score, usual = _score_start_point(frontend, counted, samples, reference,
-                                                  eval_set.uem.get(uri), shift, oracle, gain)
+                                                  eval_set.uem.get(uri), shift, oracle, gain,
+                                                  args.passes)
                 subtotal.add(score)
                 file_total.add(score)
                 if worst is None or score.der.der > worst[1]:

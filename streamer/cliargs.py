@@ -7,7 +7,7 @@ import contextlib
 import os
 from typing import IO, Any, Iterator
 
-from streamer.config import StreamConfig
+from streamer.config import FILE_PASSES, MAX_PASSES, StreamConfig
 from streamer.errors import ConfigError
 from streamer.models.base import Frontend
 
@@ -69,6 +69,13 @@ def add_stream_arguments(parser: argparse.ArgumentParser, file_mode: bool = Fals
                             "the turns of a live stream)" if file_mode else
                        "seconds between audio and its final decision (default 2.0)")
     group.add_argument("--step", type=float, default=None, help="buffer step in seconds (0.5)")
+    if file_mode:
+        group.add_argument("--passes", type=int, default=FILE_PASSES,
+                           choices=range(1, MAX_PASSES + 1), metavar="N",
+                           help=f"times each file is streamed (default {FILE_PASSES}): the "
+                                "first pass finds the speakers, each further one streams "
+                                "the file again knowing them from its start; 1 gives the "
+                                "turns of one stream")
     group.add_argument("--num-speakers", type=int, default=None, help="known speaker count")
     group.add_argument("--min-speakers", type=int, default=None, help="lower bound")
     group.add_argument("--max-speakers", type=int, default=None, help="upper bound (20)")

@@ -16,6 +16,10 @@ from streamer.voiceprints import KnownSpeaker, parse_known_speakers
 
 #: Default delay between the audio and the final decision about it, in seconds.
 DEFAULT_LATENCY = 2.0
+#: How many times file mode streams a whole file by default, and at most (see
+#: :func:`streamer.engine.run_passes`).
+FILE_PASSES = 2
+MAX_PASSES = 4
 
 
 def _check_latency(latency: float, step: float, duration: float) -> None:
@@ -223,4 +227,4 @@ class StreamConfig:
         return StreamConfig(**values)
 
 
-__all__ = ["StreamConfig", "DEFAULT_LATENCY"]
+__all__ = ["StreamConfig", "DEFAULT_LATENCY", "FILE_PASSES", "MAX_PASSES"]

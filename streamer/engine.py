@@ -19,7 +19,7 @@ from streamer.aggregation import Aggregator
 from streamer.audio import SAMPLE_RATE, clip_samples, prepare_samples
 from streamer.buffer import RollingBuffer
 from streamer.clustering import CentroidMemory
-from streamer.config import StreamConfig
+from streamer.config import FILE_PASSES, MAX_PASSES, StreamConfig
 from streamer.changes import ChangeTracker
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.events import (OVERLAP_OUTPUTS, Region, SpeakerChange, SpeakerSummary, Turn,
@@ -418,6 +418,24 @@ class StreamingDiarizer:
             named.append(event)
         return named
 
+    def _next_pass(self, config: StreamConfig | None) -> "StreamingDiarizer":
+        """A new engine in file mode for the same audio (``config`` as given to this one)
+        whose memory starts with this stream's speakers (see :func:`run_passes`)."""
+        found = len(self._memory)
+        config = config or StreamConfig()
+        if found >= self.config.min_speakers:
+            config = dataclasses.replace(config, num_speakers=None,
+                                         min_speakers=self.config.min_speakers,
+                                         max_speakers=found)
+        engine = StreamingDiarizer(self.frontend, config, file_mode=True)
+        recording = self._stream.recording() if hasattr(self._stream, "recording") else None
+        if recording is not None:
+            # The same audio in the same steps: the models' outputs are those of this pass.
+            engine._stream.replay(recording)
+        memory = self._memory
+        engine._memory.load(memory.sums, memory.pitch_sums, memory.spread_sums)
+        return engine
+
     def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:
         start = (end - len(buffer)) / self.sample_rate
         # The speakers told apart so far: a front end may keep them apart in the buffer.
@@ -521,17 +539,20 @@ class StreamingDiarizer:
 
 def diarize_array(frontend: Frontend, samples: np.ndarray, config: StreamConfig | None = None,
                   chunk: float = 0.5, progress=None, *, sample_rate: int = SAMPLE_RATE,
-                  ) -> tuple[list[Turn], StreamingDiarizer]:
+                  passes: int = 1) -> tuple[list[Turn], StreamingDiarizer]:
     """Stream a whole signal through a new engine; returns its final turns and the engine.
 
     ``samples`` may be float (full scale [-1, 1]) or int8/int16/int32/uint8 PCM, mono
     ``(time,)`` or with channels on either axis, at any ``sample_rate``: it is scaled,
     downmixed and resampled to 16 kHz, the rate of every model here, first (see
     :func:`streamer.audio.prepare_samples`). A bad dtype, shape or rate raises
-    :class:`AudioFormatError`."""
+    :class:`AudioFormatError`. ``passes``: how many times the signal is streamed (see
+    :func:`run_passes`); 1, the default, gives the turns of one stream."""
     samples = prepare_samples(samples, sample_rate)
-    return diarize_chunks(frontend, chunked(samples, chunk, frontend.sample_rate), config,
-                          progress)
+    turns, _, engine = run_passes(
+        frontend, lambda: chunked(samples, chunk, frontend.sample_rate), config, progress,
+        passes)
+    return turns, engine
 
 
 def chunked(samples: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE
@@ -570,6 +591,52 @@ def run_chunks(frontend: Frontend, chunks: Iterable[np.ndarray],
     return turns, regions, engine
 
 
+def run_passes(frontend: Frontend, chunks: Callable[[], Iterable[np.ndarray]],
+               config: StreamConfig | None = None,
+               progress: Callable[[int], None] | None = None, passes: int = FILE_PASSES,
+               ) -> tuple[list[Turn], list[Region], StreamingDiarizer]:
+    """Diarize audio that can be read more than once (a file, an array; ``chunks()``
+    gives its chunks afresh each time), in file mode; returns the last pass's turns,
+    regions and engine.
+
+    The first pass streams the audio as :func:`run_chunks` does and finds its speakers.
+    Each further pass streams it again from a speaker memory that starts with the
+    speakers the pass before found (centroids, pitch, spreads), with no room for others
+    unless ``min_speakers`` asks for more: so a voice first heard late in the file is
+    known from its start, and the first seconds do not decide everything (a speaker
+    whose first centroid blended two voices, before the second one had a speaker of its
+    own, is matched against both voices' full centroids). A stream fed live cannot go
+    back, and gives the first pass's turns. ``progress`` gets the samples of one pass
+    done so far, spread over the passes (it reaches the audio's length at the end).
+
+    A front end whose streams can record their model outputs (the embedded preset's,
+    :meth:`streamer.models.embedded.EmbeddedStream.record`) runs its models in the first
+    pass only: the later ones replay them and cost the clustering and tracking. Others
+    run their models again in each pass."""
+    if type(passes) is not int or not 1 <= passes <= MAX_PASSES:
+        raise ConfigError(f"passes must be an integer from 1 to {MAX_PASSES}, got {passes!r}")
+    total = 0
+
+    def report(index: int) -> Callable[[int], None] | None:
+        if progress is None:
+            return None
+        return lambda done: progress((index * total + done) // passes)
+
+    engine = StreamingDiarizer(frontend, config, file_mode=True)
+    if passes > 1 and hasattr(engine._stream, "record"):
+        engine._stream.record()
+    turns, regions = run_engine(engine, chunks(), report(0))
+    for index in range(1, passes):
+        total = engine._buffer.received
+        if not len(engine._memory):
+            break  # no speaker found: another pass would find none either
+        engine = engine._next_pass(config)
+        turns, regions = run_engine(engine, chunks(), report(index))
+    if progress is not None and passes > 1:
+        progress(engine._buffer.received)
+    return turns, regions, engine
+
+
 def run_engine(engine: StreamingDiarizer, chunks: Iterable[np.ndarray],
                progress: Callable[[int], None] | None = None,
                ) -> tuple[list[Turn], list[Region]]:
@@ -595,5 +662,5 @@ def run_engine(engine: StreamingDiarizer, chunks: Iterable[np.ndarray],
     return turns, regions
 
 
-__all__ = ["Event", "StreamingDiarizer", "chunked", "diarize_array", "diarize_chunks",
-           "run_chunks", "run_engine", "usable_locals"]
+__all__ = ["Event", "FILE_PASSES", "StreamingDiarizer", "chunked", "diarize_array",
+           "diarize_chunks", "run_chunks", "run_engine", "run_passes", "usable_locals"]

@@ -8,8 +8,10 @@
 
 A pipeline loads its models once and diarizes any number of inputs, one after the other
 or from several threads (each call runs its own engine). Every call streams the audio
-through :class:`streamer.engine.StreamingDiarizer` exactly as the server does, so a file
-gives the turns a live stream of it would give.
+through :class:`streamer.engine.StreamingDiarizer` as the server does; as the whole
+audio is at hand, it is streamed twice by default, the second time from the speakers the
+first pass found (``passes=1`` gives exactly the turns of one stream of it, with
+``latency=2.0`` those of a live one).
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from streamer.audio import SAMPLE_RATE, AudioFile, prepare_samples
-from streamer.config import StreamConfig
-from streamer.engine import StreamingDiarizer, run_chunks
+from streamer.config import FILE_PASSES, StreamConfig
+from streamer.engine import StreamingDiarizer, run_passes
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.filemode import rechunk
 from streamer.models.base import Frontend
@@ -80,14 +82,16 @@ class Pipeline:
     def __call__(self, audio: Any, *, num_speakers: int | None = None,
                  min_speakers: int | None = None, max_speakers: int | None = None,
                  hook: Hook | None = None, voiceprints: Any = None,
-                 **config: Any) -> Diarization:
+                 passes: int = FILE_PASSES, **config: Any) -> Diarization:
         """Diarize ``audio``: a file path, or ``{"waveform": array, "sample_rate": int}``
         (numpy array or torch tensor; float in [-1, 1] or int8/int16/int32/uint8 PCM;
         ``(time,)`` or ``(channels, time)``; any rate, resampled to 16 kHz), optionally
         with ``"uri"``. ``{"audio": path}`` is a path too.
 
         ``num_speakers`` fixes the number of speakers; ``min_speakers`` and
-        ``max_speakers`` bound it. Being a stream, the engine cannot name a speaker before
+        ``max_speakers`` bound it. ``passes``: how many times the audio is streamed (see
+        :func:`streamer.engine.run_passes`): by default twice, the second time knowing the
+        speakers the first found from the start; 1 gives the turns of one stream. Being a stream, the engine cannot name a speaker before
         that speaker has spoken enough to be embedded (see the README). Other keyword
         arguments override :class:`StreamConfig` fields for this call (e.g.
         ``latency=2.0`` for the turns a live stream gives: by default a whole file's
@@ -116,8 +120,8 @@ class Pipeline:
         stream_config = _config({**self.config.to_dict(), **settings})
         source = AudioSource(audio)
         progress = _progress_calls(hook, source)
-        turns, regions, engine = run_chunks(self.frontend, source.chunks(), stream_config,
-                                            progress)
+        turns, regions, engine = run_passes(self.frontend, source.chunks, stream_config,
+                                            progress, passes)
         return Diarization(turns, regions, engine, source.uri, source.name)
 
     def enroll(self, audio: Any) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from streamer.audio import PcmDecoder, load_audio
-from streamer.config import DEFAULT_LATENCY, StreamConfig
+from streamer.config import DEFAULT_LATENCY, FILE_PASSES, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
-from streamer.evaluation import der_components
+from streamer.evaluation import der_components, rotate_samples, rotate_segments, rotate_uem
 from streamer.events import Turn
 from streamer.rttm import Segment, read_rttm, read_uem
 from tests.paths import EVAL, SAMPLE
@@ -57,8 +57,9 @@ def as_recorded(frontend, sample) -> list[Turn]:
 
 @pytest.fixture(scope="module")
 def in_file_mode(frontend, sample) -> list[Turn]:
-    """Final turns of the file as recorded, in file mode (its latency: the buffer's)."""
-    turns, _ = diarize_array(frontend, sample[0])
+    """Final turns of the file as recorded, in file mode (its latency: the buffer's, and
+    its passes, as ``streamer diarize`` makes them)."""
+    turns, _ = diarize_array(frontend, sample[0], passes=FILE_PASSES)
     return turns
 
 
@@ -139,3 +140,29 @@ def check_like_16k(turns: list[Segment], as_recorded: list[Turn], reference: lis
         f"{what}: {speaker_count(turns)} speakers (DER {score:.1%}, 16 kHz: {at_16k:.1%})"
     assert abs(score - at_16k) <= RATE_DER_TOLERANCE, \
         f"{what}: DER {score:.1%}, 16 kHz: {at_16k:.1%}"
+
+
+# Start points of the conversation (circular shifts): from 2.1 s its first seconds mix the
+# two voices quickly, and one pass gives the first speaker a blend of both.
+SHIFTS = (0.0, 0.9, 2.1, 3.3, 4.5, 6.3)
+# what file mode gives from every start point: the worst DER, and how far apart the
+# start points may lie
+FILE_MODE_DER = 0.21
+FILE_MODE_SPREAD = 0.05
+
+
+def test_file_mode_gives_both_speakers_alike_from_every_start_point(sample):
+    from streamer.presets import load_frontend
+
+    embedded = load_frontend("embedded")
+    samples, reference, uem = sample
+    duration = len(samples) / 16000
+    scores = {}
+    for shift in SHIFTS:
+        shifted, applied = rotate_samples(samples, shift)
+        turns, _ = diarize_array(embedded, shifted, chunk=5.0, passes=FILE_PASSES)
+        assert speaker_count(turns) == SPEAKERS, f"from {shift} s: {speaker_count(turns)}"
+        scores[shift] = der(rotate_segments(reference, applied, duration), segments(turns),
+                            rotate_uem(uem, applied, duration))
+    assert max(scores.values()) <= FILE_MODE_DER, scores
+    assert max(scores.values()) - min(scores.values()) <= FILE_MODE_SPREAD, scores

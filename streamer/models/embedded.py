@@ -235,6 +235,40 @@ class EmbeddedFrontend:
         return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-8)
 
 
+class Recording:
+    """The model outputs of one stream of the embedded preset, for another pass over the
+    same audio (:meth:`EmbeddedStream.record`, :meth:`EmbeddedStream.replay`): VAD
+    probabilities and background marks per VAD chunk, window embeddings and pitch per
+    window end sample."""
+
+    def __init__(self) -> None:
+        self._probs: list[np.ndarray] = []
+        self._quiet: list[np.ndarray] = []
+        self._joined: tuple[np.ndarray, np.ndarray] | None = None
+        self.windows: dict[int, np.ndarray] = {}
+        self.window_pitch: dict[int, float] = {}
+
+    def add_chunks(self, probs: np.ndarray, quiet: np.ndarray) -> None:
+        self._probs.append(np.asarray(probs, np.float32))
+        self._quiet.append(np.asarray(quiet, bool))
+        self._joined = None
+
+    def chunks(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and marks of VAD chunks ``first`` to ``last`` (excluded).
+
+        Raises:
+            ValueError: the recording does not hold them (another audio)."""
+        if self._joined is None:
+            self._joined = (np.concatenate([np.zeros(0, np.float32), *self._probs]),
+                            np.concatenate([np.zeros(0, bool), *self._quiet]))
+            self._probs, self._quiet = [self._joined[0]], [self._joined[1]]
+        probs, quiet = self._joined
+        if last > len(probs):
+            raise ValueError(f"the recording holds {len(probs)} VAD chunks, not {last}: "
+                             "it comes from other audio")
+        return probs[first:last], quiet[first:last]
+
+
 class EmbeddedStream:
     """Per-stream state of the embedded front end: VAD state, mel frames and window
     embeddings of the audio still in reach of the rolling buffer."""
@@ -263,6 +297,32 @@ class EmbeddedStream:
         self.pitch = PitchTrack()
         # What a resumed stream takes over from the stream it continues (see continue_from).
         self._carried: dict[str, Any] | None = None
+        # What this stream keeps of its model outputs for another pass over the same
+        # audio, or takes from the pass before (see record and replay).
+        self._recording: Recording | None = None
+        self._replay: Recording | None = None
+
+    # -------------------------------------------------------------- passes
+    def record(self) -> None:
+        """Keep every VAD probability, background mark and window embedding (and window
+        pitch) from here on, for a stream over the same audio (:meth:`recording`):
+        about 2 kB per second of audio. Call it before any audio."""
+        if self.received:
+            raise RuntimeError("record() comes before any audio")
+        self._recording = Recording()
+
+    def recording(self) -> "Recording | None":
+        """What :meth:`record` kept, or what this stream replays; ``None``: neither."""
+        return self._replay or self._recording
+
+    def replay(self, recording: "Recording") -> None:
+        """Take the VAD's and the window encoder's outputs from ``recording`` (another
+        stream's over the same audio, fed in the same steps) instead of running the
+        models: a file's second pass costs the clustering, not the models. The output is
+        the same as with the models run again. Call it before any audio."""
+        if self.received:
+            raise RuntimeError("replay() comes before any audio")
+        self._replay = recording
 
     # -------------------------------------------------------------- resume
     def resume_state(self) -> dict[str, Any]:
@@ -364,12 +424,19 @@ class EmbeddedStream:
             samples = buffer[len(buffer) - min(new, len(buffer)):]
             # The audio first: the VAD's chunks are measured on it (_at_floor).
             self.audio = np.concatenate([self.audio, samples])
-            probs, quiet = yield from self._vad(samples)
+            if self._replay is not None:
+                done = self.probs_start + len(self.probs)
+                probs, quiet = self._replay.chunks(done, end // VAD_CHUNK)
+            else:
+                probs, quiet = yield from self._vad(samples)
+                if self._recording is not None:
+                    self._recording.add_chunks(probs, quiet)
             self.probs = np.concatenate([self.probs, probs])
             self.quiet = np.concatenate([self.quiet, quiet])
             self.pitch.push(samples)
             self.received = end
-        self._update_mels()
+        if self._replay is None:  # mel frames feed only the window encoder
+            self._update_mels()
         return end
 
     def _update_mels(self) -> None:
@@ -388,6 +455,14 @@ class EmbeddedStream:
     def _embed_windows(self, end: int) -> Steps[None]:
         """Embeds the windows that end by ``end``: all of them in one model call."""
         stops, mels, gains = [], [], []
+        if self._replay is not None:
+            while self.next_window * self.hop_samples <= end:
+                stop = self.next_window * self.hop_samples
+                self.next_window += 1
+                if stop in self._replay.windows:
+                    self.windows[stop] = self._replay.windows[stop]
+                    self.window_pitch[stop] = self._replay.window_pitch[stop]
+            return
         while self.next_window * self.hop_samples <= end:
             stop = self.next_window * self.hop_samples
             self.next_window += 1
@@ -413,7 +488,12 @@ class EmbeddedStream:
             gains.append(volume_gain(audio))
         if stops:
             raw = yield self.frontend.encoder_call(mels, gains)
-            self.windows.update(zip(stops, self.frontend.finish_embeddings(raw)))
+            embedded = dict(zip(stops, self.frontend.finish_embeddings(raw)))
+            self.windows.update(embedded)
+            if self._recording is not None:
+                self._recording.windows.update(embedded)
+                self._recording.window_pitch.update(
+                    (stop, self.window_pitch[stop]) for stop in stops)
 
     def _forget(self, buffer_start: int) -> None:
         keep_from = max(0, buffer_start - self.window_samples - N_FFT)
