@@ -126,6 +126,7 @@ class StreamingDiarizer:
         self._origin = 0  # samples of a primed stream's context, before its time 0
         self._cut: int | None = None  # samples of the stream a restored state comes from
         self._carried: Any = None  # what its front end's stream left for a primed one
+        self._another_pass = False  # the speakers come from a pass before over this audio
 
     @property
     def position(self) -> float:
@@ -428,6 +429,7 @@ class StreamingDiarizer:
                                          min_speakers=self.config.min_speakers,
                                          max_speakers=found)
         engine = StreamingDiarizer(self.frontend, config, file_mode=True)
+        engine._another_pass = True
         recording = self._stream.recording() if hasattr(self._stream, "recording") else None
         if recording is not None:
             # The same audio in the same steps: the models' outputs are those of this pass.
@@ -512,7 +514,7 @@ class StreamingDiarizer:
         activations, count = columns[:, :-1], columns[:, -1]
         missing = max(end_frame - first - len(speech), 0)
         labels = np.concatenate([self._policy.decide(ahead[:, :-1], ahead_speech, len(speech),
-                                                     known=len(self._memory) > 0),
+                                                     known=self._known()),
                                  np.full(missing, -1)])
         events: list[Event] = self._record(self._policy.turns.push(labels))
         if self.config.outputs:
@@ -523,7 +525,14 @@ class StreamingDiarizer:
 
     def _interim(self) -> list[Turn]:
         columns, speech = self._aggregator.peek(self._aggregator.available)
-        return self._policy.interim(columns[:, :-1], speech, known=len(self._memory) > 0)
+        return self._policy.interim(columns[:, :-1], speech, known=self._known())
+
+    def _known(self) -> bool:
+        """Whether speakers are known here, for the speech no speaker claims before any
+        claimed frame (:meth:`TurnPolicy.decide`). A later pass over a file knows the
+        speakers its first pass found, but that speech is the first speaker's as in the
+        first pass: those speakers are this stream's, not another's."""
+        return len(self._memory) > 0 and not self._another_pass
 
     def _speaker_changes(self, events: list[Event], view: Turn | None) -> list[Event]:
         if self._changes is None:

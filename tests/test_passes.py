@@ -12,6 +12,7 @@ from streamer.engine import StreamingDiarizer, diarize_array, run_chunks, run_en
 from streamer.errors import ConfigError
 from streamer.filemode import run_file
 from tests.fakes import fake_frontend, tone_conversation
+from tests.paths import DATA, EVAL
 
 A, B = 300.0, 700.0
 # A voice (B) speaks 0.8 s early on, and enough to be a speaker only 12 s later: more than
@@ -155,7 +156,6 @@ def test_the_embedded_preset_replays_its_models_in_the_second_pass(embedded):
     """The second pass takes the VAD's and the window encoder's outputs from the first
     (it runs no model) and gives exactly the turns of a second pass that runs them."""
     from streamer.audio import load_audio
-    from tests.paths import DATA
 
     audio = load_audio(DATA / "two_voices.wav")
     chunks = lambda: (audio[i: i + 80000] for i in range(0, len(audio), 80000))  # noqa: E731
@@ -208,3 +208,18 @@ def _drive(frontend, steps):
     from streamer.models.calls import run_direct
 
     return run_direct(steps, frontend.models)
+
+
+@pytest.mark.skipif(not (EVAL / "trn07.wav").exists(), reason="../shared/eval is absent")
+def test_speech_before_any_claimed_frame_stays_the_first_speakers_in_the_second_pass(embedded):
+    """In this meeting excerpt the first seconds of speech are too short for their
+    buffers to embed; one pass gives them to the first speaker, and so must the second,
+    though it knows the speakers from the start."""
+    from streamer.audio import load_audio
+
+    audio = load_audio(EVAL / "trn07.wav")
+    once, _ = diarize_array(embedded, audio, chunk=5.0, passes=1)
+    twice, _ = diarize_array(embedded, audio, chunk=5.0, passes=2)
+    first = min(t.start for t in once)
+    assert first < 10.0 and min(t.start for t in twice) == first
+    assert sum(t.end - t.start for t in twice) >= 0.95 * sum(t.end - t.start for t in once)
