@@ -223,3 +223,25 @@ def test_speech_before_any_claimed_frame_stays_the_first_speakers_in_the_second_
     first = min(t.start for t in once)
     assert first < 10.0 and min(t.start for t in twice) == first
     assert sum(t.end - t.start for t in twice) >= 0.95 * sum(t.end - t.start for t in once)
+
+
+def test_a_pipeline_streams_twice_unless_told_otherwise():
+    from streamer import Pipeline
+
+    pipeline = Pipeline(frontend=fake_frontend(), config=SLOW_TO_OPEN)
+    audio = {"waveform": tone_conversation(EARLY_WORDS), "sample_rate": 16000}
+    seen: list[float] = []
+
+    def hook(step, artifact, *, file=None, total=None, completed=None):
+        seen.append(completed)
+
+    default = pipeline(audio, hook=hook)
+    once = pipeline(audio, passes=1)
+    assert [(s.start, s.end, k) for s, k in default] == [
+        (0.0, 6.0, "SPEAKER_00"), (6.0, 6.8, "SPEAKER_01"), (6.8, 18.8, "SPEAKER_00"),
+        (18.8, 24.8, "SPEAKER_01")]
+    assert [(s.start, s.end, k) for s, k in once] == [
+        (0.0, 18.8, "SPEAKER_00"), (18.8, 24.8, "SPEAKER_01")]
+    assert seen == sorted(seen) and seen[-1] == 24.8 and 12.4 in seen
+    with pytest.raises(ConfigError, match="passes"):
+        pipeline(audio, passes=0)
