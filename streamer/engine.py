@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -127,6 +127,10 @@ class StreamingDiarizer:
         self._cut: int | None = None  # samples of the stream a restored state comes from
         self._carried: Any = None  # what its front end's stream left for a primed one
         self._another_pass = False  # the speakers come from a pass before over this audio
+        # A pass's buffer analyses, kept for the next pass over the same audio, and the
+        # ones this pass replays (see run_passes).
+        self._analyses: list[BufferAnalysis] | None = None
+        self._replaying: Iterator[BufferAnalysis] | None = None
 
     @property
     def position(self) -> float:
@@ -430,10 +434,13 @@ class StreamingDiarizer:
                                          max_speakers=found)
         engine = StreamingDiarizer(self.frontend, config, file_mode=True)
         engine._another_pass = True
+        # The same audio in the same steps: the models' outputs are those of this pass.
         recording = self._stream.recording() if hasattr(self._stream, "recording") else None
         if recording is not None:
-            # The same audio in the same steps: the models' outputs are those of this pass.
             engine._stream.replay(recording)
+        if self._analyses is not None:
+            engine._analyses = self._analyses
+            engine._replaying = iter(self._analyses)
         memory = self._memory
         engine._memory.load(memory.sums, memory.pitch_sums, memory.spread_sums)
         return engine
@@ -442,7 +449,12 @@ class StreamingDiarizer:
         start = (end - len(buffer)) / self.sample_rate
         # The speakers told apart so far: a front end may keep them apart in the buffer.
         speakers = self._memory.centroids if len(self._memory) else None
-        analysis = yield from self._stream.analyze(buffer, start, speakers)
+        if self._replaying is not None:
+            analysis = next(self._replaying)
+        else:
+            analysis = yield from self._stream.analyze(buffer, start, speakers)
+            if self._analyses is not None:
+                self._analyses.append(analysis)
         new = end - self._pitch.received
         if new > 0 and self.config.pitch_weight > 0 and analysis.pitch is None:
             self._pitch.push(buffer[len(buffer) - min(new, len(buffer)):])
@@ -618,10 +630,13 @@ def run_passes(frontend: Frontend, chunks: Callable[[], Iterable[np.ndarray]],
     back, and gives the first pass's turns. ``progress`` gets the samples of one pass
     done so far, spread over the passes (it reaches the audio's length at the end).
 
-    A front end whose streams can record their model outputs (the embedded preset's,
-    :meth:`streamer.models.embedded.EmbeddedStream.record`) runs its models in the first
-    pass only: the later ones replay them and cost the clustering and tracking. Others
-    run their models again in each pass."""
+    The models run in the first pass only; the later ones replay their outputs and cost
+    the clustering and tracking. A front end whose buffer analyses do not depend on the
+    stream's speakers (``analysis_uses_speakers = False``: the pyannote presets') has
+    its analyses kept whole, about 20 kB per second of audio; one whose streams record
+    their model outputs (the embedded preset's,
+    :meth:`streamer.models.embedded.EmbeddedStream.record`) keeps those, about 2 kB per
+    second. Any other runs its models again in each pass."""
     if type(passes) is not int or not 1 <= passes <= MAX_PASSES:
         raise ConfigError(f"passes must be an integer from 1 to {MAX_PASSES}, got {passes!r}")
     total = 0
@@ -634,6 +649,8 @@ def run_passes(frontend: Frontend, chunks: Callable[[], Iterable[np.ndarray]],
     engine = StreamingDiarizer(frontend, config, file_mode=True)
     if passes > 1 and hasattr(engine._stream, "record"):
         engine._stream.record()
+    elif passes > 1 and not getattr(frontend, "analysis_uses_speakers", True):
+        engine._analyses = []
     turns, regions = run_engine(engine, chunks(), report(0))
     for index in range(1, passes):
         total = engine._buffer.received

@@ -245,3 +245,36 @@ def test_a_pipeline_streams_twice_unless_told_otherwise():
     assert seen == sorted(seen) and seen[-1] == 24.8 and 12.4 in seen
     with pytest.raises(ConfigError, match="passes"):
         pipeline(audio, passes=0)
+
+
+def test_a_front_end_whose_analyses_ignore_the_speakers_is_replayed_whole():
+    """The pyannote presets' buffer analyses do not depend on the stream's speakers: the
+    second pass replays them (no model call) and gives the turns of one that runs the
+    models again."""
+    from streamer.models.frontend import SegmentationEmbeddingFrontend
+    from tests.fakes import FakeEmbedding, FakeSegmentation
+
+    calls = []
+
+    class Counting(FakeSegmentation):
+        def __call__(self, waveforms):
+            calls.append(1)
+            return super().__call__(waveforms)
+
+    frontend = SegmentationEmbeddingFrontend(Counting(), FakeEmbedding(), name="fake",
+                                             delta_new=0.5, speech_threshold=0.5)
+    assert frontend.analysis_uses_speakers is False
+    audio = tone_conversation(EARLY_WORDS)
+    chunks = lambda: (audio[i: i + 80000] for i in range(0, len(audio), 80000))  # noqa: E731
+    once = StreamingDiarizer(frontend, SLOW_TO_OPEN, file_mode=True)
+    once._analyses = []
+    run_engine(once, chunks())
+    first_pass = len(calls)
+    replayed, _, _ = run_passes(frontend, chunks, SLOW_TO_OPEN, passes=2)
+    assert first_pass > 0 and len(calls) == 2 * first_pass  # its first pass only
+    again = once._next_pass(SLOW_TO_OPEN)
+    again._replaying = None
+    recomputed, _ = run_engine(again, chunks())
+    assert spans(replayed) == spans(recomputed) == [
+        ("SPEAKER_00", 0.0, 6.0), ("SPEAKER_01", 6.0, 6.8), ("SPEAKER_00", 6.8, 18.8),
+        ("SPEAKER_01", 18.8, 24.8)]

@@ -32,6 +32,11 @@ class SegmentationEmbeddingFrontend:
     detects_overlap = True
     #: Buffers are averaged with a Hamming window: a chunk's edges see less context.
     aggregation_window = "hamming"
+    #: A buffer's analysis does not depend on the stream's speakers (the segmentation
+    #: model tells local speakers apart itself): another pass over the same audio may
+    #: replay the analyses of the first (see streamer.engine.run_passes).
+    analysis_uses_speakers = False
+
     def __init__(self, segmentation: SegmentationModel, embedding: EmbeddingModel,
                  name: str = "pyannote", delta_new: float | None = None,
                  speech_threshold: float = 0.5, sources: dict[str, str] | None = None):
