@@ -430,7 +430,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         document.update(total=total.to_dict(), shifts=shifts if shifts != [None] else [],
                         gains=gains if gains != [None] else [],
                         reference_count=args.reference_count, oracle_tracking=oracle,
-                        model=frontend.describe(), config=config.to_dict())
+                        passes=args.passes, model=frontend.describe(),
+                        config=config.to_dict())
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=1)
     return 0

@@ -199,6 +199,7 @@ def test_eval_scores_several_sets_from_several_start_points(tmp_path):
     assert total["der"] == pytest.approx(
         sum(f["der"] * f["speech"] for f in data["files"]) / total["speech"])
     assert data["sets"]["two"]["files"] == 2 and data["shifts"] == [0.0, 5.5]
+    assert data["passes"] == 2  # file mode's default
 
     # each file over its start points: the DER of both together, and the worse of the two
     for name, file_data in zip(["one/whole", "two/part"], data["start_points"]):
