@@ -423,6 +423,15 @@ class StreamingDiarizer:
             named.append(event)
         return named
 
+    def _keep_for_next_pass(self) -> None:
+        """Keep the models' outputs of this stream for :meth:`_next_pass`: the front end's
+        stream records them where it can, else the buffer analyses are kept whole where
+        they do not depend on the stream's speakers (see :func:`run_passes`)."""
+        if hasattr(self._stream, "record"):
+            self._stream.record()
+        elif not getattr(self.frontend, "analysis_uses_speakers", True):
+            self._analyses = []
+
     def _next_pass(self, config: StreamConfig | None) -> "StreamingDiarizer":
         """A new engine in file mode for the same audio (``config`` as given to this one)
         whose memory starts with this stream's speakers (see :func:`run_passes`)."""
@@ -647,10 +656,8 @@ def run_passes(frontend: Frontend, chunks: Callable[[], Iterable[np.ndarray]],
         return lambda done: progress((index * total + done) // passes)
 
     engine = StreamingDiarizer(frontend, config, file_mode=True)
-    if passes > 1 and hasattr(engine._stream, "record"):
-        engine._stream.record()
-    elif passes > 1 and not getattr(frontend, "analysis_uses_speakers", True):
-        engine._analyses = []
+    if passes > 1:
+        engine._keep_for_next_pass()
     turns, regions = run_engine(engine, chunks(), report(0))
     for index in range(1, passes):
         total = engine._buffer.received

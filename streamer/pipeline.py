@@ -91,8 +91,9 @@ class Pipeline:
         ``num_speakers`` fixes the number of speakers; ``min_speakers`` and
         ``max_speakers`` bound it. ``passes``: how many times the audio is streamed (see
         :func:`streamer.engine.run_passes`): by default twice, the second time knowing the
-        speakers the first found from the start; 1 gives the turns of one stream. Being a stream, the engine cannot name a speaker before
-        that speaker has spoken enough to be embedded (see the README). Other keyword
+        speakers the first found from the start; 1 gives the turns of one stream. Being a
+        stream, the engine cannot name a speaker before that speaker has spoken enough to
+        be embedded (see the README). Other keyword
         arguments override :class:`StreamConfig` fields for this call (e.g.
         ``latency=2.0`` for the turns a live stream gives: by default a whole file's
         frames are decided after the whole buffer, see the README). ``hook`` is called

@@ -177,7 +177,7 @@ def test_the_embedded_preset_replays_its_models_in_the_second_pass(embedded):
         del embedded.encoder_call
     # the same second pass with its models run again
     once = StreamingDiarizer(embedded, file_mode=True)
-    once._stream.record()
+    once._keep_for_next_pass()
     run_engine(once, chunks())
     again = once._next_pass(None)
     assert again._stream.recording() is once._stream.recording()
@@ -267,7 +267,7 @@ def test_a_front_end_whose_analyses_ignore_the_speakers_is_replayed_whole():
     audio = tone_conversation(EARLY_WORDS)
     chunks = lambda: (audio[i: i + 80000] for i in range(0, len(audio), 80000))  # noqa: E731
     once = StreamingDiarizer(frontend, SLOW_TO_OPEN, file_mode=True)
-    once._analyses = []
+    once._keep_for_next_pass()
     run_engine(once, chunks())
     first_pass = len(calls)
     replayed, _, _ = run_passes(frontend, chunks, SLOW_TO_OPEN, passes=2)

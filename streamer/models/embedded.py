@@ -30,7 +30,7 @@ import binascii
 import math
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -452,20 +452,22 @@ class EmbeddedStream:
         segment = np.pad(segment, (pad_left, 0))
         self.mels = np.concatenate([self.mels, self.frontend.mel.frames(segment)])
 
+    def _new_stops(self, end: int) -> Iterator[int]:
+        """End samples of the windows not yet looked at that end by ``end``, in order."""
+        while self.next_window * self.hop_samples <= end:
+            self.next_window += 1
+            yield (self.next_window - 1) * self.hop_samples
+
     def _embed_windows(self, end: int) -> Steps[None]:
         """Embeds the windows that end by ``end``: all of them in one model call."""
         stops, mels, gains = [], [], []
         if self._replay is not None:
-            while self.next_window * self.hop_samples <= end:
-                stop = self.next_window * self.hop_samples
-                self.next_window += 1
+            for stop in self._new_stops(end):
                 if stop in self._replay.windows:
                     self.windows[stop] = self._replay.windows[stop]
                     self.window_pitch[stop] = self._replay.window_pitch[stop]
             return
-        while self.next_window * self.hop_samples <= end:
-            stop = self.next_window * self.hop_samples
-            self.next_window += 1
+        for stop in self._new_stops(end):
             start = max(0, stop - self.window_samples)
             lo_vad, hi_vad = start // VAD_CHUNK, stop // VAD_CHUNK
             speech = self.probs[lo_vad - self.probs_start:hi_vad - self.probs_start]
