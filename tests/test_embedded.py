@@ -10,8 +10,8 @@ from streamer.audio import load_audio
 from streamer.config import DEFAULT_LATENCY, StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.errors import AudioFormatError, ConfigError
-from streamer.evaluation import der_components
-from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings
+from streamer.evaluation import der_components, load_eval_set
+from streamer.models.embedded import EmbeddedFrontend, EmbeddedSettings, speech_runs
 from streamer.models.ge2e import MelSpectrogram, volume_gain
 from streamer.models.noisefloor import chunk_energies
 from streamer.models.silero import SileroVad, packaged_weights
@@ -153,6 +153,43 @@ def test_settings_are_validated():
         EmbeddedSettings(floor_margin=-1)
     with pytest.raises(ValueError, match="window_threshold"):
         EmbeddedSettings(window_threshold=0)
+    for offset in (0.0, 1.5):
+        with pytest.raises(ValueError, match="vad_offset"):
+            EmbeddedSettings(vad_offset=offset)
+
+
+def test_speech_runs_keep_a_phrases_soft_edges_and_nothing_away_from_it():
+    probs = np.array([0.0, 0.06, 0.07, 0.3, 0.08, 0.05, 0.02,  # a phrase with soft edges
+                      0.07, 0.09, 0.08, 0.0,  # a run at the offset level with no onset
+                      0.12, 0.04, 0.11])  # two phrases that a dip below the offset parts
+    runs = speech_runs(probs, 0.1, 0.05)
+    assert runs.tolist() == [False, True, True, True, True, True, False,
+                             False, False, False, False,
+                             True, False, True]
+    # Without hysteresis (offset at the threshold), the threshold alone decides.
+    assert speech_runs(probs, 0.1, 0.1).tolist() == (probs >= 0.1).tolist()
+    assert not speech_runs(np.full(5, 0.09), 0.1, 0.05).any()
+    assert speech_runs(np.zeros(0), 0.1, 0.05).tolist() == []
+
+
+def test_vad_hysteresis_finds_the_soft_speech_of_a_distant_talker():
+    """In a meeting room recording, Silero's probability over a distant talker's
+    phrases often dips below the threshold inside and at the edges of the phrase. The
+    hysteresis keeps those frames (less missed speech) without finding speech where no
+    one talks."""
+    data = load_eval_set(EVAL)
+    samples, reference = load_audio(data.audio["trn03"]), data.reference["trn03"]
+    results = {}
+    for offset in (1.0, 0.5):
+        engine = StreamingDiarizer(EmbeddedFrontend(EmbeddedSettings(vad_offset=offset)))
+        turns = [t for t in engine.feed(samples) + engine.flush() if t.final]
+        results[offset] = der_components(reference, [(t.start, t.end, t.speaker)
+                                                     for t in turns])
+    plain, hysteresis = results[1.0], results[0.5]
+    assert hysteresis.missed < 0.8 * plain.missed
+    assert hysteresis.false_alarm <= plain.false_alarm + 0.1
+    assert hysteresis.missed + hysteresis.false_alarm + hysteresis.confusion \
+        < plain.missed + plain.false_alarm + plain.confusion - 0.5
 
 
 def test_the_speech_threshold_leaves_the_windows_embeddings_alone(two_voices):

@@ -82,6 +82,12 @@ class EmbeddedSettings:
             stream's background is not speech, whatever the VAD says (its hangover after
             each phrase; see :mod:`streamer.models.noisefloor`); 0 keeps every frame the
             VAD finds. Windows are embedded over the VAD's own speech frames.
+        vad_offset: Hysteresis of the speech decision, as a fraction of the speech
+            threshold: a run of frames whose probability stays at or above this fraction
+            of it is speech as a whole once one of its frames reaches the threshold, on
+            both sides of that frame (:func:`speech_runs`). Soft onsets and endings of
+            phrases that the VAD only half believes are kept, and stray frames at that
+            level away from any phrase are not. 1 turns it off.
     """
 
     window: float = 1.5
@@ -98,6 +104,7 @@ class EmbeddedSettings:
     split_voiced: float = 0.3
     known_split: float = 0.3
     floor_margin: float = 3.0
+    vad_offset: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.window <= 6.0:
@@ -121,6 +128,8 @@ class EmbeddedSettings:
                              f"{self.split_voiced}")
         if not 0.0 <= self.known_split <= 1.0:
             raise ValueError(f"known_split must be between 0 and 1, got {self.known_split}")
+        if not 0.0 < self.vad_offset <= 1.0:
+            raise ValueError(f"vad_offset must be in (0, 1], got {self.vad_offset}")
         if not 0.0 <= self.floor_margin <= 30.0:
             raise ValueError(f"floor_margin must be between 0 and 30 dB, got {self.floor_margin}")
         if self.linkage not in LINKAGES:
@@ -144,6 +153,26 @@ def _unpack(text: Any) -> np.ndarray:
     if len(raw) % 4:
         raise ValueError("values must be float32")
     return np.frombuffer(raw, "<f4").astype(np.float64)
+
+
+def speech_runs(probs: np.ndarray, onset: float, offset: float) -> np.ndarray:
+    """Speech frames of a track of VAD ``probs`` by hysteresis: each run of frames at
+    or above ``offset`` that holds a frame at or above ``onset`` (``offset <= onset``).
+    Unlike a causal onset/offset binarizer, the run's frames before its first frame at
+    ``onset`` are speech too: a phrase's soft start counts as its soft end does."""
+    probs = np.asarray(probs)
+    high = probs >= onset
+    if offset >= onset or not high.any():
+        return high
+    low = probs >= offset  # holds every frame of ``high``
+    edges = np.diff(np.concatenate([[0], low.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    # Between one run's start and the next's, only the run's own frames can be high.
+    kept = np.add.reduceat(high.astype(np.int64), starts) > 0
+    marks = np.zeros(len(probs) + 1, np.int64)
+    marks[starts[kept]] += 1
+    marks[ends[kept]] -= 1
+    return np.cumsum(marks)[:-1] > 0
 
 
 class EmbeddedFrontend:
@@ -541,7 +570,10 @@ class EmbeddedStream:
         count = labels.max() + 1
         centers = (np.arange(first, first + len(probs)) + 0.5) * VAD_CHUNK
         membership = self._membership(centers, stops, labels, count)
-        speech = (probs >= self.threshold).astype(np.float32)
+        speech = speech_runs(probs, self.threshold, self.threshold * self.settings.vad_offset)
+        # The engine takes speech from the activity at or above the threshold: a frame of a
+        # run is speech whole, whatever its own probability.
+        probs = np.where(speech, np.float32(1.0), probs)
         activations = (membership * speech[:, None]).astype(np.float32)
         local = np.stack([embeddings[labels == k].mean(axis=0) for k in range(count)])
         local /= np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-8)
