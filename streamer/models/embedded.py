@@ -555,8 +555,12 @@ class EmbeddedStream:
         self._forget(begin)
         first, last = int(np.ceil(begin / VAD_CHUNK)), end // VAD_CHUNK
         held = slice(first - self.probs_start, last - self.probs_start)
-        # Speech is what the VAD finds above the background level.
+        # Speech is what the VAD finds above the background level, in runs (speech_runs).
         probs = np.where(self.quiet[held], np.float32(0), self.probs[held])
+        speech = speech_runs(probs, self.threshold, self.threshold * self.settings.vad_offset)
+        # The engine takes speech from the activity at or above the threshold: a frame of a
+        # run is speech whole, whatever its own probability.
+        probs = np.where(speech, np.float32(1.0), probs)
         timing = FrameTiming(first * VAD_CHUNK / SAMPLE_RATE - start, VAD_CHUNK / SAMPLE_RATE,
                              VAD_CHUNK / SAMPLE_RATE)
         stops = np.array(sorted(s for s in self.windows if s > begin), dtype=np.int64)
@@ -570,10 +574,6 @@ class EmbeddedStream:
         count = labels.max() + 1
         centers = (np.arange(first, first + len(probs)) + 0.5) * VAD_CHUNK
         membership = self._membership(centers, stops, labels, count)
-        speech = speech_runs(probs, self.threshold, self.threshold * self.settings.vad_offset)
-        # The engine takes speech from the activity at or above the threshold: a frame of a
-        # run is speech whole, whatever its own probability.
-        probs = np.where(speech, np.float32(1.0), probs)
         activations = (membership * speech[:, None]).astype(np.float32)
         local = np.stack([embeddings[labels == k].mean(axis=0) for k in range(count)])
         local /= np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-8)
