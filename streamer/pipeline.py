@@ -93,11 +93,10 @@ class Pipeline:
         :func:`streamer.engine.run_passes`): by default twice, the second time knowing the
         speakers the first found from the start; 1 gives the turns of one stream. Being a
         stream, the engine cannot name a speaker before that speaker has spoken enough to
-        be embedded (see the README). Other keyword
-        arguments override :class:`StreamConfig` fields for this call (e.g.
-        ``latency=2.0`` for the turns a live stream gives: by default a whole file's
-        frames are decided after the whole buffer, see the README). ``hook`` is called
-        as audio is processed:
+        be embedded (see the README). Other keyword arguments override
+        :class:`StreamConfig` fields for this call (e.g. ``latency=2.0`` for the turns a
+        live stream gives: by default a whole file's frames are decided after the whole
+        buffer, see the README). ``hook`` is called as audio is processed:
         ``hook("diarization", None, file=..., total=seconds, completed=seconds)``
         (see :class:`ProgressHook`).
 
