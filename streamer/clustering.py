@@ -18,10 +18,12 @@ YOUNG_RADIUS = 0.5
 #: A displaced local speaker (see :meth:`CentroidMemory.assign`) is another voice only if
 #: it lies at least this fraction of ``delta_new`` from the speaker it was kept from.
 DISPLACED_DISTANCE = 0.4
-#: Pitch may carry a local speaker past ``delta_new`` to a new speaker only while the
-#: local speaker speaks firmly and its pitch is steady: a spread of at most this many
-#: semitones. A voice read at a steady pitch keeps it from turn to turn; a lively voice's
-#: pitch moves with its turns, so its pitch is no sign of another voice.
+#: Pitch may carry a local speaker past ``delta_new`` to a new speaker (directly, or as
+#: a displaced voice) only while the local speaker speaks firmly and both its pitch and
+#: the speaker's are steady: a spread of at most this many semitones. A voice read at a
+#: steady pitch keeps it from turn to turn; a lively voice's pitch moves with its turns,
+#: and a speaker's pitch taken partly over another voice spreads as widely, so such a
+#: pitch is no sign of another voice.
 STEADY_PITCH = 3.0
 
 
@@ -50,7 +52,8 @@ class CentroidMemory:
     weighted mean of its local speakers' median pitch and of their squared spreads. A
     local speaker whose pitch is far from a speaker's, in units of both spreads, is that
     much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``). Pitch may
-    make a local speaker a new speaker only where it speaks ``firm``ly at a steady pitch
+    make a local speaker a new speaker, or a displaced voice (below), only where it speaks
+    ``firm``ly at a steady pitch and the speaker's own pitch is steady
     (``STEADY_PITCH``); elsewhere only its embedding's distance decides whether it is
     another voice.
 
@@ -193,11 +196,20 @@ class CentroidMemory:
         can_update = np.asarray(can_update, bool)
         firm = np.zeros(count, bool) if firm is None else np.asarray(firm, bool)
         if known:
-            # Whether a local speaker is far enough to be another voice: its pitch counts
-            # only where it speaks firmly at a steady pitch (see STEADY_PITCH).
+            # Whether a local speaker is another voice: pitch counts only where the local
+            # speaker speaks firmly at a steady pitch and the speaker's own pitch is
+            # steady (see STEADY_PITCH); a pitch taken over a lively voice or a blend of
+            # voices says nothing of another voice.
+            speakers = self.pitches()
+            speakers[speakers[:, 1] > STEADY_PITCH] = np.nan
             steady = firm & (pitch[:, 1] <= STEADY_PITCH)
-            nearest = np.where(steady, distances.min(axis=1), by_embedding.min(axis=1))
+            judged = np.where(steady[:, None],
+                              by_embedding + pitch_penalty(pitch[:, :2], speakers,
+                                                           self.pitch_weight, self.pitch_margin),
+                              by_embedding)
+            nearest = judged.min(axis=1)
         else:
+            judged = distances
             nearest = np.full(count, np.inf)
         if 0 < known < self.min_speakers:
             radii = np.array([self.radius(k) for k in range(known)])
@@ -226,7 +238,7 @@ class CentroidMemory:
                                                                    distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
                 result[row] = self._open(embeddings[row], pitch[row])
-        self._follow_displaced(result, distances, firm & can_update,
+        self._follow_displaced(result, judged, firm & can_update,
                                embeddings, pitch, reluctance)
         return result
 

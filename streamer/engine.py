@@ -516,7 +516,7 @@ class StreamingDiarizer:
         else:
             centres = (first_sample
                        + analysis.frames.center(np.arange(len(local))) * self.sample_rate)
-            semitones = self._pitch.at(np.round(centres / PITCH_HOP))
+            semitones = self._pitch.over(centres, analysis.frames.step * self.sample_rate)
         dominant = np.argmax(local, axis=1)
         return np.array([pitch_of(semitones[active[:, k] & (dominant == k)])
                          for k in range(local.shape[1])]).reshape(-1, 3)

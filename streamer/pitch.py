@@ -14,6 +14,7 @@ engine already holds, whatever the front end.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -147,12 +148,29 @@ class PitchTrack:
             self.first += drop
 
     def at(self, indices: np.ndarray) -> np.ndarray:
-        """Semitones at estimate ``indices`` (NaN where unvoiced or not held)."""
+        """Semitones at estimate ``indices`` (NaN where unvoiced or not held), in their
+        shape."""
         indices = np.asarray(indices, np.int64) - self.first
         held = (indices >= 0) & (indices < len(self.semitones))
-        values = np.full(len(indices), np.nan)
+        values = np.full(indices.shape, np.nan)
         values[held] = self.semitones[indices[held]]
         return values
+
+
+    def over(self, centres: np.ndarray, length: float) -> np.ndarray:
+        """Semitones of the frames ``length`` samples long centred on samples
+        ``centres``: the median of the voiced estimates a frame holds (NaN where none is).
+        Low, rough voices are voiced in only some of the estimates of each frame: the
+        estimate nearest the centre alone would leave most of their frames without a
+        pitch."""
+        reach = int(length / HOP / 2)  # estimates on either side of the centre's
+        nearest = np.round(np.asarray(centres, np.float64) / HOP)
+        if reach == 0:
+            return self.at(nearest)
+        values = self.at(nearest[:, None] + np.arange(-reach, reach + 1))
+        with warnings.catch_warnings():  # frames without a voiced estimate: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmedian(values, axis=1)
 
 
 def pitch_of(semitones: np.ndarray, min_voiced: int = MIN_VOICED

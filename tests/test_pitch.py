@@ -72,6 +72,23 @@ def test_the_pitch_track_is_the_same_in_any_pieces() -> None:
     assert whole.at(np.array([200]))[0] == pytest.approx(second)
 
 
+def test_a_frames_pitch_is_the_median_of_the_voiced_estimates_it_holds() -> None:
+    track = PitchTrack()
+    nan = np.nan
+    track.semitones = np.array([nan, 5.0, nan, nan, nan, nan, 1.0, 2.0, 9.0, 4.0, nan, 6.0])
+    # 32 ms frames hold three estimates, centred on estimates 1, 4, 7 and 10.
+    centres = np.array([1, 4, 7, 10]) * HOP
+    np.testing.assert_array_equal(track.over(centres, 512), [5.0, nan, 2.0, 5.0])
+    # The estimate at the centre alone leaves the last frame without a pitch.
+    assert np.isnan(track.at(np.array([10]))[0])
+    # Frames shorter than two estimates take the one at their centre.
+    np.testing.assert_array_equal(track.over(centres, 270), track.at(centres // HOP))
+    # Estimates not held (before the first kept, after the last) count as unvoiced.
+    track.forget(2)
+    assert np.isnan(track.over(np.array([HOP]), 512)[0])
+    assert track.over(np.array([12 * HOP]), 512)[0] == 6.0
+
+
 def test_pitch_of_needs_enough_voiced_frames() -> None:
     assert np.isnan(pitch_of(np.full(MIN_VOICED - 1, 3.0))[0])
     flat = np.concatenate([np.full(MIN_VOICED, 3.0), np.full(50, np.nan)])
@@ -123,6 +140,47 @@ def test_pitch_opens_a_speaker_only_for_a_firm_voice_at_a_steady_pitch() -> None
     # An embedding beyond delta_new is a new speaker whatever its pitch.
     far = np.eye(4)[1:2]
     assert memory.assign(far, [True], pitch=lively, firm=[False]).tolist() == [2]
+
+
+def test_a_speakers_pitch_taken_over_a_blend_of_voices_opens_no_speaker() -> None:
+    """A speaker whose pitch spreads as no steady voice does (its first local speaker held
+    part of another voice) says nothing of a new voice: a steady voice of its embedding
+    and another pitch stays off it, and becomes no new speaker, where a speaker of steady
+    pitch would have made it one."""
+    same, other = np.eye(4)[:1], np.eye(4)[1:2]
+    voice, unknown = np.array([[0.0, 0.5, 200.0]]), np.full((1, 3), np.nan)
+    found = {}
+    for spread in (0.5, STEADY_PITCH + 2):
+        memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0,
+                                persistence=2)
+        memory.assign(same, [True], pitch=np.array([[9.0, spread, 200.0]]), firm=[True])
+        memory.assign(other, [True], pitch=unknown, firm=[True])
+        for _ in range(4):
+            memory.assign(np.vstack([same, other]), [True, True],
+                          pitch=np.vstack([voice, unknown]), firm=[True, True])
+        found[spread] = len(memory)
+    assert found == {0.5: 3, STEADY_PITCH + 2: 2}
+
+
+def test_a_lively_pitch_alone_does_not_displace_a_voice() -> None:
+    """A local speaker that its pitch, moving as a lively voice's does, keeps off its own
+    speaker is not another voice displaced by its buffer's other local speaker, however
+    many buffers in a row; at a steady pitch, it is."""
+    first = np.eye(4)[:1]
+    second = np.array([[1.0, 0.65, 0.0, 0.0]]) / np.hypot(1.0, 0.65)  # 0.16 from first
+    unknown = np.full((1, 3), np.nan)
+    found = {}
+    for spread in (STEADY_PITCH + 1, 0.5):
+        memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0,
+                                persistence=3)
+        memory.assign(first, [True], pitch=np.array([[0.0, 0.5, 200.0]]), firm=[True])
+        memory.load(memory.sums + [second[0]], memory.pitch_sums + [np.zeros(3)])
+        for _ in range(5):
+            memory.assign(np.vstack([first, second]), [True, True],
+                          pitch=np.vstack([[[9.0, spread, 200.0]], unknown]),
+                          firm=[True, True])
+        found[spread] = len(memory)
+    assert found == {STEADY_PITCH + 1: 2, 0.5: 3}
 
 
 class _TurnSegmentation:
@@ -235,11 +293,11 @@ def test_the_embedded_preset_splits_a_window_cluster_of_two_pitches(embedded_str
     embeddings = np.tile(np.eye(256, dtype=np.float32)[:1], (8, 1))
     embeddings[:, 1] = np.linspace(0, 0.01, 8)
     two = np.array([48.0, 48.3, 47.8, 54.9, 55.2, 48.1, 55.0, np.nan])
-    labels = embedded_stream._cluster(embeddings, two)
+    labels, _ = embedded_stream._cluster(embeddings, two)
     assert len(set(labels[[0, 1, 2, 5]])) == 1 and len(set(labels[[3, 4, 6]])) == 1
     assert labels[0] != labels[3] and labels[7] == labels[0]
     one = np.array([48.0, 50.3, 46.8, 51.9, 53.2, 47.1, 49.0, np.nan])  # intonation
-    assert set(embedded_stream._cluster(embeddings, one)) == {0}
+    assert set(embedded_stream._cluster(embeddings, one)[0]) == {0}
 
 
 def test_a_voiceprint_keeps_its_voices_pitch_and_identification_weighs_it() -> None:

@@ -569,8 +569,9 @@ class EmbeddedStream:
                                   np.zeros((0, VoiceEncoder.dimension), np.float32), timing,
                                   probs)
         embeddings = np.stack([self.windows[s] for s in stops])
-        labels = self._cluster(embeddings, np.array([self.window_pitch[s] for s in stops]),
-                               speakers)
+        labels, folded = self._cluster(embeddings,
+                                       np.array([self.window_pitch[s] for s in stops]),
+                                       speakers)
         count = labels.max() + 1
         centers = (np.arange(first, first + len(probs)) + 0.5) * VAD_CHUNK
         membership = self._membership(centers, stops, labels, count)
@@ -580,38 +581,48 @@ class EmbeddedStream:
         # Frames near the buffer's end are seen only by windows that end early (they
         # look into the past only): trust them in proportion to their window coverage.
         confidence = np.clip((end - centers) / self.window_samples, 0.05, 1.0)
-        pitch = self.pitch.at(np.round(centers / PITCH_HOP))
+        pitch = self.pitch.over(centers, VAD_CHUNK)
+        # A folded window may hold a neighbour's voice (it often straddles a change of
+        # speaker), and a neighbour voiced more often would take over the median of the
+        # local speaker it was folded into: the frames it covers give no pitch.
+        covered = (centers[:, None] <= stops[folded][None, :]) \
+            & (centers[:, None] >= stops[folded][None, :] - self.window_samples)
+        pitch[covered.any(axis=1)] = np.nan
         return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence,
                               pitch)
 
     def _cluster(self, embeddings: np.ndarray, pitch: np.ndarray,
-                 speakers: np.ndarray | None = None) -> np.ndarray:
-        """Local speaker index of each window: agglomerative clustering; windows of
-        clusters too small to be a speaker (often windows that straddle a turn change)
-        are folded into the nearest large cluster; then clusters are split where their
-        windows' ``pitch`` medians are two voices, and where they hold two of the known
-        ``speakers``."""
-        labels = self._split_voices(self._fold(embeddings), pitch)
-        if speakers is None:
-            return labels
-        return self._split_known(labels, embeddings, speakers)
+                 speakers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Local speaker index of each window, and which windows were folded:
+        agglomerative clustering; windows of clusters too small to be a speaker (often
+        windows that straddle a turn change) are folded into the nearest large cluster;
+        then clusters are split where their windows' ``pitch`` medians are two voices,
+        and where they hold two of the known ``speakers``."""
+        labels, folded = self._fold(embeddings)
+        labels = self._split_voices(labels, pitch)
+        if speakers is not None:
+            labels = self._split_known(labels, embeddings, speakers)
+        return labels, folded
 
-    def _fold(self, embeddings: np.ndarray) -> np.ndarray:
+    def _fold(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster index of each window, and which windows were folded into a cluster
+        they were not clustered with."""
         if len(embeddings) == 1:
-            return np.zeros(1, int)
+            return np.zeros(1, int), np.zeros(1, bool)
         labels = linkage_clusters(embeddings, self.settings.local_threshold, self.settings.linkage)
         sizes = np.bincount(labels)
         order = np.argsort(-sizes, kind="stable")
         big = [k for k in order[: self.settings.max_local] if sizes[k] >= self.settings.min_windows]
         kept = big or [order[0]]
-        if len(kept) < len(sizes):
+        folded = ~np.isin(labels, kept)
+        if folded.any():
             means = np.stack([embeddings[labels == k].mean(axis=0) for k in kept])
             nearest = np.argmax(embeddings @ means.T, axis=1)
             remap = {k: i for i, k in enumerate(kept)}
-            return np.array([remap.get(k, nearest[i]) for i, k in enumerate(labels)])
+            return np.array([remap.get(k, nearest[i]) for i, k in enumerate(labels)]), folded
         remap = np.empty(len(sizes), int)
         remap[kept] = np.arange(len(kept))
-        return remap[labels]
+        return remap[labels], folded
 
     def _split_each(self, labels: np.ndarray,
                     part: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
