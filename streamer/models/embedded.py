@@ -16,7 +16,8 @@ where the VAD says so and its energy lies above the stream's background (the VAD
 probability stays up for a while after each phrase; see :mod:`streamer.models.noisefloor`;
 windows are embedded over the VAD's own speech frames). A local speaker's embedding is
 the mean of its windows' embeddings. The pitch track (every 10 ms) also goes to the
-engine with each buffer.
+engine with each buffer, one value per frame (the median of its voiced estimates), none
+for the frames of a window that was folded into a cluster (it may hold another voice).
 
 GE2E embeddings are compared as they are (cosine). They are non-negative, so distances
 between any two voices are small (same speaker ~0.2, different ~0.35 on 1.5 s windows):
