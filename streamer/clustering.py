@@ -190,8 +190,9 @@ class CentroidMemory:
             pitch = np.full((count, 3), np.nan)
         pitch = np.asarray(pitch, np.float64)
         by_embedding = distances
-        distances = distances + pitch_penalty(pitch[:, :2], self.pitches(), self.pitch_weight,
-                                              self.pitch_margin)
+        speakers = self.pitches()
+        penalty = pitch_penalty(pitch[:, :2], speakers, self.pitch_weight, self.pitch_margin)
+        distances = by_embedding + penalty
         room = self.max_speakers - known
         can_update = np.asarray(can_update, bool)
         firm = np.zeros(count, bool) if firm is None else np.asarray(firm, bool)
@@ -200,13 +201,9 @@ class CentroidMemory:
             # speaker speaks firmly at a steady pitch and the speaker's own pitch is
             # steady (see STEADY_PITCH); a pitch taken over a lively voice or a blend of
             # voices says nothing of another voice.
-            speakers = self.pitches()
-            speakers[speakers[:, 1] > STEADY_PITCH] = np.nan
             steady = firm & (pitch[:, 1] <= STEADY_PITCH)
-            judged = np.where(steady[:, None],
-                              by_embedding + pitch_penalty(pitch[:, :2], speakers,
-                                                           self.pitch_weight, self.pitch_margin),
-                              by_embedding)
+            judged = by_embedding + np.where(
+                steady[:, None] & (speakers[:, 1] <= STEADY_PITCH)[None, :], penalty, 0.0)
             nearest = judged.min(axis=1)
         else:
             judged = distances

@@ -156,7 +156,6 @@ class PitchTrack:
         values[held] = self.semitones[indices[held]]
         return values
 
-
     def over(self, centres: np.ndarray, length: float) -> np.ndarray:
         """Semitones of the frames ``length`` samples long centred on samples
         ``centres``: the median of the voiced estimates a frame holds (NaN where none is).

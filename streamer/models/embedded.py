@@ -586,9 +586,7 @@ class EmbeddedStream:
         # A folded window may hold a neighbour's voice (it often straddles a change of
         # speaker), and a neighbour voiced more often would take over the median of the
         # local speaker it was folded into: the frames it covers give no pitch.
-        covered = (centers[:, None] <= stops[folded][None, :]) \
-            & (centers[:, None] >= stops[folded][None, :] - self.window_samples)
-        pitch[covered.any(axis=1)] = np.nan
+        pitch[self._covering(centers, stops[folded]).any(axis=1)] = np.nan
         return BufferAnalysis(activations, local.astype(np.float32), timing, probs, confidence,
                               pitch)
 
@@ -681,10 +679,16 @@ class EmbeddedStream:
 
         return self._split_each(labels, nearer_b)
 
+    def _covering(self, centers: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """``(frames, windows)``: whether the window ending at each of ``stops`` covers
+        the frame centred on each of ``centers`` (samples)."""
+        return (centers[:, None] <= stops[None, :]) \
+            & (centers[:, None] >= stops[None, :] - self.window_samples)
+
     def _membership(self, centers: np.ndarray, stops: np.ndarray, labels: np.ndarray,
                     count: int) -> np.ndarray:
         window = self.window_samples
-        covers = (centers[:, None] <= stops[None, :]) & (centers[:, None] >= stops[None, :] - window)
+        covers = self._covering(centers, stops)
         nearest = np.argmin(np.abs(centers[:, None] - (stops[None, :] - window / 2)), axis=1)
         uncovered = ~covers.any(axis=1)
         covers[uncovered, nearest[uncovered]] = True
