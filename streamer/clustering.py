@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.linalg import min_cost_assignment
-from streamer.pitch import MIN_SPREAD, pitch_penalty
+from streamer.pitch import pitch_penalty
 
 _FORBIDDEN = 1e6
 #: Below ``min_speakers``, a local speaker is another voice when it lies farther from its
@@ -23,19 +23,8 @@ DISPLACED_DISTANCE = 0.4
 #: the speaker's are steady: a spread of at most this many semitones. A voice read at a
 #: steady pitch keeps it from turn to turn; a lively voice's pitch moves with its turns,
 #: and a speaker's pitch taken partly over another voice spreads as widely, so such a
-#: pitch is no sign of another voice. Voices read at one pitch keep within about 1.5
-#: semitones; lively real voices reach 2.5 and more.
-STEADY_PITCH = 2.5
-
-
-def pitch_precision(spread: float, frames: float) -> float:
-    """How much a local speaker's median pitch counts towards its speaker's: its voiced
-    frames over its spread², as a mean's weight is its precision. A local speaker that
-    holds two voices (one buffer's clustering put them together) spreads widely; weighed
-    by its frames alone, such blends pull the speaker's pitch towards the other voice
-    until that voice's own local speakers no longer look apart from it, and a voice that
-    the embeddings hold close then never gets a speaker of its own."""
-    return float(frames) / max(float(spread), MIN_SPREAD) ** 2
+#: pitch is no sign of another voice.
+STEADY_PITCH = 3.0
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -59,9 +48,8 @@ class CentroidMemory:
     label yet. ``max_speakers`` is a hard upper bound: at capacity, a local speaker goes to
     the nearest speaker it may take.
 
-    Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the mean of its
-    local speakers' median pitch and of their squared spreads, each local speaker weighed
-    by its precision (voiced frames / spread², :func:`pitch_precision`). A
+    Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the voiced-frame
+    weighted mean of its local speakers' median pitch and of their squared spreads. A
     local speaker whose pitch is far from a speaker's, in units of both spreads, is that
     much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``). Pitch may
     make a local speaker a new speaker, or a displaced voice (below), only where it speaks
@@ -94,7 +82,7 @@ class CentroidMemory:
 
     def reset(self) -> None:
         self._sums: list[np.ndarray] = []
-        # Per speaker: total weight (pitch_precision), and weighted sums of median and spread².
+        # Per speaker: voiced frames, and their weighted sums of median and spread².
         self._pitch: list[np.ndarray] = []
         # Per speaker: matches, and the sums of their distances and squared distances.
         self._spread: list[np.ndarray] = []
@@ -111,8 +99,8 @@ class CentroidMemory:
 
     @property
     def pitch_sums(self) -> list[np.ndarray]:
-        """Per speaker ``[weight, sum of median × weight, sum of spread² × weight]`` of
-        the pitch it was given, each local speaker's weight its :func:`pitch_precision`."""
+        """Per speaker ``[voiced frames, sum of median × frames, sum of spread² ×
+        frames]`` of the pitch it was given."""
         return [row.copy() for row in self._pitch]
 
     @property
@@ -291,5 +279,5 @@ class CentroidMemory:
     def _add_pitch(self, speaker: int, pitch: np.ndarray) -> None:
         median, spread, frames = pitch
         if np.isfinite(median) and frames > 0:
-            self._pitch[speaker] = self._pitch[speaker] + pitch_precision(spread, frames) \
-                * np.array([1.0, median, spread ** 2])
+            self._pitch[speaker] = self._pitch[speaker] + frames * np.array(
+                [1.0, median, spread ** 2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.clustering import STEADY_PITCH, CentroidMemory, pitch_precision
+from streamer.clustering import STEADY_PITCH, CentroidMemory
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
@@ -160,27 +160,6 @@ def test_a_speakers_pitch_taken_over_a_blend_of_voices_opens_no_speaker() -> Non
                           pitch=np.vstack([voice, unknown]), firm=[True, True])
         found[spread] = len(memory)
     assert found == {0.5: 3, STEADY_PITCH + 2: 2}
-
-
-def test_blended_local_speakers_do_not_pull_a_speakers_pitch_onto_another_voice() -> None:
-    """A speaker's pitch weighs each local speaker by its precision (voiced frames over
-    spread²): local speakers that blend two voices spread widely and count little, so
-    the speaker keeps its own voice's pitch, and a steady voice 3.5 semitones above it
-    that the embeddings hold close still becomes a speaker of its own. Weighed by frames
-    alone, the blends would have pulled the speaker's median to 1 unit of spread from
-    that voice, within the margin."""
-    same = np.eye(4)[:1]
-    close = np.array([[0.95, np.sqrt(1 - 0.95 ** 2), 0.0, 0.0]])  # 0.05 from it
-    memory = CentroidMemory(delta_new=0.22, max_speakers=5, pitch_weight=1.0)
-    for pitch in [[-28.0, 1.0, 200.0]] * 2 + [[-26.0, 2.0, 200.0]] * 4:
-        assert memory.assign(same, [True], pitch=np.array([pitch]), firm=[True]).tolist() \
-            == [0]
-    assert pitch_precision(2.0, 200.0) == 50.0 and pitch_precision(0.1, 9.0) == 100.0
-    median, spread = memory.pitches()[0]
-    assert median == pytest.approx((2 * 200 * -28.0 + 4 * 50 * -26.0) / 600)
-    assert spread == pytest.approx(np.sqrt((2 * 200 * 1.0 + 4 * 50 * 4.0) / 600))
-    voice = np.array([[-24.5, 1.5, 200.0]])
-    assert memory.assign(close, [True], pitch=voice, firm=[True]).tolist() == [1]
 
 
 def test_a_lively_pitch_alone_does_not_displace_a_voice() -> None:
