@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from tests.paths import script_module
 from tests.test_server_support import run, running_server
-
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "loadtest.py"
 
 
 @pytest.fixture(scope="module")
 def loadtest():
-    spec = importlib.util.spec_from_file_location("loadtest_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with script_module("loadtest") as module:
+        yield module
 
 
 def test_a_quantile_is_interpolated_within_its_bucket(loadtest) -> None:

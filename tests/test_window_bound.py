@@ -2,10 +2,6 @@
 and every window given its nearest reference speaker."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,19 +9,13 @@ from streamer.audio import load_audio
 from streamer.models.embedded import EmbeddedFrontend
 from streamer.rttm import read_rttm
 
-from tests.paths import DATA
-
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "window_bound.py"
+from tests.paths import DATA, script_module
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("window_bound_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with script_module("window_bound") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
