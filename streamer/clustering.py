@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.linalg import min_cost_assignment
-from streamer.pitch import pitch_penalty
+from streamer.pitch import MIN_SPREAD, pitch_penalty
 
 _FORBIDDEN = 1e6
 #: Below ``min_speakers``, a local speaker is another voice when it lies farther from its
@@ -23,8 +23,19 @@ DISPLACED_DISTANCE = 0.4
 #: the speaker's are steady: a spread of at most this many semitones. A voice read at a
 #: steady pitch keeps it from turn to turn; a lively voice's pitch moves with its turns,
 #: and a speaker's pitch taken partly over another voice spreads as widely, so such a
-#: pitch is no sign of another voice.
-STEADY_PITCH = 3.0
+#: pitch is no sign of another voice. Voices read at one pitch keep within about 1.5
+#: semitones; lively real voices reach 2.5 and more.
+STEADY_PITCH = 2.5
+
+
+def pitch_precision(spread: float, frames: float) -> float:
+    """How much a local speaker's median pitch counts towards its speaker's: its voiced
+    frames over its spread², as a mean's weight is its precision. A local speaker that
+    holds two voices (one buffer's clustering put them together) spreads widely; weighed
+    by its frames alone, such blends pull the speaker's pitch towards the other voice
+    until that voice's own local speakers no longer look apart from it, and a voice that
+    the embeddings hold close then never gets a speaker of its own."""
+    return float(frames) / max(float(spread), MIN_SPREAD) ** 2
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -48,8 +59,9 @@ class CentroidMemory:
     label yet. ``max_speakers`` is a hard upper bound: at capacity, a local speaker goes to
     the nearest speaker it may take.
 
-    Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the voiced-frame
-    weighted mean of its local speakers' median pitch and of their squared spreads. A
+    Each speaker also keeps its voice's pitch (see :mod:`streamer.pitch`): the mean of its
+    local speakers' median pitch and of their squared spreads, each local speaker weighed
+    by its precision (voiced frames / spread², :func:`pitch_precision`). A
     local speaker whose pitch is far from a speaker's, in units of both spreads, is that
     much farther from it (``pitch_weight`` per unit beyond ``pitch_margin``). Pitch may
     make a local speaker a new speaker, or a displaced voice (below), only where it speaks
@@ -64,7 +76,9 @@ class CentroidMemory:
     that speaker, and the same voice (each time within that distance of the running mean
     of the previous ones) is displaced so in ``persistence`` consecutive buffers, it
     becomes a new speaker. One voice split into two local speakers by chance is displaced
-    now and then, not buffer after buffer.
+    now and then, not buffer after buffer. Pitch counts there only against a speaker
+    steady over all its frames (:meth:`spread_over_frames`), not only by precision: a
+    speaker opened on a blend of voices must not have its own voice displaced from it.
     """
 
     def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1,
@@ -82,8 +96,10 @@ class CentroidMemory:
 
     def reset(self) -> None:
         self._sums: list[np.ndarray] = []
-        # Per speaker: voiced frames, and their weighted sums of median and spread².
+        # Per speaker: total weight (pitch_precision), and weighted sums of median and spread².
         self._pitch: list[np.ndarray] = []
+        # Per speaker: voiced frames, and the sum of spread² × frames (spread_over_frames).
+        self._pitch_frames: list[np.ndarray] = []
         # Per speaker: matches, and the sums of their distances and squared distances.
         self._spread: list[np.ndarray] = []
         # The displaced voice being followed: sum of its embeddings and buffers in a row.
@@ -99,9 +115,15 @@ class CentroidMemory:
 
     @property
     def pitch_sums(self) -> list[np.ndarray]:
-        """Per speaker ``[voiced frames, sum of median × frames, sum of spread² ×
-        frames]`` of the pitch it was given."""
+        """Per speaker ``[weight, sum of median × weight, sum of spread² × weight]`` of
+        the pitch it was given, each local speaker's weight its :func:`pitch_precision`."""
         return [row.copy() for row in self._pitch]
+
+    @property
+    def pitch_frame_sums(self) -> list[np.ndarray]:
+        """Per speaker ``[voiced frames, sum of spread² × frames]`` of the pitch it was
+        given (see :meth:`spread_over_frames`)."""
+        return [row.copy() for row in self._pitch_frames]
 
     @property
     def spread_sums(self) -> list[np.ndarray]:
@@ -119,14 +141,17 @@ class CentroidMemory:
 
     def load(self, sums: list[np.ndarray], pitch: list[np.ndarray] | None = None,
              spread: list[np.ndarray] | None = None,
-             displaced: tuple[np.ndarray, int] | None = None) -> None:
+             displaced: tuple[np.ndarray, int] | None = None,
+             pitch_frames: list[np.ndarray] | None = None) -> None:
         """Start from the speakers of another stream (see :meth:`sums`,
-        :meth:`pitch_sums`, :meth:`spread_sums` and :meth:`displaced`; without
-        ``pitch``, the speakers' pitch is unknown, without ``spread`` they count as
-        young, without ``displaced`` no displaced voice is being followed)."""
+        :meth:`pitch_sums`, :meth:`spread_sums`, :meth:`displaced` and
+        :meth:`pitch_frame_sums`; without ``pitch``, the speakers' pitch is unknown,
+        without ``spread`` they count as young, without ``displaced`` no displaced voice
+        is being followed, without ``pitch_frames`` a speaker's spread over its frames is
+        taken as its precision-weighted one)."""
         if len(sums) > self.max_speakers:
             raise ValueError(f"{len(sums)} speakers exceed max_speakers {self.max_speakers}")
-        for name, rows in (("pitch", pitch), ("spread", spread)):
+        for name, rows in (("pitch", pitch), ("spread", spread), ("pitch frame", pitch_frames)):
             if rows is not None and len(rows) != len(sums):
                 raise ValueError(f"{len(rows)} {name} rows for {len(sums)} speakers")
         def copies(rows: list[np.ndarray] | None) -> list[np.ndarray]:
@@ -137,6 +162,8 @@ class CentroidMemory:
         if displaced is not None and (not sums or len(displaced[0]) != len(sums[0])):
             raise ValueError("a displaced voice needs speakers of its dimension")
         self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
+        self._pitch_frames = ([row[[0, 2]].copy() for row in self._pitch] if pitch_frames is None
+                              else [np.asarray(row, np.float64).copy() for row in pitch_frames])
         self.follow(displaced)
 
     def follow(self, displaced: tuple[np.ndarray, int] | None) -> None:
@@ -162,6 +189,17 @@ class CentroidMemory:
         for row, (frames, medians, spreads) in enumerate(self._pitch):
             if frames > 0:
                 result[row] = medians / frames, np.sqrt(spreads / frames)
+        return result
+
+    def spread_over_frames(self) -> np.ndarray:
+        """Each speaker's pitch spread with its local speakers weighed by their voiced
+        frames alone (NaN: unknown). Weighed by precision (:meth:`pitches`), a speaker
+        opened on a blend of two voices looks as steady as its steadiest local speakers;
+        over its frames, it spreads as widely as the blend did."""
+        result = np.full(len(self._pitch_frames), np.nan)
+        for row, (frames, spreads) in enumerate(self._pitch_frames):
+            if frames > 0:
+                result[row] = np.sqrt(spreads / frames)
         return result
 
     @property
@@ -205,8 +243,14 @@ class CentroidMemory:
             judged = by_embedding + np.where(
                 steady[:, None] & (speakers[:, 1] <= STEADY_PITCH)[None, :], penalty, 0.0)
             nearest = judged.min(axis=1)
+            # A displaced voice is judged against speakers steady over all their frames:
+            # the same voice displaced from a speaker opened on a blend of voices would
+            # otherwise become a second speaker of one voice.
+            displacing = by_embedding + np.where(
+                steady[:, None] & (self.spread_over_frames() <= STEADY_PITCH)[None, :],
+                penalty, 0.0)
         else:
-            judged = distances
+            judged = displacing = distances
             nearest = np.full(count, np.inf)
         if 0 < known < self.min_speakers:
             radii = np.array([self.radius(k) for k in range(known)])
@@ -235,7 +279,7 @@ class CentroidMemory:
                                                                    distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
                 result[row] = self._open(embeddings[row], pitch[row])
-        self._follow_displaced(result, judged, firm & can_update,
+        self._follow_displaced(result, displacing, firm & can_update,
                                embeddings, pitch, reluctance)
         return result
 
@@ -272,6 +316,7 @@ class CentroidMemory:
         ``pitch``; returns its index."""
         self._sums.append(embedding.copy())
         self._pitch.append(np.zeros(3))
+        self._pitch_frames.append(np.zeros(2))
         self._spread.append(np.zeros(3))
         self._add_pitch(len(self._sums) - 1, pitch)
         return len(self._sums) - 1
@@ -279,5 +324,7 @@ class CentroidMemory:
     def _add_pitch(self, speaker: int, pitch: np.ndarray) -> None:
         median, spread, frames = pitch
         if np.isfinite(median) and frames > 0:
-            self._pitch[speaker] = self._pitch[speaker] + frames * np.array(
-                [1.0, median, spread ** 2])
+            self._pitch[speaker] = self._pitch[speaker] + pitch_precision(spread, frames) \
+                * np.array([1.0, median, spread ** 2])
+            self._pitch_frames[speaker] = self._pitch_frames[speaker] \
+                + frames * np.array([1.0, spread ** 2])

@@ -235,9 +235,11 @@ class StreamingDiarizer:
                 "speakers": [{"label": speaker_label(i), "sum": [float(x) for x in row],
                               "speech": round(self._speech.get(speaker_label(i), 0.0), 3),
                               "pitch": [round(float(x), 3) for x in pitch],
+                              "pitch_frames": [round(float(x), 3) for x in frames],
                               "spread": [float(x) for x in spread]}
-                             for i, (row, pitch, spread) in enumerate(zip(
-                                 memory.sums, memory.pitch_sums, memory.spread_sums))]}
+                             for i, (row, pitch, frames, spread) in enumerate(zip(
+                                 memory.sums, memory.pitch_sums, memory.pitch_frame_sums,
+                                 memory.spread_sums))]}
 
     def restore(self, state: dict) -> None:
         """Continue the speakers of ``state`` (from :meth:`state`): known voices keep
@@ -262,6 +264,10 @@ class StreamingDiarizer:
             # pitch is unknown and the speakers count as young.
             pitch, spread = ([np.asarray(s.get(key, [0.0, 0.0, 0.0]), np.float64)
                               for s in speakers] for key in ("pitch", "spread"))
+            # States saved before speakers kept their pitch over frames take their
+            # precision-weighted spread for it.
+            frames = (None if any("pitch_frames" not in s for s in speakers) else
+                      [np.asarray(s["pitch_frames"], np.float64) for s in speakers])
             # So do states saved before displaced voices were followed.
             displaced = state.get("displaced")
             if displaced is not None:
@@ -282,6 +288,9 @@ class StreamingDiarizer:
             if any(row.shape != (3,) or not np.isfinite(row).all() or (row[counts] < 0).any()
                    for row in rows):
                 raise ConfigError(f"malformed speaker state: {name} sums do not fit")
+        if frames is not None and any(row.shape != (2,) or not np.isfinite(row).all()
+                                      or (row < 0).any() for row in frames):
+            raise ConfigError("malformed speaker state: pitch frame sums do not fit")
         if displaced is not None and (
                 displaced[0].shape != (dimension,) or not np.isfinite(displaced[0]).all()
                 or type(displaced[1]) is not int or displaced[1] < 1):
@@ -289,7 +298,7 @@ class StreamingDiarizer:
         if samples is not None and (type(samples) is not int or samples < 0):
             raise ConfigError("malformed speaker state: samples must be a count")
         try:
-            self._memory.load(sums, pitch, spread, displaced)
+            self._memory.load(sums, pitch, spread, displaced, frames)
         except ValueError as error:
             raise ConfigError(f"the speaker state does not fit this stream: {error}") from None
         self._speech = speech
@@ -356,6 +365,7 @@ class StreamingDiarizer:
     def _prime(self, context: np.ndarray) -> Steps[None]:
         memory = self._memory
         sums, pitch, spread = memory.sums, memory.pitch_sums, memory.spread_sums
+        frames = memory.pitch_frame_sums
         displaced = memory.displaced
         speech = dict(self._speech)
         for buffer, end in self._buffer.push(context):
@@ -366,7 +376,7 @@ class StreamingDiarizer:
         self._regions.cut()
         if self._changes is not None:
             self._changes.reset()
-        self._memory.load(sums, pitch, spread, displaced)
+        self._memory.load(sums, pitch, spread, displaced, frames)
         self._speech = speech
         self._origin = self._buffer.received
         # Buffers are full from here: the reluctance for an empty buffer does not apply.
@@ -451,7 +461,8 @@ class StreamingDiarizer:
             engine._analyses = self._analyses
             engine._replaying = iter(self._analyses)
         memory = self._memory
-        engine._memory.load(memory.sums, memory.pitch_sums, memory.spread_sums)
+        engine._memory.load(memory.sums, memory.pitch_sums, memory.spread_sums,
+                            pitch_frames=memory.pitch_frame_sums)
         return engine
 
     def _process(self, buffer: np.ndarray, end: int) -> Steps[None]:

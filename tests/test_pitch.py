@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.clustering import STEADY_PITCH, CentroidMemory
+from streamer.clustering import STEADY_PITCH, CentroidMemory, pitch_precision
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
@@ -160,6 +160,70 @@ def test_a_speakers_pitch_taken_over_a_blend_of_voices_opens_no_speaker() -> Non
                           pitch=np.vstack([voice, unknown]), firm=[True, True])
         found[spread] = len(memory)
     assert found == {0.5: 3, STEADY_PITCH + 2: 2}
+
+
+def test_blended_local_speakers_do_not_pull_a_speakers_pitch_onto_another_voice() -> None:
+    """A speaker's pitch weighs each local speaker by its precision (voiced frames over
+    spread²): local speakers that blend two voices spread widely and count little, so
+    the speaker keeps its own voice's pitch, and a steady voice 3.5 semitones above it
+    that the embeddings hold close still becomes a speaker of its own. Weighed by frames
+    alone, the blends would have pulled the speaker's median to 1 unit of spread from
+    that voice, within the margin."""
+    same = np.eye(4)[:1]
+    close = np.array([[0.95, np.sqrt(1 - 0.95 ** 2), 0.0, 0.0]])  # 0.05 from it
+    memory = CentroidMemory(delta_new=0.22, max_speakers=5, pitch_weight=1.0)
+    for pitch in [[-28.0, 1.0, 200.0]] * 2 + [[-26.0, 2.0, 200.0]] * 4:
+        assert memory.assign(same, [True], pitch=np.array([pitch]), firm=[True]).tolist() \
+            == [0]
+    assert pitch_precision(2.0, 200.0) == 50.0 and pitch_precision(0.1, 9.0) == 100.0
+    median, spread = memory.pitches()[0]
+    assert median == pytest.approx((2 * 200 * -28.0 + 4 * 50 * -26.0) / 600)
+    assert spread == pytest.approx(np.sqrt((2 * 200 * 1.0 + 4 * 50 * 4.0) / 600))
+    voice = np.array([[-24.5, 1.5, 200.0]])
+    assert memory.assign(close, [True], pitch=voice, firm=[True]).tolist() == [1]
+
+
+def test_a_speaker_opened_on_a_blend_displaces_no_voice_by_pitch() -> None:
+    """Weighed by precision, a speaker whose first local speaker blended two voices
+    looks as steady as its steadiest local speaker; over its frames it spreads as the
+    blend did. A local speaker of its own embedding kept off it only by pitch is then no
+    displaced voice, however many buffers in a row; against a speaker steady over all
+    its frames, the same local speaker becomes a speaker of its own."""
+    first = np.eye(4)[:1]
+    second = np.array([[1.0, 0.47, 0.0, 0.0]]) / np.hypot(1.0, 0.47)  # 0.095 from first
+    unknown = np.full((1, 3), np.nan)
+    found = {}
+    for history in ("blend", "steady"):
+        memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0,
+                                persistence=3)
+        first_pitch = [-8.0, 5.0, 200.0] if history == "blend" else [-12.0, 1.0, 200.0]
+        for pitch in (first_pitch, [-12.0, 1.0, 200.0]):
+            memory.assign(first, [True], pitch=np.array([pitch]), firm=[True])
+        assert memory.pitches()[0, 1] <= STEADY_PITCH  # steady by precision either way
+        for _ in range(5):
+            memory.assign(np.vstack([first, second]), [True, True],
+                          pitch=np.vstack([unknown, [[-13.75, 1.0, 200.0]]]),
+                          firm=[True, True])
+        found[history] = (len(memory), memory.spread_over_frames()[0])
+    assert found["blend"][0] == 1 and found["blend"][1] == pytest.approx(np.sqrt(13.0))
+    assert found["steady"] == (2, pytest.approx(1.0))
+
+
+def test_a_speakers_pitch_over_frames_survives_a_second_pass_and_a_resume() -> None:
+    memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0)
+    memory.assign(np.eye(4)[:1], [True], pitch=np.array([[-8.0, 5.0, 200.0]]), firm=[True])
+    memory.assign(np.eye(4)[:1], [True], pitch=np.array([[-12.0, 1.0, 200.0]]), firm=[True])
+    again = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0)
+    again.load(memory.sums, memory.pitch_sums, memory.spread_sums,
+               pitch_frames=memory.pitch_frame_sums)
+    assert again.spread_over_frames()[0] == pytest.approx(np.sqrt(13.0))
+    assert again.pitches() == pytest.approx(memory.pitches())
+    # Without them (a state saved before they were kept), the precision-weighted spread.
+    older = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0)
+    older.load(memory.sums, memory.pitch_sums, memory.spread_sums)
+    assert older.spread_over_frames()[0] == pytest.approx(memory.pitches()[0, 1])
+    with pytest.raises(ValueError, match="pitch frame rows"):
+        older.load(memory.sums, memory.pitch_sums, pitch_frames=[])
 
 
 def test_a_lively_pitch_alone_does_not_displace_a_voice() -> None:

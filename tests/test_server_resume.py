@@ -140,8 +140,19 @@ def test_engine_state_round_trip_and_checks() -> None:
     StreamingDiarizer(fake_frontend()).restore(older)
     bad_spread = {**state, "speakers": [{**row, "spread": [-1.0, 0.0, 0.0]}
                                         for row in state["speakers"]]}
+    # So does each speaker's pitch spread over its frames (displaced voices are judged
+    # by it); older states lack it, and a speaker's precision-weighted spread stands in.
+    assert all(len(row["pitch_frames"]) == 2 for row in state["speakers"])
+    assert np.allclose(again._memory.pitch_frame_sums, engine._memory.pitch_frame_sums)
+    older = {**state, "speakers": [{k: v for k, v in row.items() if k != "pitch_frames"}
+                                   for row in state["speakers"]]}
+    StreamingDiarizer(fake_frontend()).restore(older)
+    bad_frames = [{**state, "speakers": [{**row, "pitch_frames": frames}
+                                         for row in state["speakers"]]}
+                  for frames in ([-1.0, 0.0], [1.0, 2.0, 3.0], [float("nan"), 1.0])]
     for broken in ({**state, "version": 99}, {**state, "speakers": [{"label": "x"}]},
-                   {**state, "model": {**state["model"], "dimension": 3}}, bad_spread):
+                   {**state, "model": {**state["model"], "dimension": 3}}, bad_spread,
+                   *bad_frames):
         with pytest.raises(ConfigError):
             StreamingDiarizer(fake_frontend()).restore(broken)
     small = StreamingDiarizer(fake_frontend(), StreamConfig(max_speakers=1))
