@@ -162,8 +162,8 @@ class CentroidMemory:
         if displaced is not None and (not sums or len(displaced[0]) != len(sums[0])):
             raise ValueError("a displaced voice needs speakers of its dimension")
         self._sums, self._pitch, self._spread = copies(sums), copies(pitch), copies(spread)
-        self._pitch_frames = ([row[[0, 2]].copy() for row in self._pitch] if pitch_frames is None
-                              else [np.asarray(row, np.float64).copy() for row in pitch_frames])
+        self._pitch_frames = (copies(pitch_frames) if pitch_frames is not None
+                              else [row[[0, 2]] for row in self._pitch])
         self.follow(displaced)
 
     def follow(self, displaced: tuple[np.ndarray, int] | None) -> None:

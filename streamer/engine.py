@@ -283,14 +283,12 @@ class StreamingDiarizer:
                 row.shape != (dimension,) or not np.isfinite(row).all() for row in sums):
             raise ConfigError("malformed speaker state: labels or centroids do not fit")
         # Pitch sums hold a median sum that may be below 0; every other count or sum not.
-        for name, rows, counts in (("pitch", pitch, slice(0, 1)),
-                                   ("spread", spread, slice(None))):
-            if any(row.shape != (3,) or not np.isfinite(row).all() or (row[counts] < 0).any()
-                   for row in rows):
+        for name, rows, width, counts in (("pitch", pitch, 3, slice(0, 1)),
+                                          ("spread", spread, 3, slice(None)),
+                                          ("pitch frame", frames or [], 2, slice(None))):
+            if any(row.shape != (width,) or not np.isfinite(row).all()
+                   or (row[counts] < 0).any() for row in rows):
                 raise ConfigError(f"malformed speaker state: {name} sums do not fit")
-        if frames is not None and any(row.shape != (2,) or not np.isfinite(row).all()
-                                      or (row < 0).any() for row in frames):
-            raise ConfigError("malformed speaker state: pitch frame sums do not fit")
         if displaced is not None and (
                 displaced[0].shape != (dimension,) or not np.isfinite(displaced[0]).all()
                 or type(displaced[1]) is not int or displaced[1] < 1):
