@@ -224,10 +224,11 @@ def test_a_server_waiting_on_its_models_refuses_newcomers_the_cpu_rule_misses() 
     async def body():
         async with running_server(frontend, cpus=1, max_load=0.85, max_lag=0,
                                   max_busy=0.9, max_tick=0) as server:
-            server.context.admission.window = 4.0
             streams = [asyncio.create_task(_real_time_stream(server, delay))
                        for delay in (0, 0.5)]
-            await asyncio.sleep(scaled(5.0))
+            # When the two streams' steps share ticks, ticks come at two a second: the
+            # window (10 s) must hold MIN_TICKS of them before the scheduler rule refuses.
+            await asyncio.sleep(scaled(6.0))
             cost = server.context.admission.cost()
             with pytest.raises(InvalidStatus) as refused:
                 await open_stream(server)
