@@ -26,6 +26,12 @@ DISPLACED_DISTANCE = 0.4
 #: pitch is no sign of another voice. Voices read at one pitch keep within about 1.5
 #: semitones; lively real voices reach 2.5 and more.
 STEADY_PITCH = 2.5
+#: Buffers in a row that a displaced voice needs when its pitch stands apart from the
+#: local speaker that took its speaker in the same buffers (both firm, both steady): one
+#: buffer heard two voices at once, and one voice split by chance does not change pitch
+#: between its halves. A speaker opened on a blend of voices is not steady, so its pitch
+#: cannot tell its voices apart; the buffer's own two voices can.
+CONTRAST_PERSISTENCE = 3
 
 
 def pitch_precision(spread: float, frames: float) -> float:
@@ -79,6 +85,10 @@ class CentroidMemory:
     now and then, not buffer after buffer. Pitch counts there only against a speaker
     steady over all its frames (:meth:`spread_over_frames`), not only by precision: a
     speaker opened on a blend of voices must not have its own voice displaced from it.
+    Against the local speaker that took the speaker in the same buffer, pitch counts
+    whenever both speak firmly at a steady pitch: that much farther, and where their
+    pitches stand apart (``pitch_margin``) the voice needs only ``CONTRAST_PERSISTENCE``
+    buffers in a row.
     """
 
     def __init__(self, delta_new: float, max_speakers: int, min_speakers: int = 1,
@@ -290,11 +300,21 @@ class CentroidMemory:
         known = distances.shape[1]
         taken = result[(result >= 0) & (result < known)]
         reach = DISPLACED_DISTANCE * self.delta_new * reluctance
-        chosen, farthest = -1, reach
+        chosen, farthest, contrasted = -1, reach, False
+        steady = firm & (pitch[:, 1] <= STEADY_PITCH)
         for row in np.flatnonzero((result < 0) & firm):
             nearest = int(np.argmin(distances[row]))
-            if nearest in taken and distances[row, nearest] > farthest:
-                chosen, farthest = row, distances[row, nearest]
+            if nearest not in taken:
+                continue
+            # Its pitch against that of the local speaker that took its speaker.
+            taker = int(np.flatnonzero(result == nearest)[0])
+            contrast = 0.0
+            if steady[row] and steady[taker]:
+                contrast = float(pitch_penalty(pitch[[row], :2], pitch[[taker], :2],
+                                               self.pitch_weight, self.pitch_margin)[0, 0])
+            if distances[row, nearest] + contrast > farthest:
+                chosen, farthest = row, distances[row, nearest] + contrast
+                contrasted = contrast > 0
         if chosen < 0:
             self._displaced = None
             return
@@ -305,7 +325,8 @@ class CentroidMemory:
         else:
             total, buffers = voice.copy(), 1
         self._displaced = total, buffers
-        if buffers >= self.persistence and len(self._sums) < self.max_speakers:
+        needed = min(self.persistence, CONTRAST_PERSISTENCE) if contrasted else self.persistence
+        if buffers >= needed and len(self._sums) < self.max_speakers:
             # The buffers' embeddings of the voice overlap in time: their sum weighs like
             # one local speaker's, not like `persistence` of them.
             result[chosen] = self._open(normalize(total), pitch[chosen])

@@ -46,6 +46,14 @@ MIN_SPREAD = 0.3
 #: 10 ms estimate instead (0.4 s) splits real speakers whose pitch moves between buffers
 #: more than their spread within one.
 MIN_VOICED = 40
+#: Looser pitch groups that :func:`two_voices` may take for two voices when they stand far
+#: apart for their width: each needs this many windows and a spread (standard deviation)
+#: of at most ``WIDE_SPREAD`` semitones. With three voices in one cluster, one group of a
+#: cut holds two of them and spreads past a single voice's width; a lively voice's
+#: medians run on without such a gap. A pair of windows on the edge of one lively voice's
+#: range can also stand apart from the rest, so a group needs three.
+WIDE_LEAST = 3
+WIDE_SPREAD = 2.0
 
 
 def difference_function(frames: np.ndarray) -> np.ndarray:
@@ -184,13 +192,16 @@ def pitch_of(semitones: np.ndarray, min_voiced: int = MIN_VOICED
     return float(median), max(float(high - low) / 1.349, MIN_SPREAD), float(len(voiced))
 
 
-def two_voices(medians: np.ndarray, gap: float, spread: float, least: int
-               ) -> np.ndarray | None:
+def two_voices(medians: np.ndarray, gap: float, spread: float, least: int,
+               separation: float = 0.0) -> np.ndarray | None:
     """Whether pitch medians (of windows that one clustering put together) are two
     voices: sorted, they cut into two groups of at least ``least`` each, whose means are
     ``gap`` semitones apart or more while each keeps within ``spread`` (standard
-    deviation), as a real voice moving with intonation does not. Returns the mask of the
-    higher group (of the cut at the widest jump), or None. NaN medians are in neither."""
+    deviation), as a real voice moving with intonation does not. With ``separation``,
+    looser groups count too where they stand far apart for their width: at least
+    ``WIDE_LEAST`` medians each, within ``WIDE_SPREAD``, whose means are also at least
+    ``separation`` times the sum of their spreads apart. Returns the mask of the higher
+    group (of the cut at the widest jump), or None. NaN medians are in neither."""
     known = np.flatnonzero(np.isfinite(medians))
     if len(known) < 2 * least:
         return None
@@ -199,7 +210,11 @@ def two_voices(medians: np.ndarray, gap: float, spread: float, least: int
     best: tuple[float, int] | None = None
     for cut in range(least, len(values) - least + 1):
         low, high = values[:cut], values[cut:]
-        if high.mean() - low.mean() >= gap and low.std() <= spread and high.std() <= spread:
+        apart, widths = high.mean() - low.mean(), (low.std(), high.std())
+        tight = max(widths) <= spread
+        wide = (separation > 0 and min(len(low), len(high)) >= WIDE_LEAST
+                and max(widths) <= WIDE_SPREAD and apart >= separation * sum(widths))
+        if apart >= gap and (tight or wide):
             jump = values[cut] - values[cut - 1]
             if best is None or jump > best[0]:
                 best = (jump, cut)
@@ -225,5 +240,5 @@ def pitch_penalty(local: np.ndarray, centroids: np.ndarray, weight: float,
     return weight * np.nan_to_num(excess, nan=0.0)
 
 
-__all__ = ["HOP", "FRAME", "MIN_SPREAD", "MIN_VOICED", "PitchTrack", "pitch_of",
-           "pitch_penalty", "two_voices", "yin"]
+__all__ = ["HOP", "FRAME", "MIN_SPREAD", "MIN_VOICED", "PitchTrack", "WIDE_LEAST",
+           "WIDE_SPREAD", "pitch_of", "pitch_penalty", "two_voices", "yin"]

@@ -149,6 +149,8 @@ def test_settings_are_validated():
         EmbeddedSettings(hop=2.0, window=1.5)
     with pytest.raises(ValueError, match="known_split"):
         EmbeddedSettings(known_split=1.5)
+    with pytest.raises(ValueError, match="split_separation"):
+        EmbeddedSettings(split_separation=-1)
     with pytest.raises(ValueError, match="floor_margin"):
         EmbeddedSettings(floor_margin=-1)
     with pytest.raises(ValueError, match="window_threshold"):

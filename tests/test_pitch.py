@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.clustering import STEADY_PITCH, CentroidMemory, pitch_precision
+from streamer.clustering import CONTRAST_PERSISTENCE, STEADY_PITCH, CentroidMemory, pitch_precision
 from streamer.config import StreamConfig
 from streamer.engine import StreamingDiarizer, diarize_array
 from streamer.models.base import FrameTiming
 from streamer.models.frontend import SegmentationEmbeddingFrontend
-from streamer.pitch import (FRAME, HOP, MIN_SPREAD, MIN_VOICED, PitchTrack, difference_function,
-                            pitch_of, pitch_penalty, two_voices, yin)
+from streamer.pitch import (FRAME, HOP, MIN_SPREAD, MIN_VOICED, WIDE_LEAST, WIDE_SPREAD,
+                            PitchTrack, difference_function, pitch_of, pitch_penalty,
+                            two_voices, yin)
 
 RATE = 16000
 
@@ -209,6 +210,37 @@ def test_a_speaker_opened_on_a_blend_displaces_no_voice_by_pitch() -> None:
     assert found["steady"] == (2, pytest.approx(1.0))
 
 
+def test_a_voice_whose_pitch_stands_apart_from_its_buffer_mate_opens_a_speaker_sooner(
+        ) -> None:
+    """A speaker opened on a blend of voices is not steady, so its own pitch tells none of
+    its voices apart. When a buffer hears two of them as two firm local speakers at
+    steady, distinct pitches, the one kept off the speaker is another voice however close
+    GE2E holds it: it opens a speaker after CONTRAST_PERSISTENCE buffers. Two halves of
+    one voice (the same pitch), or a lively local speaker beside it, do not."""
+    first = np.eye(4)[:1]
+    second = np.array([[1.0, 0.47, 0.0, 0.0]]) / np.hypot(1.0, 0.47)  # 0.095 from first
+
+    def buffers(taker: list[float], other: list[float], count: int) -> list[int]:
+        memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0,
+                                persistence=8)
+        # A long blend: unsteady by precision too, so the speaker's own pitch never
+        # sets the other voice apart (see the test above for one that does).
+        memory.assign(first, [True], pitch=np.array([[-16.0, 4.0, 1e5]]), firm=[True])
+        speakers = []
+        for _ in range(count):
+            memory.assign(np.vstack([first, second]), [True, True],
+                          pitch=np.array([taker, other]), firm=[True, True])
+            speakers.append(len(memory))
+            assert memory.pitches()[0, 1] > STEADY_PITCH
+        return speakers
+
+    assert CONTRAST_PERSISTENCE < 8
+    opened = buffers([-12.0, 1.0, 200.0], [-20.0, 1.0, 200.0], CONTRAST_PERSISTENCE)
+    assert opened == [1] * (CONTRAST_PERSISTENCE - 1) + [2]
+    assert buffers([-12.0, 1.0, 200.0], [-12.3, 1.0, 200.0], 10) == [1] * 10
+    assert buffers([-12.0, 3.0, 200.0], [-20.0, 1.0, 200.0], 10) == [1] * 10
+
+
 def test_a_speakers_pitch_over_frames_survives_a_second_pass_and_a_resume() -> None:
     memory = CentroidMemory(delta_new=0.3, max_speakers=5, pitch_weight=1.0)
     memory.assign(np.eye(4)[:1], [True], pitch=np.array([[-8.0, 5.0, 200.0]]), firm=[True])
@@ -342,6 +374,29 @@ def test_two_voices_needs_two_tight_groups_far_apart() -> None:
     assert two_voices(np.array([50, 50.2, 52, 52.3]), 4.0, 1.0, 2) is None
     assert two_voices(np.array([50, 50.2, 56]), 4.0, 1.0, 2) is None
     assert two_voices(np.array([47, 50, 53, 60, 60.1]), 4.0, 1.0, 2) is None
+
+
+def test_two_voices_takes_looser_groups_that_stand_far_apart_for_their_width() -> None:
+    # Three voices in one cluster: the cut leaves two of them in the lower group, wider
+    # than one voice but far from the third for that width.
+    three = np.array([-30.0, -29.0, -29.0, -27.0, -27.0, -26.0]
+                     + [-20.0] * 6 + [-19.0] * 5 + [-18.0] * 2)
+    assert two_voices(three, 4.0, 1.0, 2) is None  # the lower group is not tight
+    higher = two_voices(three, 4.0, 1.0, 2, separation=3.0)
+    assert higher is not None and higher.tolist() == [False] * 6 + [True] * 13
+    # A lively voice: its medians run on, whatever cut is tried.
+    rng = np.random.default_rng(1)
+    assert two_voices(-15 + rng.normal(0, 2.0, 30), 4.0, 1.0, 2, separation=3.0) is None
+    # Two windows at the edge of a lively voice's range stand apart from the rest, but
+    # a looser group needs WIDE_LEAST windows.
+    edge = np.array([-16.0] * 5 + [-14.0, -13.0, -13.0, -11.0, -11.0, -8.0, -8.0])
+    assert WIDE_LEAST > 2 and two_voices(edge, 4.0, 1.0, 2, separation=3.0) is None
+    # Far apart, but not for their width, or wider than WIDE_SPREAD.
+    near = np.array([-22.5, -21.0, -19.5, -17.5, -16.0, -14.5])  # spreads 1.2, 5 apart
+    assert two_voices(near, 4.0, 1.0, 2, separation=3.0) is None
+    assert two_voices(near, 4.0, 1.0, 2, separation=2.0) is not None
+    loose = np.array([-33.0, -30.0, -27.0, -13.0, -10.0, -7.0])  # spreads 2.4, 20 apart
+    assert WIDE_SPREAD < 2.4 and two_voices(loose, 4.0, 1.0, 2, separation=3.0) is None
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ Per stream, audio is processed once: VAD probabilities every 32 ms, a mel spectr
 every 10 ms, and one GE2E embedding per sliding window (``window`` seconds, a new one
 every ``hop`` seconds) over the speech frames of that window. For each rolling buffer, the
 windows inside it are clustered into local speakers (agglomerative, average linkage); a
-cluster whose windows fall into two tight pitch groups far apart is two voices and is
-split (GE2E holds some distinct voices closer than one voice's windows, while one real
-voice's pitch moves more than such groups allow; see :func:`streamer.pitch.two_voices`).
+cluster whose windows fall into two tight pitch groups far apart (or looser ones, far
+apart for their width) is two voices and is split (GE2E holds some distinct voices closer
+than one voice's windows, while one real voice's pitch moves more than such groups allow;
+see :func:`streamer.pitch.two_voices`).
 A cluster is also split between two of the stream's known speakers (given by the engine)
 when its windows fall clearly on either side of them (:meth:`EmbeddedStream._split_known`):
 voices the stream has already told apart stay apart even where one buffer's clustering
@@ -74,6 +75,10 @@ class EmbeddedSettings:
             medians form two groups whose means are ``split_gap`` semitones apart or
             more, each within ``split_spread`` semitones (standard deviation); 0
             ``split_gap`` never splits.
+        split_separation: Also split where the two groups are looser (up to
+            :data:`streamer.pitch.WIDE_SPREAD`) but their means lie ``split_gap`` and
+            this many times the sum of their spreads apart (a cluster that holds three
+            voices); 0 asks for tight groups only.
         split_voiced: Seconds of voiced frames a window needs for its pitch to count.
         known_split: A window cluster is split between two known speakers of the stream
             when at least ``min_windows`` of its windows lie nearer each, and each group
@@ -102,6 +107,7 @@ class EmbeddedSettings:
     linkage: str = "average"
     split_gap: float = 4.0
     split_spread: float = 1.0
+    split_separation: float = 3.0
     split_voiced: float = 0.3
     known_split: float = 0.3
     floor_margin: float = 3.0
@@ -127,6 +133,9 @@ class EmbeddedSettings:
             raise ValueError("split_gap must be >= 0, split_spread > 0 and split_voiced in "
                              f"(0, window], got {self.split_gap}, {self.split_spread}, "
                              f"{self.split_voiced}")
+        if not 0.0 <= self.split_separation <= 20.0:
+            raise ValueError(f"split_separation must be between 0 and 20, got "
+                             f"{self.split_separation}")
         if not 0.0 <= self.known_split <= 1.0:
             raise ValueError(f"known_split must be between 0 and 1, got {self.known_split}")
         if not 0.0 < self.vad_offset <= 1.0:
@@ -645,7 +654,7 @@ class EmbeddedStream:
         if s.split_gap <= 0:
             return labels
         return self._split_each(labels, lambda members: two_voices(
-            pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST))
+            pitch[members], s.split_gap, s.split_spread, SPLIT_LEAST, s.split_separation))
 
     def _split_known(self, labels: np.ndarray, embeddings: np.ndarray,
                      speakers: np.ndarray) -> np.ndarray:
