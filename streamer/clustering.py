@@ -296,7 +296,8 @@ class CentroidMemory:
     def _follow_displaced(self, result: np.ndarray, distances: np.ndarray, firm: np.ndarray,
                           embeddings: np.ndarray, pitch: np.ndarray, reluctance: float) -> None:
         """Follows the buffer's farthest displaced firm local speaker (see the class) and
-        makes it a speaker once it has been displaced ``persistence`` buffers in a row."""
+        makes it a speaker once it has been displaced ``persistence`` buffers in a row
+        (``CONTRAST_PERSISTENCE`` where its pitch stands apart from its buffer mate's)."""
         known = distances.shape[1]
         taken = result[(result >= 0) & (result < known)]
         reach = DISPLACED_DISTANCE * self.delta_new * reluctance
