@@ -244,12 +244,12 @@ class CentroidMemory:
         room = self.max_speakers - known
         can_update = np.asarray(can_update, bool)
         firm = np.zeros(count, bool) if firm is None else np.asarray(firm, bool)
+        # Whether a local speaker is another voice: pitch counts only where the local
+        # speaker speaks firmly at a steady pitch (and, against a speaker, the speaker's
+        # own pitch is steady; see STEADY_PITCH); a pitch taken over a lively voice or a
+        # blend of voices says nothing of another voice.
+        steady = firm & (pitch[:, 1] <= STEADY_PITCH)
         if known:
-            # Whether a local speaker is another voice: pitch counts only where the local
-            # speaker speaks firmly at a steady pitch and the speaker's own pitch is
-            # steady (see STEADY_PITCH); a pitch taken over a lively voice or a blend of
-            # voices says nothing of another voice.
-            steady = firm & (pitch[:, 1] <= STEADY_PITCH)
             judged = by_embedding + np.where(
                 steady[:, None] & (speakers[:, 1] <= STEADY_PITCH)[None, :], penalty, 0.0)
             nearest = judged.min(axis=1)
@@ -289,33 +289,32 @@ class CentroidMemory:
                                                                    distance ** 2]
             elif creates[row] and len(self._sums) < self.max_speakers:
                 result[row] = self._open(embeddings[row], pitch[row])
-        self._follow_displaced(result, displacing, firm & can_update,
+        self._follow_displaced(result, displacing, firm & can_update, steady & can_update,
                                embeddings, pitch, reluctance)
         return result
 
     def _follow_displaced(self, result: np.ndarray, distances: np.ndarray, firm: np.ndarray,
-                          embeddings: np.ndarray, pitch: np.ndarray, reluctance: float) -> None:
+                          steady: np.ndarray, embeddings: np.ndarray, pitch: np.ndarray,
+                          reluctance: float) -> None:
         """Follows the buffer's farthest displaced firm local speaker (see the class) and
         makes it a speaker once it has been displaced ``persistence`` buffers in a row
-        (``CONTRAST_PERSISTENCE`` where its pitch stands apart from its buffer mate's)."""
+        (``CONTRAST_PERSISTENCE`` where its pitch stands apart from its buffer mate's;
+        ``steady``: the local speakers whose pitch may count, see :meth:`assign`)."""
         known = distances.shape[1]
         taken = result[(result >= 0) & (result < known)]
         reach = DISPLACED_DISTANCE * self.delta_new * reluctance
         chosen, farthest, contrasted = -1, reach, False
-        steady = firm & (pitch[:, 1] <= STEADY_PITCH)
+        # Each local speaker's pitch against each other's, where both are steady.
+        contrast = np.where(steady[:, None] & steady[None, :], pitch_penalty(
+            pitch[:, :2], pitch[:, :2], self.pitch_weight, self.pitch_margin), 0.0)
         for row in np.flatnonzero((result < 0) & firm):
             nearest = int(np.argmin(distances[row]))
             if nearest not in taken:
                 continue
-            # Its pitch against that of the local speaker that took its speaker.
-            taker = int(np.flatnonzero(result == nearest)[0])
-            contrast = 0.0
-            if steady[row] and steady[taker]:
-                contrast = float(pitch_penalty(pitch[[row], :2], pitch[[taker], :2],
-                                               self.pitch_weight, self.pitch_margin)[0, 0])
-            if distances[row, nearest] + contrast > farthest:
-                chosen, farthest = row, distances[row, nearest] + contrast
-                contrasted = contrast > 0
+            # Against the local speaker that took its speaker.
+            apart = contrast[row, int(np.flatnonzero(result == nearest)[0])]
+            if distances[row, nearest] + apart > farthest:
+                chosen, farthest, contrasted = row, distances[row, nearest] + apart, apart > 0
         if chosen < 0:
             self._displaced = None
             return
